@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("slicer_compile/__init__.py").read_text(), version)
+
+setup(
+    name="slicer-compile",
+    version=version["__version__"],
+    description="ONNX/TensorRT model-splitting compiler and runtime for split computing (SLICER codec)",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["slicer_compile", "slicer_compile.*"]),
+    install_requires=[
+        "numpy>=1.26",
+        "click>=8.1",
+        "rich>=13",
+        "zstandard>=0.22",
+    ],
+    extras_require={
+        # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
+        "torch": ["torch==2.13.0"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],
+        "gpu": ["cuda-python>=12"],
+        "triton": ["tritonclient[http]>=2.40"],
+    },
+    entry_points={"console_scripts": ["slicer-compile=slicer_compile.cli:main"]},
+)

@@ -1,0 +1,193 @@
+"""Intermediate-feature codecs: the numpy reference implementation and the spec.
+
+    from slicer_compile.codec import SlicerConfig, encode, decode, predict_bits
+    payload = encode(x, SlicerConfig(sparsity=0.9))
+    x_hat = decode(payload)                      # codec read from the header
+    assert 8 * len(payload) <= predict_bits(x.shape, cfg)
+
+Codec ids: 1 SLICER, 2 TS + TAB-Q, 3 float16, 4 int8, 5 zstd-on-float16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from slicer_compile.codec import baselines, slicer, tabq
+from slicer_compile.codec.config import (
+    CONFIG_BY_NAME,
+    CodecConfig,
+    Float16Config,
+    Int8Config,
+    SlicerConfig,
+    TabqConfig,
+    ZstdConfig,
+    config_from_name,
+)
+from slicer_compile.codec.wire import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    PayloadReader,
+    check_encodable,
+    read_header,
+)
+from slicer_compile.errors import ConfigError, PayloadError, TensorError
+
+__all__ = [
+    "CONFIG_BY_NAME",
+    "CodecConfig",
+    "DecodeLimits",
+    "Float16Config",
+    "Int8Config",
+    "PayloadError",
+    "PayloadInfo",
+    "SlicerConfig",
+    "TabqConfig",
+    "ZstdConfig",
+    "config_from_name",
+    "decode",
+    "encode",
+    "inspect_payload",
+    "predict_bits",
+]
+
+
+@dataclass(frozen=True)
+class _Codec:
+    config: type
+    knob_nbytes: int
+    encode: Callable[[np.ndarray, CodecConfig], bytes]
+    decode: Callable[[bytes, object], np.ndarray]
+    predict_bits: Callable[..., int]
+    section_names: tuple[str, ...]
+
+
+_CODECS: dict[int, _Codec] = {
+    SlicerConfig.codec_id: _Codec(
+        SlicerConfig, slicer.KNOBS.size, slicer.encode, slicer.decode, slicer.predict_bits,
+        ("meta", "mask", "signs", "labels+", "labels-", "blocks", "values")),
+    TabqConfig.codec_id: _Codec(
+        TabqConfig, tabq.KNOBS.size, tabq.encode, tabq.decode, tabq.predict_bits,
+        ("meta", "mask", "above", "tokens", "signs", "values")),
+    Float16Config.codec_id: _Codec(
+        Float16Config, 0, baselines.encode_float16, baselines.decode_float16, baselines.predict_bits_float16,
+        ("values",)),
+    Int8Config.codec_id: _Codec(
+        Int8Config, 0, baselines.encode_int8, baselines.decode_int8, baselines.predict_bits_int8,
+        ("scale", "values")),
+    ZstdConfig.codec_id: _Codec(
+        ZstdConfig, 1, baselines.encode_zstd, baselines.decode_zstd, baselines.predict_bits_zstd,
+        ("values",)),
+}
+
+#: Sections that carry positions (where values go), per codec id.
+POSITION_SECTIONS = {1: ("mask", "signs", "labels+", "labels-"), 2: ("mask",)}
+#: Sections that carry values, per codec id.
+VALUE_SECTIONS = {1: ("values",), 2: ("above", "signs", "values"), 3: ("values",), 4: ("values",), 5: ("values",)}
+
+
+def _codec_for(cfg: CodecConfig) -> _Codec:
+    codec = _CODECS.get(getattr(cfg, "codec_id", None))
+    if codec is None or not isinstance(cfg, codec.config):
+        raise ConfigError(f"not a codec config: {cfg!r}")
+    return codec
+
+
+def encode(x: np.ndarray, cfg: CodecConfig) -> bytes:
+    """Encode a float32/float16 array of any shape into a self-describing payload.
+
+    Raises:
+        TensorError: x holds NaN or Inf, has another dtype, or is too large.
+        ConfigError: cfg is not a codec config.
+    """
+    codec = _codec_for(cfg)
+    try:
+        check_encodable(x)
+    except (TypeError, ValueError) as exc:
+        raise TensorError(str(exc)) from None
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise TensorError(f"tensor holds {bad} NaN/Inf value(s); codecs take finite values only")
+    return codec.encode(x, cfg)
+
+
+def decode(payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode any payload; shape, dtype and codec come from its header.
+
+    Raises:
+        PayloadError: for any malformed, truncated, oversized or inconsistent
+            payload, and never another exception.
+    """
+    header = read_header(payload, limits)
+    codec = _CODECS.get(header.codec_id)
+    if codec is None:
+        raise PayloadError(f"unknown codec id {header.codec_id}")
+    if len(header.knobs) != codec.knob_nbytes:
+        raise PayloadError(f"codec {codec.config.name} expects {codec.knob_nbytes} knob bytes, got {len(header.knobs)}")
+    try:
+        return codec.decode(payload, header)
+    except PayloadError:
+        raise
+    except (ValueError, IndexError, OverflowError, MemoryError) as exc:  # pragma: no cover - safety net
+        # Every check above is explicit; this net keeps the one-exception
+        # contract should a numpy corner case slip through.
+        raise PayloadError(f"malformed {codec.config.name} payload: {exc}") from None
+
+
+def predict_bits(shape: tuple[int, ...], cfg: CodecConfig, dtype=np.float32) -> int:
+    """Upper bound on ``8·len(encode(x, cfg))`` for every x of ``shape`` (and dtype).
+
+    The selector and the fixed output size of the encoder graph node rely on it.
+    """
+    codec = _codec_for(cfg)
+    shape = tuple(int(d) for d in shape)
+    if cfg.codec_id == TabqConfig.codec_id:
+        return codec.predict_bits(shape, cfg, dtype)
+    return codec.predict_bits(shape, cfg)
+
+
+@dataclass(frozen=True)
+class PayloadInfo:
+    """What a payload holds, for reports and benchmarks."""
+
+    codec: str
+    config: CodecConfig | None
+    shape: tuple[int, ...]
+    dtype: str
+    total_bytes: int
+    section_bytes: dict[str, int]
+
+    @property
+    def position_bits(self) -> int:
+        return 8 * sum(self.section_bytes.get(n, 0) for n in POSITION_SECTIONS.get(self._codec_id, ()))
+
+    @property
+    def value_bits(self) -> int:
+        return 8 * sum(self.section_bytes.get(n, 0) for n in VALUE_SECTIONS[self._codec_id])
+
+    @property
+    def header_bits(self) -> int:
+        return 8 * self.total_bytes - self.position_bits - self.value_bits
+
+    @property
+    def _codec_id(self) -> int:
+        return CONFIG_BY_NAME[self.codec].codec_id
+
+
+def inspect_payload(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> PayloadInfo:
+    """Read a payload's header and section sizes without decoding the tensor."""
+    header = read_header(payload, limits)
+    codec = _CODECS.get(header.codec_id)
+    if codec is None:
+        raise PayloadError(f"unknown codec id {header.codec_id}")
+    config = None
+    if header.codec_id == SlicerConfig.codec_id:
+        config = slicer.read_config(header)
+    elif header.codec_id == TabqConfig.codec_id:
+        config = tabq.read_config(header)
+    reader = PayloadReader(payload, header)
+    sections = {name: len(reader.section(name)) for name in codec.section_names}
+    reader.finish()
+    return PayloadInfo(codec.config.name, config, header.shape, str(header.dtype), len(payload), sections)

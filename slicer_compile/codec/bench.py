@@ -1,0 +1,157 @@
+"""Codec benchmark: size and speed of every codec on the same tensors, one run.
+
+``slicer-compile bench codec`` prints this as a table; Python callers get the
+rows from :func:`run_codec_benchmark`. Speeds are medians over ``repeat``
+timed runs after one warm-up, on one thread (numpy's codec paths do not
+multi-thread).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from slicer_compile.codec import (
+    Float16Config,
+    Int8Config,
+    SlicerConfig,
+    TabqConfig,
+    ZstdConfig,
+    decode,
+    encode,
+    inspect_payload,
+)
+from slicer_compile.codec.slicer import block_layout
+from slicer_compile.errors import ConfigError
+
+DEFAULT_SIZES = (4 * 1024, 200 * 1024, 1024 * 1024)
+DEFAULT_SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.99)
+DATA_KINDS = ("gaussian", "relu")
+
+
+@dataclass(frozen=True)
+class CodecBenchRow:
+    """One codec on one tensor. Bits are totals for the tensor."""
+
+    elements: int
+    codec: str
+    sparsity: float | None
+    total_bits: int
+    bits_per_element: float
+    position_bits: int
+    position_bound_bits: float | None  # log2(T! / ((T-k)! Π k_m!)), SLICER only
+    value_bits: int
+    header_bits: int
+    content_bits: float | None  # position bound + Σ k_m·q_m + block headers, SLICER only
+    encode_melem_s: float
+    decode_melem_s: float
+    max_abs_error: float
+    rmse: float
+
+    @property
+    def position_overhead(self) -> float | None:
+        """Position bits over the information bound, as a fraction (0.01 = 1%)."""
+        if not self.position_bound_bits:
+            return None
+        return self.position_bits / self.position_bound_bits - 1.0
+
+    @property
+    def content_overhead(self) -> float | None:
+        if not self.content_bits:
+            return None
+        return self.total_bits / self.content_bits - 1.0
+
+    def as_dict(self) -> dict:
+        row = asdict(self)
+        row["position_overhead"] = self.position_overhead
+        row["content_overhead"] = self.content_overhead
+        return row
+
+
+def information_bound_bits(num_elements: int, sizes: Iterable[int]) -> float:
+    """``log2(T! / ((T-k)! · Π k_m!))``: bits any coder of these block positions needs."""
+    sizes = [int(s) for s in sizes]
+    k = sum(sizes)
+    nats = math.lgamma(num_elements + 1) - math.lgamma(num_elements - k + 1) - sum(math.lgamma(s + 1) for s in sizes)
+    return nats / math.log(2)
+
+
+def make_tensor(num_elements: int, data: str = "gaussian", seed: int = 0) -> np.ndarray:
+    """The benchmark input: standard normal float32, or its ReLU (half zeros)."""
+    if data not in DATA_KINDS:
+        raise ConfigError(f"unknown data kind {data!r} (known: {', '.join(DATA_KINDS)})")
+    x = np.random.default_rng(seed).standard_normal(num_elements).astype(np.float32)
+    return np.maximum(x, 0) if data == "relu" else x
+
+
+def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure(x: np.ndarray, cfg, repeat: int = 5) -> CodecBenchRow:
+    """Encode/decode ``x`` with ``cfg``: sizes by section, speeds, error."""
+    payload = encode(x, cfg)
+    x_hat = decode(payload)
+    info = inspect_payload(payload)
+    encode_s = _median_seconds(lambda: encode(x, cfg), repeat)
+    decode_s = _median_seconds(lambda: decode(payload), repeat)
+    err = x_hat.astype(np.float64) - x.astype(np.float64)
+    bound = content = None
+    if isinstance(cfg, SlicerConfig):
+        sizes, q = block_layout(payload)
+        bound = information_bound_bits(x.size, sizes)
+        content = bound + float(np.dot(sizes, q)) + 8 * 9 * len(sizes)
+    return CodecBenchRow(
+        elements=int(x.size),
+        codec=cfg.name,
+        sparsity=getattr(cfg, "sparsity", None),
+        total_bits=8 * len(payload),
+        bits_per_element=8 * len(payload) / x.size,
+        position_bits=info.position_bits,
+        position_bound_bits=bound,
+        value_bits=info.value_bits,
+        header_bits=info.header_bits,
+        content_bits=content,
+        encode_melem_s=x.size / encode_s / 1e6,
+        decode_melem_s=x.size / decode_s / 1e6,
+        max_abs_error=float(np.abs(err).max()) if err.size else 0.0,
+        rmse=float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0,
+    )
+
+
+def baseline_configs() -> list:
+    return [Float16Config(), Int8Config(), ZstdConfig()]
+
+
+def run_codec_benchmark(
+    sizes: Iterable[int] = DEFAULT_SIZES,
+    sparsities: Iterable[float] = DEFAULT_SPARSITIES,
+    repeat: int = 5,
+    data: str = "gaussian",
+    seed: int = 0,
+    slicer: SlicerConfig = SlicerConfig(),
+    tabq: TabqConfig | None = TabqConfig(tau=2.0),
+    progress: Callable[[str], None] | None = None,
+) -> list[CodecBenchRow]:
+    """SLICER at every sparsity, then TAB-Q and the baselines, for every size."""
+    rows = []
+    for n in sizes:
+        x = make_tensor(int(n), data, seed)
+        configs = [SlicerConfig(sparsity=s, lam=slicer.lam, blocks=slicer.blocks, q_bits=slicer.q_bits,
+                                q_min=slicer.q_min, delta=slicer.delta) for s in sparsities]
+        configs += ([tabq] if tabq is not None else []) + baseline_configs()
+        for cfg in configs:
+            if progress:
+                progress(f"{n} elements, {cfg.name}" + (f" s={cfg.sparsity:g}" if hasattr(cfg, "sparsity") else ""))
+            rows.append(measure(x, cfg, repeat))
+    return rows

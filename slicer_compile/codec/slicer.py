@@ -1,0 +1,307 @@
+"""The SLICER codec (codec id 1): ATKF, MS, AIQ with ABQ — the numpy reference.
+
+This module is the specification every other implementation (CUDA kernels,
+TensorRT plugins, the ONNX Runtime op) must match byte for byte. Arithmetic
+is float32 throughout, with no fused multiply-add, so that a GPU
+implementation can reproduce it exactly.
+
+Body sections, in order (see docs/wire-format.md):
+
+    meta      kept count, negative count (uint32 each)
+    mask      positions of the kept values among T          (positions.encode_subset)
+    signs     which kept values are negative, in index order (positions.encode_subset)
+    labels+   block of each positive kept value              (positions.encode_labels)
+    labels-   block of each negative kept value
+    blocks    per block: q (uint8), lo, hi (float32)        positive blocks first
+    values    per block, its codes at q bits, byte-aligned   in index order
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
+from slicer_compile.codec.config import MAX_BLOCKS, MAX_Q_BITS, SlicerConfig
+from slicer_compile.codec.quant import block_step, choose_bits, dequantize
+from slicer_compile.codec.positions import (
+    decode_labels,
+    decode_subset,
+    encode_labels,
+    encode_subset,
+    label_chunk,
+    subset_worst_nbytes,
+)
+from slicer_compile.codec.wire import (
+    SECTION_OVERHEAD_NBYTES,
+    Header,
+    PayloadReader,
+    PayloadWriter,
+    header_nbytes,
+    read_header,
+    unpack_struct,
+)
+from slicer_compile.errors import PayloadError
+
+KNOBS = struct.Struct("<fffBBBB")  # sparsity, lam, delta, M+, M-, q_bits, q_min
+META = struct.Struct("<II")  # kept count, negative count
+BLOCK_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])  # 9 bytes, unaligned
+NUM_SECTIONS = 7
+
+_F32 = np.float32
+
+
+# --- ATKF -----------------------------------------------------------------------
+
+
+def atkf_scores(flat: np.ndarray, lam: float) -> np.ndarray:
+    """ATKF score: ``x/(1+λ)`` for positives, ``|x|/(1-λ)`` for negatives, 0 for zeros."""
+    if lam == 0.0:
+        return np.abs(flat)
+    return np.where(flat > 0, flat / (_F32(1) + _F32(lam)), -flat / (_F32(1) - _F32(lam)))
+
+
+def select_kept(flat: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Flat indices (ascending) of the ``min(k, nnz)`` highest ATKF scores.
+
+    Ties at the k-th score go to the lower flat index, so encoding is
+    deterministic; zero scores are never kept.
+    """
+    T = flat.size
+    if k == 0 or T == 0:
+        return np.zeros(0, dtype=np.int64)
+    scores = atkf_scores(flat, lam)
+    if k >= T:
+        return np.flatnonzero(scores > 0)
+    # Candidates: every index whose score reaches a threshold that at least k
+    # scores reach. A strided sample usually gives one that few more than k
+    # pass; with the threshold 0 (the fallback) every index is a candidate.
+    candidates = _candidates(scores, k)
+    cand_scores = scores[candidates]
+    kth = np.partition(cand_scores, cand_scores.size - k)[cand_scores.size - k]
+    if kth == 0:  # fewer than k non-zeros: keep them all
+        return np.compress(cand_scores > 0, candidates)
+    kept = cand_scores >= kth
+    surplus = int(np.count_nonzero(kept)) - k
+    if surplus:  # ties at the k-th score: drop those with the highest indices
+        kept[np.flatnonzero(cand_scores == kth)[-surplus:]] = False
+    return np.compress(kept, candidates)
+
+
+def _candidates(scores: np.ndarray, k: int) -> np.ndarray:
+    T = scores.size
+    stride = 16
+    if T >= 1 << 16 and k * 4 < T:
+        sample = scores[::stride]
+        want = min(sample.size, int(k / stride * 1.1 + 4 * math.sqrt(k / stride) + 16))
+        threshold = np.partition(sample, sample.size - want)[sample.size - want]
+        if threshold > 0:
+            candidates = np.flatnonzero(scores >= threshold)
+            if candidates.size >= k:
+                return candidates
+    return np.arange(T)
+
+
+# --- MS ---------------------------------------------------------------------------
+
+
+def block_sizes(count: int, max_blocks: int) -> np.ndarray:
+    """Equal-cardinality block sizes: ``floor(n/M)`` each, the last takes the rest."""
+    nblocks = min(max_blocks, count)
+    if nblocks == 0:
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.full(nblocks, count // nblocks, dtype=np.int64)
+    sizes[-1] = count - (count // nblocks) * (nblocks - 1)
+    return sizes
+
+
+def split_blocks(magnitudes: np.ndarray, max_blocks: int) -> np.ndarray:
+    """Block label of each value: rank by magnitude (descending, ties to the lower
+    position), cut into equal-cardinality blocks; block 0 holds the largest.
+
+    ``magnitudes`` must be in position order (as the kept values are), so
+    "lower position" is "earlier in the array".
+    """
+    sizes = block_sizes(magnitudes.size, max_blocks)
+    labels = np.zeros(magnitudes.size, dtype=np.uint8)
+    n = magnitudes.size
+    for first_rank in np.cumsum(sizes[:-1]):
+        # Values at descending rank >= first_rank lie past this boundary. One
+        # selection per boundary: numpy's partition is far slower with several kth.
+        pivot = np.partition(magnitudes, n - 1 - first_rank)[n - 1 - first_rank]
+        past = magnitudes <= pivot
+        surplus = int(np.count_nonzero(past)) - (n - first_rank)
+        if surplus:  # ties at the pivot: the earliest ones rank before the boundary
+            past[np.flatnonzero(magnitudes == pivot)[:surplus]] = False
+        labels += past
+    return labels
+
+
+# --- encode / decode -------------------------------------------------------------
+
+
+def encode(x: np.ndarray, cfg: SlicerConfig) -> bytes:
+    """Encode a finite float32/float16 array (callers validate it) into a payload."""
+    flat = np.ascontiguousarray(x, dtype=_F32).ravel()
+    T = flat.size
+    kept = select_kept(flat, cfg.kept_count(T), cfg.lam)
+    values = flat[kept]
+    negative = values < 0
+    mags = np.abs(values)
+    neg_sel = np.flatnonzero(negative)
+    pos_sel = np.flatnonzero(~negative)
+    m_pos, m_neg = cfg.blocks
+    labels_pos = split_blocks(mags[pos_sel], m_pos)
+    labels_neg = split_blocks(mags[neg_sel], m_neg)
+    sizes = np.concatenate([block_sizes(pos_sel.size, m_pos), block_sizes(neg_sel.size, m_neg)])
+    nb_pos = min(m_pos, pos_sel.size)
+
+    block_id = np.empty(kept.size, dtype=np.uint8)
+    block_id[pos_sel] = labels_pos
+    block_id[neg_sel] = labels_neg + nb_pos
+    order = np.argsort(block_id, kind="stable")  # grouped by block, index order within
+    grouped = mags[order]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    if sizes.size:
+        lo = np.minimum.reduceat(grouped, starts)
+        hi = np.maximum.reduceat(grouped, starts)
+        q, codes = choose_bits(grouped, starts, sizes, lo, hi, cfg.q_bits, cfg.q_min, cfg.delta)
+    else:
+        lo = hi = np.zeros(0, dtype=_F32)
+        q, codes = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+    writer = PayloadWriter(cfg.codec_id, x.dtype, x.shape, _pack_knobs(cfg))
+    writer.section(META.pack(kept.size, neg_sel.size))
+    writer.section(encode_subset(kept, T))
+    writer.section(encode_subset(neg_sel, kept.size))
+    writer.section(encode_labels(labels_pos, nb_pos))
+    writer.section(encode_labels(labels_neg, sizes.size - nb_pos))
+    table = np.empty(sizes.size, dtype=BLOCK_DTYPE)
+    table["q"], table["lo"], table["hi"] = q, lo, hi
+    writer.section(table.tobytes())
+    writer.section(b"".join(pack_uint(codes[s: s + n], int(w)) for s, n, w in zip(starts, sizes, q)))
+    return writer.finish()
+
+
+def _pack_knobs(cfg: SlicerConfig) -> bytes:
+    return KNOBS.pack(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+
+
+def read_config(header: Header) -> SlicerConfig:
+    """The encoder's knobs, validated."""
+    s, lam, delta, m_pos, m_neg, q_bits, q_min = unpack_struct(KNOBS, memoryview(header.knobs), "SLICER knobs")
+    if not (0.0 <= s < 1.0 and -1.0 < lam < 1.0 and math.isfinite(delta) and delta >= 0.0):
+        raise PayloadError(f"SLICER knobs out of range (s={s}, lam={lam}, delta={delta})")
+    if not (1 <= m_pos <= MAX_BLOCKS and 1 <= m_neg <= MAX_BLOCKS and 1 <= q_min <= q_bits <= MAX_Q_BITS):
+        raise PayloadError(f"SLICER knobs out of range (blocks=({m_pos}, {m_neg}), q_bits={q_bits}, q_min={q_min})")
+    return SlicerConfig(sparsity=s, lam=lam, blocks=(m_pos, m_neg), q_bits=q_bits, q_min=q_min, delta=delta)
+
+
+def decode(payload: bytes, header: Header) -> np.ndarray:
+    """Decode a SLICER payload whose header was validated by ``wire.read_header``."""
+    cfg = read_config(header)
+    T = header.num_elements
+    reader = PayloadReader(payload, header)
+    kept_count, neg_count = unpack_struct(META, reader.section("meta"), "SLICER meta")
+    if kept_count > cfg.kept_count(T):
+        raise PayloadError(f"{kept_count} kept values exceed k = {cfg.kept_count(T)} for {T} elements")
+    if neg_count > kept_count:
+        raise PayloadError(f"{neg_count} negative values among {kept_count} kept")
+    kept = decode_subset(reader.section("mask"), kept_count, T)
+    neg_sel = decode_subset(reader.section("signs"), neg_count, kept_count)
+    m_pos, m_neg = cfg.blocks
+    pos_count = kept_count - neg_count
+    sizes_pos, sizes_neg = block_sizes(pos_count, m_pos), block_sizes(neg_count, m_neg)
+    labels_pos = _read_labels(reader.section("labels+"), sizes_pos)
+    labels_neg = _read_labels(reader.section("labels-"), sizes_neg)
+    sizes = np.concatenate([sizes_pos, sizes_neg])
+
+    table_buf = reader.section("blocks")
+    if len(table_buf) != sizes.size * BLOCK_DTYPE.itemsize:
+        raise PayloadError(f"block table of {len(table_buf)} bytes for {sizes.size} blocks")
+    table = np.frombuffer(table_buf, dtype=BLOCK_DTYPE)
+    q = table["q"].astype(np.int64)
+    lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo >= 0).all() and (hi >= lo).all()):
+        raise PayloadError("block table holds a non-finite or inverted range")
+    varying = lo < hi
+    if (q[~varying] != 0).any() or ((q[varying] < cfg.q_min) | (q[varying] > cfg.q_bits)).any():
+        raise PayloadError(f"block bit-widths outside [{cfg.q_min}, {cfg.q_bits}] (0 for constant blocks)")
+
+    values_buf = reader.section("values")
+    reader.finish()
+    block_nbytes = [packed_nbytes(int(n), int(w)) for n, w in zip(sizes, q)]
+    if len(values_buf) != sum(block_nbytes):
+        raise PayloadError(f"value section of {len(values_buf)} bytes, the blocks need {sum(block_nbytes)}")
+    codes, offset = [], 0
+    for n, w, nbytes in zip(sizes, q, block_nbytes):
+        codes.append(unpack_uint(values_buf[offset: offset + nbytes], int(n), int(w)))
+        offset += nbytes
+
+    out = np.zeros(T, dtype=_F32)
+    if kept_count:
+        is_neg = np.zeros(kept_count, dtype=bool)
+        is_neg[neg_sel] = True
+        block_id = np.empty(kept_count, dtype=np.uint8)
+        block_id[np.flatnonzero(~is_neg)] = labels_pos
+        block_id[neg_sel] = labels_neg + sizes_pos.size
+        order = np.argsort(block_id, kind="stable")
+        step = block_step(lo, hi, q)
+        decoded = dequantize(np.concatenate(codes), np.repeat(lo, sizes), np.repeat(step, sizes))
+        decoded[sizes_pos.sum():] *= _F32(-1)
+        out[kept[order]] = decoded
+    return out.reshape(header.shape).astype(header.dtype, copy=False)
+
+
+def block_layout(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Sizes and chosen bit-widths of a SLICER payload's blocks, without decoding values."""
+    header = read_header(payload)
+    cfg = read_config(header)
+    reader = PayloadReader(payload, header)
+    kept_count, neg_count = unpack_struct(META, reader.section("meta"), "SLICER meta")
+    for what in ("mask", "signs", "labels+", "labels-"):
+        reader.section(what)
+    sizes = np.concatenate([block_sizes(kept_count - neg_count, cfg.blocks[0]), block_sizes(neg_count, cfg.blocks[1])])
+    table_buf = reader.section("blocks")
+    if len(table_buf) != sizes.size * BLOCK_DTYPE.itemsize:
+        raise PayloadError(f"block table of {len(table_buf)} bytes for {sizes.size} blocks")
+    return sizes, np.frombuffer(table_buf, dtype=BLOCK_DTYPE)["q"].astype(np.int64)
+
+
+def _read_labels(buf: memoryview, sizes: np.ndarray) -> np.ndarray:
+    labels = decode_labels(buf, int(sizes.sum()), sizes.size)
+    if sizes.size > 1 and not np.array_equal(np.bincount(labels, minlength=sizes.size), sizes):
+        raise PayloadError("block labels do not give equal-cardinality blocks")
+    return labels
+
+
+# --- payload bound ------------------------------------------------------------------
+
+
+def predict_bits(shape: tuple[int, ...], cfg: SlicerConfig) -> int:
+    """Upper bound ``B̂_UB`` on ``8·len(encode(x, cfg))`` for any x of this shape.
+
+    Every block at q_bits, positions at their worst (a bitmap or fixed-width
+    indices, whichever is smaller: the encoder never exceeds both), every
+    header and byte-alignment pad counted.
+    """
+    T = math.prod(shape)
+    k = cfg.kept_count(T)
+    nblocks = sum(cfg.blocks)
+    fixed_nbytes = (
+        header_nbytes(len(shape), KNOBS.size)
+        + NUM_SECTIONS * SECTION_OVERHEAD_NBYTES
+        + META.size
+        + subset_worst_nbytes(k, T)  # monotone in the kept count, which is <= k
+        + 1 + packed_nbytes(k, 1)  # signs: at worst a bitmap over the kept values
+        + nblocks * BLOCK_DTYPE.itemsize
+    )
+    # Labels: each sign's words hold n_s·bits/c bits plus one partial word and a pad.
+    bases = range(2, max(cfg.blocks) + 1)
+    ratio = max((label_chunk(b)[1] / label_chunk(b)[0] for b in bases), default=0.0)
+    word = max((label_chunk(b)[1] for b in bases), default=0)
+    label_bits = math.ceil(k * ratio) + 2 * (word + 7)
+    value_bits = k * cfg.q_bits + 7 * nblocks
+    return 8 * fixed_nbytes + label_bits + value_bits

@@ -1,0 +1,46 @@
+"""Markers that need hardware or optional software skip with the reason when it is
+missing (never pass by printing "skipped"); slow tests run on request."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+
+@functools.cache
+def _cuda_device_reason() -> str | None:
+    """None if a CUDA device is usable, else why not."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python
+    except ImportError:
+        return "cuda-python is not installed (pip install -e .[gpu])"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return f"no CUDA device (cudaGetDeviceCount: {err})"
+    return None
+
+
+@functools.cache
+def _tensorrt_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed"
+    return _cuda_device_reason()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--runslow") or os.environ.get("SLICER_RUN_SLOW") == "1"
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow or SLICER_RUN_SLOW=1"))
+        if "gpu" in item.keywords and (reason := _cuda_device_reason()):
+            item.add_marker(pytest.mark.skip(reason=reason))
+        if "tensorrt" in item.keywords and (reason := _tensorrt_reason()):
+            item.add_marker(pytest.mark.skip(reason=reason))
