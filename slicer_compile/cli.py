@@ -85,7 +85,8 @@ def bench_codec(sizes: str, sparsities: str, repeat: int, data: str, seed: int, 
             "" if r.content_overhead is None else f"{r.content_overhead:+.2%}",
             f"{r.encode_melem_s:.1f}", f"{r.decode_melem_s:.1f}", f"{r.rmse:.4g}",
         )
-    Console().print(table)
+    # Off a terminal rich assumes 80 columns and would cut the table; use a wide one.
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
     if json_path is not None:
         json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
         click.echo(f"wrote {json_path}", err=True)

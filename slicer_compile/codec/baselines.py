@@ -49,7 +49,14 @@ def decode_float16(payload: bytes, header: Header) -> np.ndarray:
     reader = PayloadReader(payload, header)
     buf = _section_exact(reader, 2 * header.num_elements, "float16")
     reader.finish()
-    return np.frombuffer(buf, dtype="<f2").reshape(header.shape).astype(header.dtype)
+    return _finite_float16(buf, header)
+
+
+def _finite_float16(buf, header: Header) -> np.ndarray:
+    values = np.frombuffer(buf, dtype="<f2")
+    if not np.isfinite(values).all():
+        raise PayloadError("float16 values include NaN or Inf")
+    return values.reshape(header.shape).astype(header.dtype)
 
 
 def predict_bits_float16(shape: tuple[int, ...], cfg: Float16Config) -> int:
@@ -76,8 +83,8 @@ def encode_int8(x: np.ndarray, cfg: Int8Config) -> bytes:
 def decode_int8(payload: bytes, header: Header) -> np.ndarray:
     reader = PayloadReader(payload, header)
     (scale,) = unpack_struct(_SCALE, reader.section("scale"), "int8 scale")
-    if not (math.isfinite(scale) and scale >= 0):
-        raise PayloadError(f"int8 scale {scale} is not a finite non-negative number")
+    if not (math.isfinite(scale) and 0 <= scale * 128 <= float(np.finfo(header.dtype).max)):
+        raise PayloadError(f"int8 scale {scale} is negative, non-finite or overflows {header.dtype}")
     codes = np.frombuffer(_section_exact(reader, header.num_elements, "int8 codes"), dtype=np.int8)
     reader.finish()
     return (codes.astype(np.float32) * np.float32(scale)).reshape(header.shape).astype(header.dtype)
@@ -122,7 +129,7 @@ def decode_zstd(payload: bytes, header: Header) -> np.ndarray:
         raise PayloadError(f"zstd frame is corrupt: {exc}") from None
     if len(raw) != expected:
         raise PayloadError(f"zstd frame holds {len(raw)} bytes, the tensor needs {expected}")
-    return np.frombuffer(raw, dtype="<f2").reshape(header.shape).astype(header.dtype)
+    return _finite_float16(raw, header)
 
 
 def zstd_compress_bound(nbytes: int) -> int:

@@ -46,9 +46,11 @@ def index_width(space: int) -> int:
     return max(1, (space - 1).bit_length())
 
 
-def subset_worst_nbytes(count: int, space: int) -> int:
-    """Upper bound on :func:`encode_subset`'s size for any ``count`` of ``space``."""
-    if count == 0 or count == space:
+def subset_worst_nbytes(max_count: int, space: int) -> int:
+    """Upper bound on :func:`encode_subset`'s size for any count <= ``max_count``."""
+    # The worst count is the largest one below the full space (which is trivial).
+    count = min(max_count, space - 1)
+    if count <= 0:
         return 1
     return 1 + min(packed_nbytes(space, 1), packed_nbytes(count, index_width(space)))
 
@@ -262,6 +264,13 @@ def label_chunk(base: int) -> tuple[int, int]:
     return best
 
 
+@lru_cache(maxsize=None)
+def _label_powers(base: int) -> np.ndarray:
+    """Place values of the labels in a word, first label most significant."""
+    per_word, _ = label_chunk(base)
+    return np.array([base ** (per_word - 1 - j) for j in range(per_word)], dtype=np.uint64)
+
+
 def labels_nbytes(count: int, base: int) -> int:
     """Exact size of :func:`encode_labels` for ``count`` labels."""
     if base <= 1 or count == 0:
@@ -278,11 +287,8 @@ def encode_labels(labels: np.ndarray, base: int) -> bytes:
     words = -(-labels.size // per_word)
     digits = np.zeros(words * per_word, dtype=np.uint64)
     digits[: labels.size] = labels
-    digits = digits.reshape(words, per_word)
-    acc = np.zeros(words, dtype=np.uint64)
-    b = np.uint64(base)
-    for j in range(per_word):
-        acc = acc * b + digits[:, j]
+    # Each product is at most the word's value, which is below 2^64: no wrap-around.
+    acc = (digits.reshape(words, per_word) * _label_powers(base)).sum(axis=1, dtype=np.uint64)
     return pack_uint(acc, bits)
 
 
@@ -291,7 +297,7 @@ def decode_labels(buf: memoryview, count: int, base: int) -> np.ndarray:
     if base <= 1 or count == 0:
         if len(buf):
             raise PayloadError("label section carries data it should not")
-        return np.zeros(count, dtype=np.int64)
+        return np.zeros(count, dtype=np.uint8)
     per_word, bits = label_chunk(base)
     words = -(-count // per_word)
     if len(buf) != packed_nbytes(words, bits):
@@ -299,12 +305,15 @@ def decode_labels(buf: memoryview, count: int, base: int) -> np.ndarray:
     acc = unpack_uint(buf, words, bits)
     if int(acc.max()) >= base ** per_word:
         raise PayloadError("label word out of range")
-    digits = np.empty((words, per_word), dtype=np.uint64)
-    b = np.uint64(base)
-    for j in range(per_word - 1, -1, -1):
-        digits[:, j] = acc % b
-        acc = acc // b
-    flat = digits.ravel()
+    if words <= 64:  # few words: one broadcast division beats a loop of small ones
+        flat = ((acc[:, None] // _label_powers(base)) % np.uint64(base)).ravel()
+    else:  # division by a scalar is several times faster than by an array
+        digits = np.empty((words, per_word), dtype=np.uint64)
+        b = np.uint64(base)
+        for j in range(per_word - 1, -1, -1):
+            digits[:, j] = acc % b
+            acc = acc // b
+        flat = digits.ravel()
     if flat[count:].any():
         raise PayloadError("label padding is not zero")
-    return flat[:count].astype(np.int64)
+    return flat[:count].astype(np.uint8)

@@ -9,23 +9,47 @@ from __future__ import annotations
 
 import numpy as np
 
+from slicer_compile.errors import PayloadError
+
 _F32 = np.float32
 
 
-def quantize(values: np.ndarray, lo: np.ndarray, step: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """AIQ codes ``round((v - lo) / step)``, at most ``levels`` (float32, ties to even).
+# Few groups (SLICER blocks) are processed one slice at a time with scalar lo
+# and step; many groups (TAB-Q tokens) with per-element arrays. Both do the same
+# float32 operations, so they give the same codes.
+_SLICE_MAX_GROUPS = 64
 
-    ``values >= lo`` holds (lo is the group's minimum), so no lower clamp is
-    needed; a constant group (step 0) gets code 0.
+
+def quantize_groups(mags: np.ndarray, starts: np.ndarray, sizes: np.ndarray, lo: np.ndarray,
+                    step: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """AIQ codes ``rint((v - lo) / step)`` (ties to even), at most ``2^q - 1``.
+
+    ``mags`` is grouped contiguously; group g has ``lo[g]``, ``step[g]`` and
+    ``q[g]`` bits. ``v >= lo`` holds (lo is the group's minimum), so there is
+    no lower clamp; a constant group (step 0) gets code 0.
     """
-    safe_step = np.where(step > 0, step, _F32(1))
-    codes = np.rint((values - lo) / safe_step)
-    return np.minimum(codes, levels.astype(_F32, copy=False)).astype(np.int32)
+    levels = ((np.int64(1) << q.astype(np.int64)) - 1).astype(_F32)
+    safe_step = np.where(step > 0, step, _F32(1)).astype(_F32)
+    if sizes.size <= _SLICE_MAX_GROUPS:
+        codes = np.empty(mags.size, dtype=np.int32)
+        for start, size, g_lo, g_step, g_levels in zip(starts, sizes, lo, safe_step, levels):
+            group = mags[start: start + size]
+            codes[start: start + size] = np.minimum(np.rint((group - g_lo) / g_step), g_levels)
+        return codes
+    codes = np.rint((mags - np.repeat(lo, sizes)) / np.repeat(safe_step, sizes))
+    return np.minimum(codes, np.repeat(levels, sizes)).astype(np.int32)
 
 
-def dequantize(codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """``lo + code·step`` in float32: a product then a sum, never fused."""
-    return codes.astype(_F32) * step + lo
+def dequantize_groups(codes: np.ndarray, sizes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``lo + code·step`` in float32 per group: a product then a sum, never fused."""
+    if sizes.size <= _SLICE_MAX_GROUPS:
+        out = np.empty(codes.size, dtype=_F32)
+        start = 0
+        for size, g_lo, g_step in zip(sizes, lo, step):
+            out[start: start + size] = codes[start: start + size].astype(_F32) * g_step + g_lo
+            start += size
+        return out
+    return codes.astype(_F32) * np.repeat(step, sizes) + np.repeat(lo, sizes)
 
 
 def block_step(lo: np.ndarray, hi: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -46,22 +70,27 @@ def choose_bits(mags: np.ndarray, starts: np.ndarray, sizes: np.ndarray, lo: np.
     """
     q = np.full(sizes.size, q_bits, dtype=np.int64)
     q[lo == hi] = 0
-    lo_e = np.repeat(lo, sizes)
-    levels0 = np.repeat((np.int32(1) << q) - 1, sizes)
-    reference = quantize(mags, lo_e, np.repeat(block_step(lo, hi, q), sizes), levels0)
-    codes = reference.copy()
+    reference = quantize_groups(mags, starts, sizes, lo, block_step(lo, hi, q), q)
+    codes = reference
     active = q > 0
     for trial in range(q_bits - 1, q_min - 1, -1):
         if not active.any():
             break
         q_trial = np.where(active, trial, q)
-        step_e = np.repeat(block_step(lo, hi, q_trial), sizes)
-        trial_codes = quantize(mags, lo_e, step_e, np.repeat((np.int32(1) << q_trial) - 1, sizes))
+        trial_codes = quantize_groups(mags, starts, sizes, lo, block_step(lo, hi, q_trial), q_trial)
         mismatch = np.abs((reference >> (q_bits - trial)) - trial_codes)
         ds = np.add.reduceat(mismatch, starts) / sizes
         passed = active & (ds <= delta)
         q = np.where(passed, trial, q)
-        take = np.repeat(passed, sizes)
-        codes[take] = trial_codes[take]
+        codes = np.where(np.repeat(passed, sizes), trial_codes, codes)
         active = passed
     return q, codes
+
+
+def check_ranges(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Decoder check: each group's [lo, hi] is finite, ordered, non-negative and
+    representable in the output dtype (so decoding cannot overflow to inf)."""
+    top = float(np.finfo(dtype).max)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo >= 0).all() and (hi >= lo).all()
+            and (hi <= top).all()):
+        raise PayloadError(f"{what} table holds a non-finite, inverted or out-of-range magnitude range")

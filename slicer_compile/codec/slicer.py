@@ -25,7 +25,7 @@ import numpy as np
 
 from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
 from slicer_compile.codec.config import MAX_BLOCKS, MAX_Q_BITS, SlicerConfig
-from slicer_compile.codec.quant import block_step, choose_bits, dequantize
+from slicer_compile.codec.quant import block_step, check_ranges, choose_bits, dequantize_groups
 from slicer_compile.codec.positions import (
     decode_labels,
     decode_subset,
@@ -51,6 +51,8 @@ BLOCK_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])  # 9 bytes, 
 NUM_SECTIONS = 7
 
 _F32 = np.float32
+# ATKF estimates its threshold from every 16th score before the exact selection.
+_SAMPLE_STRIDE = 16
 
 
 # --- ATKF -----------------------------------------------------------------------
@@ -75,33 +77,39 @@ def select_kept(flat: np.ndarray, k: int, lam: float) -> np.ndarray:
     scores = atkf_scores(flat, lam)
     if k >= T:
         return np.flatnonzero(scores > 0)
-    # Candidates: every index whose score reaches a threshold that at least k
-    # scores reach. A strided sample usually gives one that few more than k
-    # pass; with the threshold 0 (the fallback) every index is a candidate.
+    if k * 4 >= T:  # a large share is kept: select over all scores directly
+        kth = np.partition(scores, T - k)[T - k]
+        return _top_k_at(scores, None, kth, k) if kth > 0 else np.flatnonzero(scores > 0)
+    # Otherwise select among candidates: the indices whose score reaches a
+    # threshold that, judged from a strided sample, a few more than k reach.
     candidates = _candidates(scores, k)
     cand_scores = scores[candidates]
     kth = np.partition(cand_scores, cand_scores.size - k)[cand_scores.size - k]
     if kth == 0:  # fewer than k non-zeros: keep them all
         return np.compress(cand_scores > 0, candidates)
-    kept = cand_scores >= kth
+    return _top_k_at(cand_scores, candidates, kth, k)
+
+
+def _top_k_at(scores: np.ndarray, indices: np.ndarray | None, kth: np.float32, k: int) -> np.ndarray:
+    """Indices of the k scores >= kth, dropping the highest-index ties; ``indices``
+    maps positions in ``scores`` to flat indices (None: the identity)."""
+    kept = scores >= kth
     surplus = int(np.count_nonzero(kept)) - k
     if surplus:  # ties at the k-th score: drop those with the highest indices
-        kept[np.flatnonzero(cand_scores == kth)[-surplus:]] = False
-    return np.compress(kept, candidates)
+        kept[np.flatnonzero(scores == kth)[-surplus:]] = False
+    return np.flatnonzero(kept) if indices is None else np.compress(kept, indices)
 
 
 def _candidates(scores: np.ndarray, k: int) -> np.ndarray:
-    T = scores.size
-    stride = 16
-    if T >= 1 << 16 and k * 4 < T:
-        sample = scores[::stride]
-        want = min(sample.size, int(k / stride * 1.1 + 4 * math.sqrt(k / stride) + 16))
-        threshold = np.partition(sample, sample.size - want)[sample.size - want]
-        if threshold > 0:
-            candidates = np.flatnonzero(scores >= threshold)
-            if candidates.size >= k:
-                return candidates
-    return np.arange(T)
+    """Indices of a superset of the top k (all of them when no good threshold is found)."""
+    sample = scores[::_SAMPLE_STRIDE]
+    want = min(sample.size, int(k / _SAMPLE_STRIDE * 1.1 + 4 * math.sqrt(k / _SAMPLE_STRIDE) + 16))
+    threshold = np.partition(sample, sample.size - want)[sample.size - want]
+    if threshold > 0:
+        candidates = np.flatnonzero(scores >= threshold)
+        if candidates.size >= k:
+            return candidates
+    return np.arange(scores.size)
 
 
 # --- MS ---------------------------------------------------------------------------
@@ -224,8 +232,7 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
     table = np.frombuffer(table_buf, dtype=BLOCK_DTYPE)
     q = table["q"].astype(np.int64)
     lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo >= 0).all() and (hi >= lo).all()):
-        raise PayloadError("block table holds a non-finite or inverted range")
+    check_ranges(lo, hi, header.dtype, "block")
     varying = lo < hi
     if (q[~varying] != 0).any() or ((q[varying] < cfg.q_min) | (q[varying] > cfg.q_bits)).any():
         raise PayloadError(f"block bit-widths outside [{cfg.q_min}, {cfg.q_bits}] (0 for constant blocks)")
@@ -249,7 +256,7 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
         block_id[neg_sel] = labels_neg + sizes_pos.size
         order = np.argsort(block_id, kind="stable")
         step = block_step(lo, hi, q)
-        decoded = dequantize(np.concatenate(codes), np.repeat(lo, sizes), np.repeat(step, sizes))
+        decoded = dequantize_groups(np.concatenate(codes), sizes, lo, step)
         decoded[sizes_pos.sum():] *= _F32(-1)
         out[kept[order]] = decoded
     return out.reshape(header.shape).astype(header.dtype, copy=False)
@@ -294,7 +301,7 @@ def predict_bits(shape: tuple[int, ...], cfg: SlicerConfig) -> int:
         header_nbytes(len(shape), KNOBS.size)
         + NUM_SECTIONS * SECTION_OVERHEAD_NBYTES
         + META.size
-        + subset_worst_nbytes(k, T)  # monotone in the kept count, which is <= k
+        + subset_worst_nbytes(k, T)  # the kept count is at most k
         + 1 + packed_nbytes(k, 1)  # signs: at worst a bitmap over the kept values
         + nblocks * BLOCK_DTYPE.itemsize
     )

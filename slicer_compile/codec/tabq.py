@@ -27,7 +27,7 @@ import numpy as np
 from slicer_compile.codec.bits import pack_flags, pack_uint, packed_nbytes, unpack_flags, unpack_uint
 from slicer_compile.codec.config import MAX_Q_BITS, TabqConfig
 from slicer_compile.codec.positions import decode_subset, encode_subset
-from slicer_compile.codec.quant import block_step, choose_bits, dequantize
+from slicer_compile.codec.quant import block_step, check_ranges, choose_bits, dequantize_groups
 from slicer_compile.codec.wire import (
     SECTION_OVERHEAD_NBYTES,
     Header,
@@ -117,8 +117,7 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
     table = np.frombuffer(table_buf, dtype=TOKEN_DTYPE)
     q = table["q"].astype(np.int64)
     lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo >= 0).all() and (hi >= lo).all()):
-        raise PayloadError("token table holds a non-finite or inverted range")
+    check_ranges(lo, hi, header.dtype, "token")
     varying = lo < hi
     if (q[~varying] != 0).any() or ((q[varying] < cfg.q_min) | (q[varying] >= cfg.q_max)).any():
         raise PayloadError(f"token bit-widths outside [{cfg.q_min}, {cfg.q_max - 1}] (0 for constant tokens)")
@@ -138,7 +137,7 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
         codes[q_elem == w] = unpack_uint(values_buf[offset: offset + nbytes], n, w).astype(np.int64)
         offset += nbytes
 
-    mags = dequantize(codes, np.repeat(lo, sizes), np.repeat(block_step(lo, hi, q), sizes))
+    mags = dequantize_groups(codes, sizes, lo, block_step(lo, hi, q))
     out = np.zeros(T, dtype=_F32)
     below_mask = np.ones(T, dtype=bool)
     below_mask[above] = False

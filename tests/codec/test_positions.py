@@ -54,6 +54,7 @@ def test_subset_round_trip_and_never_worse_than_bitmap_or_fixed(space, data):
         assert len(coded) <= 1 + packed_nbytes(space, 1)
         assert len(coded) <= 1 + packed_nbytes(indices.size, index_width(space))
     assert len(coded) <= subset_worst_nbytes(indices.size, space)
+    assert len(coded) <= subset_worst_nbytes(space, space)  # a bound for any count
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])

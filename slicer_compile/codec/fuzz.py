@@ -1,0 +1,100 @@
+"""Decoder fuzzing: mutate valid payloads and check that decoding either succeeds
+or raises PayloadError. Used by the test suite (a few thousand cases) and by
+``tools/fuzz_decoder.py`` (as many as you like).
+
+Half of the mutated payloads get their CRC re-stamped, so the fuzz reaches the
+section parsers instead of stopping at the checksum.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections import Counter
+
+import numpy as np
+
+from slicer_compile.codec import (
+    DecodeLimits,
+    Float16Config,
+    Int8Config,
+    SlicerConfig,
+    TabqConfig,
+    ZstdConfig,
+    decode,
+    encode,
+)
+from slicer_compile.errors import PayloadError
+
+
+def restamp(payload: bytes) -> bytes:
+    """Replace the CRC trailer so that only the structure is wrong."""
+    return payload[:-4] + struct.pack("<I", zlib.crc32(payload[:-4]))
+
+
+def seed_payloads() -> list[bytes]:
+    """Valid payloads of every codec, dtype and the main code paths."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 33)).astype(np.float32)
+    x[0, :5] = 0
+    x[1, 3] = 9.0
+    relu = np.maximum(x, 0)
+    return [
+        encode(x, SlicerConfig(sparsity=0.5)),
+        encode(x, SlicerConfig(sparsity=0.9, lam=0.3, blocks=(2, 4), q_bits=5, q_min=1, delta=1.0)),
+        encode(relu, SlicerConfig(sparsity=0.1)),
+        encode(x.astype(np.float16), SlicerConfig(sparsity=0.75)),
+        encode(np.random.default_rng(1).standard_normal(5000).astype(np.float32), SlicerConfig(sparsity=0.95)),
+        encode(x, TabqConfig(tau=1.0)),
+        encode(x.astype(np.float16), TabqConfig(tau=0.5, q_max=6, delta=0.0)),
+        encode(x, Float16Config()),
+        encode(x, Int8Config()),
+        encode(x, ZstdConfig()),
+    ]
+
+
+def mutate(payload: bytes, rng: np.random.Generator) -> bytes:
+    """One random corruption: byte flips, truncation, insertion, extreme 32-bit
+    fields, deleted spans or bit flips."""
+    data = bytearray(payload)
+    kind = rng.integers(6)
+    if kind == 0:
+        for _ in range(rng.integers(1, 4)):
+            data[rng.integers(len(data))] = rng.integers(256)
+    elif kind == 1:
+        data = data[: rng.integers(len(data))]
+    elif kind == 2:
+        at = rng.integers(len(data))
+        data[at:at] = rng.bytes(rng.integers(1, 9))
+    elif kind == 3:
+        at = rng.integers(max(1, len(data) - 4))
+        data[at: at + 4] = struct.pack("<I", int(rng.choice([0, 1, 2**31, 2**32 - 1, rng.integers(2**32)])))
+    elif kind == 4:
+        at = rng.integers(len(data))
+        del data[at: at + rng.integers(1, 16)]
+    else:
+        for _ in range(rng.integers(1, 6)):
+            at = rng.integers(len(data))
+            data[at] ^= 1 << rng.integers(8)
+    return bytes(data)
+
+
+def fuzz_decoder(iterations: int, seed: int = 0, limits: DecodeLimits = DecodeLimits(max_elements=1 << 20)) -> Counter:
+    """Decode ``iterations`` mutated payloads; return counts of "decoded" and
+    "rejected". Any exception other than PayloadError propagates: that is a bug."""
+    rng = np.random.default_rng(seed)
+    seeds = seed_payloads()
+    outcomes: Counter = Counter()
+    for i in range(iterations):
+        payload = mutate(seeds[i % len(seeds)], rng)
+        if i % 2 and len(payload) >= 4:
+            payload = restamp(payload)
+        try:
+            out = decode(payload, limits)
+        except PayloadError:
+            outcomes["rejected"] += 1
+        else:
+            if not isinstance(out, np.ndarray):
+                raise AssertionError(f"decode returned {type(out).__name__}")
+            outcomes["decoded"] += 1
+    return outcomes
