@@ -13,16 +13,22 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["slicer_compile", "slicer_compile.*"]),
+    package_data={"slicer_compile.profile": ["devices.json"]},
     install_requires=[
         "numpy>=1.26",
         "click>=8.1",
         "rich>=13",
         "zstandard>=0.22",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "onnxruntime-extensions>=0.12",
+        "matplotlib>=3.7",
     ],
     extras_require={
-        # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
-        "torch": ["torch==2.13.0"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],
+        # torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The
+        # dynamo exporter needs onnxscript.
+        "torch": ["torch==2.13.0", "onnxscript>=0.3"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "onnxscript>=0.3", "scikit-learn>=1.3"],
         "gpu": ["cuda-python>=12"],
         "triton": ["tritonclient[http]>=2.40"],
     },

@@ -30,11 +30,192 @@ def _parse_list(text: str, kind, what: str) -> list:
         raise click.UsageError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _CompileByDefault(click.Group):
+    """``slicer-compile MODEL.onnx ...`` means ``slicer-compile compile MODEL.onnx ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_CompileByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="slicer-compile")
 def cli() -> None:
     """Split a DNN between edge devices and a shared GPU server, with a compressing
-    codec for the intermediate feature."""
+    codec for the intermediate feature.
+
+    \b
+    slicer-compile MODEL.onnx --device jetson -o out/   compile (same as: compile MODEL.onnx ...)
+    slicer-compile devices                              device profiles known
+    slicer-compile profile MODEL.onnx -o prof.json      measure per-node latency here
+    slicer-compile inspect out/                         the split table
+    """
+
+
+# --- compile -------------------------------------------------------------------
+
+
+def _parse_shapes(specs: tuple[str, ...]) -> dict | None:
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.UsageError(f"--input-shape takes NAME=DxDxD, got {spec!r}")
+    return shapes or None
+
+
+class _Progress:
+    """A rich progress bar for the compiler's stages."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), transient=True, console=_stderr_console())
+        self._progress.__enter__()
+        self._tasks = {}
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        self._progress.__exit__(*exc)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _device_help() -> str:
+    return "Edge device (see: slicer-compile devices); cpu measures this machine."
+
+
+@cli.command("compile")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", default="out", show_default=True, type=click.Path(path_type=Path),
+              help="Artifact directory to create.")
+@click.option("--device", default="cpu", show_default=True, help=_device_help())
+@click.option("--server-device", default="a100", show_default=True, help="Server GPU model for server latency.")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), help="Profile measured on the target.")
+@click.option("--calib", "calib_path", type=click.Path(path_type=Path), help="Calibration inputs (.npz).")
+@click.option("--calib-samples", default=64, show_default=True, help="Calibration samples used at most.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Pin an input shape: NAME=1x3x224x224.")
+@click.option("--max-pairs", default=8, show_default=True, help="Split pairs materialised at most.")
+@click.option("--runs", default=10, show_default=True, help="Timed profiling runs (cpu).")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+def compile_command(model_path: Path, out_dir: Path, device: str, server_device: str, profile_path: Path | None,
+                    calib_path: Path | None, calib_samples: int, input_shapes: tuple[str, ...], max_pairs: int,
+                    runs: int, force: bool) -> None:
+    """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report."""
+    from slicer_compile.compiler import compile_model
+    from slicer_compile.report import REPORT
+
+    with _Progress() as progress:
+        artifact = compile_model(model_path, device=device, out_dir=out_dir, calib=calib_path, profile=profile_path,
+                                 server_device=server_device, calib_samples=calib_samples,
+                                 input_shapes=_parse_shapes(input_shapes), max_pairs=max_pairs, runs=runs,
+                                 overwrite=force, progress=progress)
+    _print_split_table(artifact)
+    click.echo(f"wrote {out_dir}/ ({len(artifact.splits)} splits, {len(artifact.pareto)} pairs materialised, "
+               f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/{REPORT}")
+
+
+def _print_split_table(artifact) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from slicer_compile.report import TABLE_HEADER, split_table_rows
+
+    table = Table(title=f"splits of {Path(artifact.manifest['source']['path']).name} "
+                        f"on {artifact.manifest['device']['name']} (* = materialised)")
+    for column in TABLE_HEADER:
+        table.add_column(column, justify="right")
+    for row in split_table_rows(artifact):
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@cli.command("devices")
+def devices_command() -> None:
+    """List the device profiles known to --device."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from slicer_compile.profile.devices import _catalogue, get_device, known_devices
+
+    aliases = _catalogue()["aliases"]
+    table = Table(title="device profiles")
+    for column in ("name", "description", "peak TFLOP/s", "bandwidth GB/s", "memory GiB", "precision"):
+        table.add_column(column)
+    for name in known_devices():
+        if name in aliases:
+            continue
+        spec = get_device(name)
+        alias = [a for a, target in aliases.items() if target == name]
+        table.add_row(name + (f" ({', '.join(alias)})" if alias else ""), spec.description,
+                      f"{spec.peak_flops / 1e12:.2f}", f"{spec.memory_bandwidth / 1e9:.1f}",
+                      f"{spec.memory_bytes / 2**30:.1f}", spec.precision)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@cli.command("profile")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Profile JSON.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Pin an input shape: NAME=1x3x224x224.")
+@click.option("--warmup", default=3, show_default=True)
+@click.option("--runs", default=20, show_default=True)
+@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt.")
+def profile_command(model_path: Path, output: Path, input_shapes: tuple[str, ...], warmup: int, runs: int,
+                    backend: str) -> None:
+    """Measure per-node latency and memory of MODEL.onnx on this machine (run it on the target)."""
+    from slicer_compile.frontend import concretize, load_onnx
+    from slicer_compile.profile.devices import local_cpu
+    from slicer_compile.profile.measure import measure_profile
+
+    if backend != "onnxruntime":
+        raise SlicerCompileError(f"backend {backend!r} is not available here: only onnxruntime profiles on this build")
+    model = concretize(load_onnx(model_path), _parse_shapes(input_shapes))
+    with _Progress() as progress:
+        prof = measure_profile(model, "cpu", local_cpu().description, warmup=warmup, runs=runs,
+                               progress=lambda d, t: progress("profiling", d, t))
+    with _atomic_path(output) as tmp:
+        prof.save(tmp)
+    click.echo(f"{len(prof.nodes)} nodes, {prof.total_latency_s * 1e3:.3f} ms per run -> {output}")
+
+
+@cli.command("inspect")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Rewrite report.md and plots/.")
+def inspect_command(artifact_dir: Path, plots: bool) -> None:
+    """Show an artifact's split table (and rewrite its report and plots)."""
+    from slicer_compile.artifact import load_artifact
+    from slicer_compile.report import write_report
+
+    artifact = load_artifact(artifact_dir)
+    _print_split_table(artifact)
+    if plots:
+        click.echo(f"wrote {write_report(artifact)}")
+
+
+@cli.command("materialize")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--split", "split_id", required=True, help="Split id from the split table.")
+def materialize_command(artifact_dir: Path, split_id: str) -> None:
+    """Write the edge/server pair of one more split into an artifact."""
+    from slicer_compile.compiler import materialize
+
+    info = materialize(artifact_dir, split_id)
+    click.echo(f"{split_id}: {artifact_dir / info.files['edge']}, {artifact_dir / info.files['server']}")
 
 
 # --- bench -----------------------------------------------------------------------

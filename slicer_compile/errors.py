@@ -25,3 +25,19 @@ class PayloadError(SlicerCompileError, ValueError):
 
 class TensorError(SlicerCompileError, ValueError):
     """A tensor handed to an encoder cannot be encoded (NaN/Inf, bad dtype, too large)."""
+
+
+class ModelError(SlicerCompileError, ValueError):
+    """A model file cannot be loaded, normalised or split (not ONNX, truncated, no valid cut)."""
+
+
+class DeviceError(SlicerCompileError, ValueError):
+    """An unknown device name, or a device profile that cannot be read."""
+
+
+class ArtifactError(SlicerCompileError, ValueError):
+    """An artifact directory is missing, incomplete or of another schema version."""
+
+
+class BackendUnavailableError(SlicerCompileError, RuntimeError):
+    """A backend (TensorRT, a GPU) is not available on this machine; the message says what is missing."""

@@ -1,0 +1,61 @@
+"""ONNX Runtime runner. Models containing ``ai.slicer`` codec nodes run through
+onnxruntime-extensions Python ops (see ``codec_ops``)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from slicer_compile.backends.base import Runner
+
+
+def session_options(optimize: bool = False, threads: int = 0, profile_prefix: str | None = None):
+    """Session options; graph optimisations off by default, so that a run matches
+    the profile (one kernel per ONNX node) and edge + server match the full model."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+class OnnxrtRunner(Runner):
+    """Runs an ``onnx.ModelProto`` (or serialized bytes) on the CPU execution provider."""
+
+    def __init__(self, model, name: str = "onnxrt", optimize: bool = False, threads: int = 0):
+        super().__init__(name)
+        self._model = model
+        self._optimize = optimize
+        self._threads = threads
+        self._session = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        from slicer_compile.backends.onnxrt.codec_ops import prepare_for_ort
+
+        so = session_options(self._optimize, self._threads)
+        model_bytes = prepare_for_ort(self._model, so)
+        self._session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.output_names
+        return dict(zip(names, self._session.run(names, dict(feeds))))
+
+    def deactivate_impl(self) -> None:
+        self._session = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self._session.get_outputs()]

@@ -1,0 +1,314 @@
+"""The compiler: model in, profiled and cut artifact with codec-equipped pairs out.
+
+    load/export -> concretize -> find cuts -> per-node latency (measured or
+    device model) -> split table -> calibrate (optional) -> Pareto pairs ->
+    artifact directory (staged, moved into place when complete) -> report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from slicer_compile import __version__
+from slicer_compile.artifact import (
+    ARTIFACT_ID_KEY,
+    FULL_MODEL,
+    SCHEMA_VERSION,
+    SPLIT_ID_KEY,
+    Artifact,
+    SplitInfo,
+    StagedDirectory,
+    load_artifact,
+    write_manifest,
+)
+from slicer_compile.calibrate import DEFAULT_SPARSITY_GRID, calibrate, load_calibration_inputs
+from slicer_compile.codec import SlicerConfig, predict_bits
+from slicer_compile.errors import ArtifactError, ModelError
+from slicer_compile.frontend.onnx_model import concretize, graph_inputs, load_onnx, model_sha256, normalise, tensor_types
+from slicer_compile.graph.codec_nodes import CodecLimits, add_decoders, add_encoders, set_metadata
+from slicer_compile.graph.cuts import Cut, CrossingTensor, GraphOrder, find_cuts, order_graph
+from slicer_compile.graph.partition import Partitioner
+from slicer_compile.profile.costs import NodeCost, node_costs
+from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, fit_device, get_device
+from slicer_compile.profile.measure import Profile, measure_profile, profile_costs
+
+DEFAULT_SERVER_DEVICE = "a100"
+
+#: Progress callback: (stage description, done, total).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    device: str = LOCAL_CPU
+    server_device: str = DEFAULT_SERVER_DEVICE
+    profile: str | Path | None = None
+    calib: str | Path | None = None
+    calib_samples: int = 64
+    input_shapes: dict | None = None
+    codec: SlicerConfig = SlicerConfig()
+    limits: CodecLimits = CodecLimits()
+    sparsity_grid: tuple[float, ...] = DEFAULT_SPARSITY_GRID
+    max_pairs: int = 8
+    max_activations: int = 1
+    warmup: int = 3
+    runs: int = 10
+    overwrite: bool = False
+
+
+def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", calib: str | Path | None = None,
+                  profile: str | Path | None = None, example_inputs: Sequence | None = None,
+                  progress: Progress | None = None, **options) -> Artifact:
+    """Compile a model into an artifact directory.
+
+    Args:
+        model: path to an .onnx file, an ``onnx.ModelProto``, or a ``torch.nn.Module``
+            (then ``example_inputs`` are its forward's inputs).
+        device: edge device name (``slicer-compile devices``); ``cpu`` measures this machine.
+        out_dir: the artifact directory; must not exist or be empty (``overwrite=True`` replaces it).
+        calib: an .npz of calibration inputs; measures fidelity per split and sparsity.
+        profile: a profile JSON measured on the target (``slicer-compile profile``).
+        **options: any field of :class:`CompileOptions`.
+    Returns:
+        The loaded artifact.
+    """
+    opts = CompileOptions(device=device, calib=calib, profile=profile, **options)
+    progress = progress or (lambda stage, done, total: None)
+    started = time.perf_counter()
+    get_device(opts.server_device)  # fail on a bad name before any work
+    edge_spec = get_device(opts.device)
+
+    source_path, normalised = _front_end(model, example_inputs)
+    concrete = concretize(normalised, opts.input_shapes)
+    cuts = find_cuts(concrete, opts.max_activations)
+    order = order_graph(concrete)
+    costs = node_costs(concrete, order.nodes)
+
+    edge_latency, device_info = _edge_latencies(concrete, costs, opts, edge_spec, progress)
+    server_spec = get_device(opts.server_device)
+    server_latency = server_spec.predict(costs)
+    feeds = load_calibration_inputs(opts.calib, normalised) if opts.calib else None
+
+    calibration = None
+    if feeds is not None:
+        calibration = calibrate(normalised, cuts, feeds, opts.codec, opts.sparsity_grid, opts.calib_samples,
+                                progress=lambda d, t: progress("calibrating", d, t))
+
+    table = _split_table(cuts, order, costs, edge_latency, server_latency, concrete, opts, calibration)
+    pareto = _pareto_ids(table, opts.max_pairs)
+    model_bytes = normalised.SerializeToString()
+    artifact_id = hashlib.sha256(model_bytes + repr(sorted(asdict(opts).items())).encode()).hexdigest()[:16]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "artifact_id": artifact_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(source_path), "sha256": hashlib.sha256(model_bytes).hexdigest()},
+        "device": device_info,
+        "server_device": {**server_spec.as_dict(), "latency_source": "roofline model"},
+        "backend": "onnxruntime",
+        "inputs": [_value_info(concrete, i.name) for i in graph_inputs(concrete)],
+        "outputs": [_value_info(concrete, o.name) for o in concrete.graph.output],
+        "codec": {"name": "slicer", "defaults": _codec_dict(opts.codec), "limits": asdict(opts.limits),
+                  "sparsity_grid": list(opts.sparsity_grid)},
+        "calibration": calibration.as_dict() if calibration else {
+            "status": "none", "reason": "compiled without --calib: fidelity is unknown"},
+        "splits": [asdict(row) for row in table],
+        "pareto": pareto,
+        "compile_seconds": None,
+    }
+
+    with StagedDirectory(out_dir, overwrite=opts.overwrite) as staging:
+        (staging / FULL_MODEL).write_bytes(model_bytes)
+        artifact = Artifact(staging, manifest, table)
+        partitioner = Partitioner(normalised)
+        for done, split_id in enumerate(pareto):
+            _materialize_into(artifact, partitioner, split_id)
+            progress("materialising split pairs", done + 1, len(pareto))
+        manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
+        write_manifest(staging, manifest)
+        from slicer_compile.report import write_report
+
+        write_report(load_artifact(staging))
+    return load_artifact(out_dir)
+
+
+def _front_end(model, example_inputs):
+    """(source description, normalised ONNX model) from a path, a ModelProto or a torch module."""
+    if isinstance(model, (str, Path)):
+        return Path(model), load_onnx(model)
+    if hasattr(model, "graph") and hasattr(model, "SerializeToString"):
+        return "<onnx.ModelProto>", normalise(model)
+    if hasattr(model, "forward") and hasattr(model, "parameters"):
+        if example_inputs is None:
+            raise ModelError("compiling a torch module needs example_inputs")
+        from slicer_compile.frontend.torch_export import export_torch
+
+        return f"<torch {type(model).__name__}>", normalise(export_torch(model, example_inputs))
+    raise ModelError(f"cannot compile a {type(model).__name__}: give an .onnx path, an onnx.ModelProto or a torch module")
+
+
+def _edge_latencies(concrete, costs: list[NodeCost], opts: CompileOptions, edge_spec: DeviceSpec,
+                    progress: Progress) -> tuple[np.ndarray, dict]:
+    """Per-node edge latency: from a given profile, measured here (cpu), or the device model."""
+    if opts.profile is not None:
+        prof = Profile.load(opts.profile)
+        if prof.model_sha256 != model_sha256(concrete):
+            raise ModelError(f"profile {opts.profile} was measured on another model (or other input shapes)")
+        by_node = prof.latency_by_node()
+        spec = fit_device(edge_spec, profile_costs(prof), [n.latency_s for n in prof.nodes])
+        info = {**spec.as_dict(), "description": prof.device_description or prof.device,
+                "latency_source": f"measured profile {Path(opts.profile).name}"}
+        return np.array([by_node.get(c.name, 0.0) for c in costs]), info
+    if opts.device == LOCAL_CPU:
+        prof = measure_profile(concrete, warmup=opts.warmup, runs=opts.runs,
+                               progress=lambda d, t: progress("profiling on this CPU", d, t))
+        by_node = prof.latency_by_node()
+        spec = fit_device(edge_spec, profile_costs(prof), [n.latency_s for n in prof.nodes])
+        info = {**spec.as_dict(), "latency_source": f"measured with ONNX Runtime ({opts.runs} runs, median)"}
+        return np.array([by_node.get(c.name, 0.0) for c in costs]), info
+    info = {**edge_spec.as_dict(), "latency_source": "roofline model (datasheet peaks, prior efficiencies)"}
+    return edge_spec.predict(costs), info
+
+
+def _live_activation_peaks(concrete, order: GraphOrder) -> np.ndarray:
+    """peak[p]: the most activation bytes alive at once while running the first p nodes.
+
+    A tensor needed after the prefix stays alive to its end, exactly as it
+    does in a full run, so one pass over the full order gives every prefix.
+    """
+    types = tensor_types(concrete)
+
+    def nbytes(name):
+        shape, dtype = types.get(name, (None, None))
+        return 0 if shape is None or None in shape else math.prod(shape) * np.dtype(dtype).itemsize
+
+    last_use = {}
+    for pos, node in enumerate(order.nodes):
+        for name in node.input:
+            last_use[name] = pos
+    for out in concrete.graph.output:
+        last_use[out.name] = len(order.nodes)
+    live = {i.name: nbytes(i.name) for i in graph_inputs(concrete)}
+    peaks = [sum(live.values())]
+    for pos, node in enumerate(order.nodes):
+        for name in node.output:
+            if name and name not in order.static_tensors:
+                live[name] = nbytes(name)
+        peaks.append(max(peaks[-1], sum(live.values())))
+        live = {n: b for n, b in live.items() if last_use.get(n, -1) > pos}
+    return np.array(peaks)
+
+
+def _split_table(cuts: list[Cut], order: GraphOrder, costs: list[NodeCost], edge_latency: np.ndarray,
+                 server_latency: np.ndarray, concrete, opts: CompileOptions, calibration) -> list[SplitInfo]:
+    edge_cum = np.concatenate([[0.0], np.cumsum(edge_latency)])
+    server_cum = np.concatenate([[0.0], np.cumsum(server_latency)])
+    flops_cum = np.concatenate([[0.0], np.cumsum([c.flops for c in costs])])
+    weights_cum = np.concatenate([[0], np.cumsum([c.weight_bytes for c in costs])])
+    peaks = _live_activation_peaks(concrete, order)
+    rows = []
+    for cut in cuts:
+        p = cut.position
+        activations = cut.activations
+        bounds = {f"{s:g}": int(sum(math.ceil(predict_bits(t.shape, _with_sparsity(opts.codec, s)) / 8)
+                                    for t in activations)) for s in opts.sparsity_grid}
+        bounds.setdefault(f"{opts.codec.sparsity:g}", int(sum(
+            math.ceil(predict_bits(t.shape, opts.codec) / 8) for t in activations)))
+        limit = sum(opts.limits.payload_bytes(t.shape) for t in activations)
+        codec_buffer = limit + sum(t.nbytes for t in activations)
+        rows.append(SplitInfo(
+            id=cut.id, position=p, crossing=tuple(t.as_dict() for t in cut.crossing),
+            edge_latency_s=float(edge_cum[p]), server_latency_s=float(server_cum[-1] - server_cum[p]),
+            edge_memory_bytes=int(weights_cum[p] + peaks[p] + codec_buffer),
+            edge_flops=float(flops_cum[p]), server_flops=float(flops_cum[-1] - flops_cum[p]),
+            if_shape=tuple(activations[0].shape), if_bytes=int(sum(t.nbytes for t in cut.crossing)),
+            payload_bound_bytes=bounds, payload_bytes_limit=int(limit),
+            fidelity=calibration.fidelity.get(cut.id) if calibration else None, files=None,
+        ))
+    return rows
+
+
+def _with_sparsity(cfg: SlicerConfig, s: float) -> SlicerConfig:
+    return SlicerConfig(sparsity=s, lam=cfg.lam, blocks=cfg.blocks, q_bits=cfg.q_bits, q_min=cfg.q_min,
+                        delta=cfg.delta)
+
+
+def _pareto_ids(table: list[SplitInfo], max_pairs: int) -> list[str]:
+    """Splits worth materialising: no deeper split is at least as good on edge
+    latency, edge memory and payload. At most ``max_pairs``, spread over depth,
+    always keeping the shallowest (cloud-only) and the deepest."""
+    front = []
+    for a in table:
+        dominated = any(
+            b.position > a.position and b.edge_latency_s <= a.edge_latency_s
+            and b.edge_memory_bytes <= a.edge_memory_bytes and b.payload_bytes_limit <= a.payload_bytes_limit
+            for b in table)
+        if not dominated:
+            front.append(a)
+    if len(front) > max_pairs:
+        picks = np.unique(np.round(np.linspace(0, len(front) - 1, max_pairs)).astype(int))
+        front = [front[i] for i in picks]
+    return [s.id for s in front]
+
+
+def _codec_dict(cfg: SlicerConfig) -> dict:
+    return {"sparsity": cfg.sparsity, "lam": cfg.lam, "blocks": list(cfg.blocks), "q_bits": cfg.q_bits,
+            "q_min": cfg.q_min, "delta": cfg.delta}
+
+
+def _value_info(model, name: str) -> dict:
+    shape, dtype = tensor_types(model)[name]
+    return {"name": name, "shape": list(shape) if shape else None, "dtype": str(dtype)}
+
+
+def _cut_of(info: SplitInfo) -> Cut:
+    return Cut(info.id, info.position, tuple(
+        CrossingTensor(t["name"], tuple(t["shape"]), t["dtype"], t["kind"]) for t in info.crossing))
+
+
+def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: str) -> SplitInfo:
+    """Write splits/<id>/edge.onnx and server.onnx (codec inserted) and record them."""
+    import onnx
+
+    info = artifact.split(split_id)
+    cut = _cut_of(info)
+    limits = CodecLimits(**artifact.manifest["codec"]["limits"])
+    pair = partitioner.split(cut)
+    edge, server = add_encoders(pair.edge, cut, limits), add_decoders(pair.server, cut)
+    split_dir = artifact.path / "splits" / split_id
+    split_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for part, model in (("edge", edge), ("server", server)):
+        set_metadata(model, **{ARTIFACT_ID_KEY: artifact.id, SPLIT_ID_KEY: split_id})
+        onnx.checker.check_model(model)
+        files[part] = f"splits/{split_id}/{part}.onnx"
+        onnx.save(model, str(artifact.path / files[part]))
+    updated = SplitInfo(**{**asdict(info), "files": files})
+    artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
+    artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]
+    return updated
+
+
+def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
+    """Materialise one more split pair in an existing artifact (``slicer-compile materialize``)."""
+    import onnx
+
+    artifact = load_artifact(out_dir)
+    info = artifact.split(split_id)
+    if info.files and all((artifact.path / f).is_file() for f in info.files.values()):
+        return info
+    model_path = artifact.path / FULL_MODEL
+    if not model_path.is_file():
+        raise ArtifactError(f"{out_dir} has no {FULL_MODEL} to cut")
+    updated = _materialize_into(artifact, Partitioner(onnx.load(str(model_path))), split_id)
+    write_manifest(artifact.path, artifact.manifest)
+    return updated

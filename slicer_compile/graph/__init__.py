@@ -1,0 +1,1 @@
+"""Graph analysis and surgery: cut points (decide), partition and codec nodes (rewrite)."""

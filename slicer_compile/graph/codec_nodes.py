@@ -1,0 +1,132 @@
+"""Insert the codec into a split: ``SlicerEncode`` at the end of the edge part,
+``SlicerDecode`` at the start of the server part, on every activation tensor.
+
+Side tensors travel raw. The encoder's payload output has a static size: the
+payload bound of the loosest knobs the node accepts, so an engine can allocate
+it once; the runtime sends ``payload[:nbytes]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from slicer_compile.codec import SlicerConfig, predict_bits
+from slicer_compile.codec.ops import DECODE_OP, DOMAIN, ENCODE_OP, KNOB_FIELDS, KNOBS_INPUT
+from slicer_compile.graph.cuts import Cut
+
+
+@dataclass(frozen=True)
+class CodecLimits:
+    """The loosest knobs an encoder node accepts; they fix its payload size."""
+
+    min_sparsity: float = 0.5
+    max_blocks: int = 8
+    max_q_bits: int = 8
+
+    def loosest_config(self) -> SlicerConfig:
+        return SlicerConfig(sparsity=self.min_sparsity, blocks=(self.max_blocks, self.max_blocks),
+                            q_bits=self.max_q_bits, q_min=1)
+
+    def payload_bytes(self, shape: tuple[int, ...]) -> int:
+        return math.ceil(predict_bits(shape, self.loosest_config()) / 8)
+
+
+def payload_name(tensor: str) -> str:
+    return f"{tensor}.payload"
+
+
+def nbytes_name(tensor: str) -> str:
+    return f"{tensor}.nbytes"
+
+
+def _elem_type(dtype: str) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _ensure_opset(model) -> None:
+    from onnx import helper
+
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+
+
+def add_encoders(edge, cut: Cut, limits: CodecLimits):
+    """Edge part whose outputs are each activation's payload and byte count (plus
+    side tensors raw), with one extra input: the runtime knobs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.ModelProto.FromString(edge.SerializeToString())
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info(KNOBS_INPUT, TensorProto.FLOAT, [len(KNOB_FIELDS)]))
+    activations = {t.name: t for t in cut.activations}
+    new_outputs = []
+    for out in graph.output:
+        tensor = activations.get(out.name)
+        if tensor is None:
+            new_outputs.append(out)
+            continue
+        source = tensor.name
+        if np.dtype(tensor.dtype) != np.float32:
+            source = f"{tensor.name}.float32"
+            graph.node.append(helper.make_node("Cast", [tensor.name], [source], to=TensorProto.FLOAT,
+                                               name=f"{tensor.name}.cast"))
+        size = limits.payload_bytes(tensor.shape)
+        graph.node.append(helper.make_node(
+            ENCODE_OP, [source, KNOBS_INPUT], [payload_name(tensor.name), nbytes_name(tensor.name)],
+            domain=DOMAIN, name=f"{tensor.name}.encode", payload_bytes=size, min_sparsity=limits.min_sparsity,
+            max_blocks=limits.max_blocks, max_q_bits=limits.max_q_bits))
+        new_outputs.append(helper.make_tensor_value_info(payload_name(tensor.name), TensorProto.UINT8, [size]))
+        new_outputs.append(helper.make_tensor_value_info(nbytes_name(tensor.name), TensorProto.INT64, [1]))
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    _ensure_opset(model)
+    return model
+
+
+def add_decoders(server, cut: Cut):
+    """Server part that takes each activation as a payload (a byte vector of any
+    length) and decodes it in front of the original graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.ModelProto.FromString(server.SerializeToString())
+    graph = model.graph
+    activations = {t.name: t for t in cut.activations}
+    new_inputs, decoders = [], []
+    for inp in graph.input:
+        tensor = activations.get(inp.name)
+        if tensor is None:
+            new_inputs.append(inp)
+            continue
+        new_inputs.append(helper.make_tensor_value_info(payload_name(tensor.name), TensorProto.UINT8,
+                                                        [f"{tensor.name}.payload_len"]))
+        target = tensor.name if np.dtype(tensor.dtype) == np.float32 else f"{tensor.name}.float32"
+        decoders.append(helper.make_node(DECODE_OP, [payload_name(tensor.name)], [target], domain=DOMAIN,
+                                         name=f"{tensor.name}.decode", shape=",".join(map(str, tensor.shape))))
+        if target != tensor.name:
+            decoders.append(helper.make_node("Cast", [target], [tensor.name], to=_elem_type(tensor.dtype),
+                                             name=f"{tensor.name}.cast"))
+    del graph.input[:]
+    graph.input.extend(new_inputs)
+    nodes = decoders + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _ensure_opset(model)
+    return model
+
+
+def set_metadata(model, **props: str) -> None:
+    """Stamp key/value metadata (artifact id, split id) into a model part."""
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)

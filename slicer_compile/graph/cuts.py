@@ -1,0 +1,202 @@
+"""Cut points: where a model can be split, found by tensor name on the DAG.
+
+A cut is a prefix of the graph in topological order. Its *crossing set* is
+every tensor available on the edge (produced in the prefix, or a graph input)
+that is still needed after it (consumed later, or a graph output). Tensors
+that depend only on weights and constants ("static") never cross: both sides
+can compute them.
+
+Each crossing tensor is an *activation* (a float feature map large next to the
+others: it goes through the codec) or *side* (integer, or small: sent raw).
+A cut is offered when it has at least one and at most ``max_activations``
+activations, and every crossing tensor has a known shape. Any offered cut
+separates the graph by construction; :func:`check_separator` checks that for
+cuts that come from elsewhere.
+
+This module decides; it never rewrites a model (``graph.partition`` does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from slicer_compile.errors import ModelError
+from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
+
+#: A float tensor is an activation if it has at least this many elements…
+MIN_ACTIVATION_ELEMENTS = 64
+#: …and at least this share of the largest float tensor in the same crossing set.
+MIN_ACTIVATION_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class CrossingTensor:
+    """A tensor the edge sends to the server at a cut."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str  # "activation" (through the codec) or "side" (raw)
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_elements * np.dtype(self.dtype).itemsize
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "kind": self.kind,
+                "nbytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A valid split: the first ``position`` non-static nodes run on the edge."""
+
+    id: str
+    position: int
+    crossing: tuple[CrossingTensor, ...]
+
+    @property
+    def activations(self) -> tuple[CrossingTensor, ...]:
+        return tuple(t for t in self.crossing if t.kind == "activation")
+
+    @property
+    def side(self) -> tuple[CrossingTensor, ...]:
+        return tuple(t for t in self.crossing if t.kind == "side")
+
+    @property
+    def crossing_names(self) -> list[str]:
+        return [t.name for t in self.crossing]
+
+
+@dataclass(frozen=True)
+class GraphOrder:
+    """The nodes of a model as the cut analysis sees them."""
+
+    nodes: tuple  # non-static NodeProtos in topological order
+    static_nodes: tuple  # nodes computable from weights and constants alone
+    static_tensors: frozenset[str]
+
+
+def order_graph(model) -> GraphOrder:
+    """Split nodes into static (weights/constants only) and the ordered rest."""
+    static = {init.name for init in model.graph.initializer} | {""}
+    nodes, static_nodes = [], []
+    for node in model.graph.node:
+        if all(name in static for name in node.input):
+            static.update(node.output)
+            static_nodes.append(node)
+        else:
+            nodes.append(node)
+    return GraphOrder(tuple(nodes), tuple(static_nodes), frozenset(static))
+
+
+def split_id(position: int) -> str:
+    """Stable name of the cut after ``position`` edge nodes."""
+    return f"s{position:04d}"
+
+
+def classify(names: list[str], types: dict) -> tuple[CrossingTensor, ...] | None:
+    """Crossing tensors with their kind; None if a shape is unknown."""
+    sized = []
+    for name in names:
+        shape, dtype = types.get(name, (None, None))
+        if shape is None or any(d is None for d in shape):
+            return None
+        sized.append((name, tuple(int(d) for d in shape), dtype))
+    float_sizes = [math.prod(s) for _, s, d in sized if np.issubdtype(d, np.floating)]
+    largest = max(float_sizes, default=0)
+    out = []
+    for name, shape, dtype in sized:
+        n = math.prod(shape)
+        is_activation = (np.issubdtype(dtype, np.floating) and n >= MIN_ACTIVATION_ELEMENTS
+                         and n >= MIN_ACTIVATION_SHARE * largest)
+        out.append(CrossingTensor(name, shape, str(dtype), "activation" if is_activation else "side"))
+    return tuple(out)
+
+
+def crossing_sets(model, order: GraphOrder | None = None) -> list[list[str]]:
+    """For every prefix length p (0 … n-1), the names of the tensors crossing it.
+
+    Names come in a deterministic order: graph inputs first, then by producer.
+    """
+    order = order or order_graph(model)
+    static = order.static_tensors
+    outputs = {o.name for o in model.graph.output}
+    last_use: dict[str, int] = {}
+    for pos, node in enumerate(order.nodes):
+        for name in node.input:
+            if name not in static:
+                last_use[name] = pos
+    n = len(order.nodes)
+    for name in outputs:
+        last_use[name] = n  # needed at the very end
+    live: dict[str, None] = {i.name: None for i in graph_inputs(model) if i.name in last_use}
+    sets = []
+    for pos, node in enumerate(order.nodes):
+        sets.append([name for name in live if last_use.get(name, -1) >= pos])
+        live = {name: None for name in live if last_use.get(name, -1) > pos}
+        for name in node.output:
+            if name and name in last_use and name not in static:
+                live[name] = None
+    return sets
+
+
+def find_cuts(concrete_model, max_activations: int = 1) -> list[Cut]:
+    """The cuts worth offering, shallowest first.
+
+    Args:
+        concrete_model: a normalised model with every dimension known
+            (``frontend.concretize``), so crossing tensors can be sized.
+        max_activations: most codec-carried tensors a cut may have.
+    Raises:
+        ModelError: the model has no valid cut.
+    """
+    order = order_graph(concrete_model)
+    if not order.nodes:
+        raise ModelError("the model has no computation to split (every node is constant)")
+    types = tensor_types(concrete_model)
+    cuts = []
+    for position, names in enumerate(crossing_sets(concrete_model, order)):
+        crossing = classify(names, types)
+        if crossing is None:
+            continue
+        activations = sum(t.kind == "activation" for t in crossing)
+        if 1 <= activations <= max_activations:
+            cuts.append(Cut(split_id(position), position, crossing))
+    if len(cuts) < 2:
+        raise ModelError(
+            f"the model has no valid cut: {len(order.nodes)} node(s), and no point after the input where "
+            f"at most {max_activations} activation tensor(s) cross"
+        )
+    return cuts
+
+
+def check_separator(model, inputs: list[str], outputs: list[str]) -> None:
+    """Raise ModelError unless ``outputs`` can be computed from ``inputs`` and weights alone.
+
+    ``onnx.utils.Extractor`` gives a misleading "not topologically sorted" error
+    for a cut that does not separate the graph (one inside a residual block);
+    this says which tensors are missing instead.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    known = set(inputs) | {i.name for i in model.graph.initializer} | {""}
+    missing, stack, seen = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        if name in known or name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is None:
+            missing.add(name)
+            continue
+        stack.extend(node.input)
+    if missing:
+        raise ModelError(f"not a valid cut: {', '.join(sorted(missing)[:5])} would be needed but does not cross")

@@ -1,0 +1,1 @@
+"""Per-node costs: static FLOPs/bytes, measured ONNX Runtime latency, and device models."""

@@ -1,0 +1,126 @@
+"""The artifact's report: a split table (markdown) and plots (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slicer_compile.artifact import Artifact
+
+REPORT = "report.md"
+PLOTS = "plots"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def _kib(nbytes: float) -> str:
+    return f"{nbytes / 1024:.1f}"
+
+
+def split_table_rows(artifact: Artifact) -> list[list[str]]:
+    """Rows of the split table, the same in report.md and ``slicer-compile inspect``."""
+    default_s = f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+    rows = []
+    pareto = set(artifact.pareto)
+    for s in artifact.splits:
+        activations = s.activations
+        fidelity = s.fidelity.get(default_s) if s.fidelity else None
+        rows.append([
+            s.id + (" *" if s.id in pareto else ""),
+            f"{100 * s.edge_share:.1f}%",
+            ", ".join(t["name"] for t in activations) + (f" (+{len(s.crossing) - len(activations)} side)"
+                                                         if len(s.crossing) > len(activations) else ""),
+            "x".join(map(str, s.if_shape)),
+            _kib(s.if_bytes),
+            _kib(s.payload_bound_bytes.get(default_s, 0)),
+            _ms(s.edge_latency_s),
+            _ms(s.server_latency_s),
+            f"{s.edge_memory_bytes / 2**20:.2f}",
+            "" if fidelity is None else f"{fidelity:.4f}",
+        ])
+    return rows
+
+
+TABLE_HEADER = ["split", "edge FLOPs", "activations", "IF shape", "IF KiB", "payload bound KiB",
+                "edge ms", "server ms", "edge MiB", "fidelity"]
+
+
+def write_report(artifact: Artifact) -> Path:
+    """Write report.md and plots/*.png into the artifact directory."""
+    m = artifact.manifest
+    plots = write_plots(artifact)
+    default_s = f"{m['codec']['defaults']['sparsity']:g}"
+    lines = [
+        f"# Split report: {Path(m['source']['path']).name}",
+        "",
+        f"- artifact `{m['artifact_id']}`, slicer-compile {m['tool_version']}, backend {m['backend']}",
+        f"- edge device: {m['device']['description']} ({m['device']['latency_source']})",
+        f"- server device: {m['server_device']['description']} (roofline model)",
+        f"- {len(artifact.splits)} valid splits; {len(artifact.pareto)} materialised (marked *)",
+        f"- payload bound at sparsity {default_s}; fidelity = "
+        + (f"{m['calibration']['metric']} on {m['calibration']['samples']} calibration samples"
+           if m["calibration"]["status"] == "measured" else "not measured (compile with --calib inputs.npz)"),
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in split_table_rows(artifact)]
+    lines += ["", "Edge and server latency are per-node sums without the codec; edge memory is edge weights +",
+              "peak live activations + the codec buffer (payload + a copy of the feature).", ""]
+    for plot in plots:
+        lines.append(f"![{plot.stem}]({PLOTS}/{plot.name})")
+    path = artifact.path / REPORT
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_plots(artifact: Artifact) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = artifact.path / PLOTS
+    out_dir.mkdir(exist_ok=True)
+    splits = artifact.splits
+    x = list(range(len(splits)))
+    default_s = f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(x, [s.edge_latency_s * 1e3 for s in splits], "o-", label="edge latency")
+    ax.plot(x, [s.server_latency_s * 1e3 for s in splits], "s-", label="server latency")
+    ax.set_xlabel("split (shallow → deep)")
+    ax.set_ylabel("ms")
+    ax2 = ax.twinx()
+    ax2.bar(x, [s.if_bytes / 1024 for s in splits], alpha=0.2, color="gray", label="IF raw KiB")
+    ax2.bar(x, [s.payload_bound_bytes.get(default_s, 0) / 1024 for s in splits], alpha=0.5, color="tab:green",
+            label=f"payload bound KiB (s={default_s})")
+    ax2.set_ylabel("KiB")
+    ax.set_xticks(x, [s.id for s in splits], rotation=90, fontsize=6)
+    lines1, labels1 = ax.get_legend_handles_labels()
+    lines2, labels2 = ax2.get_legend_handles_labels()
+    ax.legend(lines1 + lines2, labels1 + labels2, fontsize=8, loc="upper center")
+    ax.set_title("Latency and intermediate-feature size per split")
+    fig.tight_layout()
+    paths.append(out_dir / "latency.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    calibrated = [s for s in splits if s.fidelity]
+    if calibrated:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        shown = [s for s in calibrated if s.id in set(artifact.pareto)] or calibrated
+        for s in shown[:12]:
+            grid = sorted(s.fidelity, key=float)
+            ax.plot([float(g) for g in grid], [s.fidelity[g] for g in grid], "o-", label=s.id)
+        ax.set_xlabel("sparsity s")
+        ax.set_ylabel(artifact.manifest["calibration"]["metric"])
+        ax.set_title("Fidelity vs sparsity")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        paths.append(out_dir / "fidelity.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
