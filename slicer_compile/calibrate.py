@@ -121,9 +121,11 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     feeds = {k: np.ascontiguousarray(v[:n]) for k, v in feeds.items()}
     batched = _accepts_batch(model, n)
     output_name = model.graph.output[0].name
-    crossing = list(dict.fromkeys(name for cut in cuts for name in cut.crossing_names))
+    # Every crossing tensor of every cut, from one run of the full model; graph
+    # inputs that cross (the cloud-only cut) are the feeds themselves.
+    crossing = [n for n in dict.fromkeys(name for cut in cuts for name in cut.crossing_names) if n not in feeds]
     values = _run(_with_outputs(model, [output_name] + crossing), feeds, [output_name] + crossing, batched)
-    reference, tensors = values[0], dict(zip(crossing, values[1:]))
+    reference, tensors = values[0], {**feeds, **dict(zip(crossing, values[1:]))}
     metric = fidelity_metric(reference)
     partitioner = Partitioner(model)
     fidelity: dict[str, dict[str, float]] = {}

@@ -230,7 +230,8 @@ def _split_table(cuts: list[Cut], order: GraphOrder, costs: list[NodeCost], edge
             edge_latency_s=float(edge_cum[p]), server_latency_s=float(server_cum[-1] - server_cum[p]),
             edge_memory_bytes=int(weights_cum[p] + peaks[p] + codec_buffer),
             edge_flops=float(flops_cum[p]), server_flops=float(flops_cum[-1] - flops_cum[p]),
-            if_shape=tuple(activations[0].shape), if_bytes=int(sum(t.nbytes for t in cut.crossing)),
+            if_shape=tuple(max(activations or cut.crossing, key=lambda t: t.nbytes).shape),
+            if_bytes=int(sum(t.nbytes for t in cut.crossing)),
             payload_bound_bytes=bounds, payload_bytes_limit=int(limit),
             fidelity=calibration.fidelity.get(cut.id) if calibration else None, files=None,
         ))

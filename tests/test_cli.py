@@ -81,7 +81,7 @@ def test_bench_codec_writes_json(tmp_path):
         (["codec", "info", "missing.slcr"], "no such file"),
         (["bench", "codec", "--sparsities", "1.2"], "sparsity must be in [0, 1)"),
         (["bench", "codec", "--sizes", "abc"], "comma-separated"),
-        (["nosuchcommand"], "No such command"),
+        (["nosuchcommand"], "no such model file: nosuchcommand"),
     ],
 )
 def test_bad_input_gives_one_line_error(tmp_path, args, fragment):

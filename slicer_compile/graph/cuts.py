@@ -8,8 +8,9 @@ can compute them.
 
 Each crossing tensor is an *activation* (a float feature map large next to the
 others: it goes through the codec) or *side* (integer, or small: sent raw).
-A cut is offered when it has at least one and at most ``max_activations``
-activations, and every crossing tensor has a known shape. Any offered cut
+A cut is offered when it has at most ``max_activations`` activations and every
+crossing tensor has a known shape. A cut with none sends everything raw (the
+cloud-only cut of a model whose inputs are token ids, for instance). Any offered cut
 separates the graph by construction; :func:`check_separator` checks that for
 cuts that come from elsewhere.
 
@@ -168,11 +169,11 @@ def find_cuts(concrete_model, max_activations: int = 1) -> list[Cut]:
         if crossing is None:
             continue
         activations = sum(t.kind == "activation" for t in crossing)
-        if 1 <= activations <= max_activations:
+        if activations <= max_activations:
             cuts.append(Cut(split_id(position), position, crossing))
     if len(cuts) < 2:
         raise ModelError(
-            f"the model has no valid cut: {len(order.nodes)} node(s), and no point after the input where "
+            f"the model has no valid cut: {len(order.nodes)} node(s), and fewer than two points where "
             f"at most {max_activations} activation tensor(s) cross"
         )
     return cuts
