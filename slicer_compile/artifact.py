@@ -139,7 +139,10 @@ class StagedDirectory:
             raise ArtifactError(f"output directory's parent does not exist: {parent}")
         if not os.access(parent, os.W_OK):
             raise ArtifactError(f"cannot write to {parent}: permission denied")
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.staging-", dir=parent))
+        try:
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.staging-", dir=parent))
+        except OSError as exc:
+            raise ArtifactError(f"cannot write to {parent}: {exc.strerror or exc}") from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> None:
