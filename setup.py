@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["slicer_compile", "slicer_compile.*"]),
-    package_data={"slicer_compile.profile": ["devices.json"]},
+    package_data={"slicer_compile.profile": ["devices.json"], "slicer_compile.select": ["codec_times.json"]},
     install_requires=[
         "numpy>=1.26",
         "click>=8.1",

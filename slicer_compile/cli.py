@@ -273,6 +273,48 @@ def bench_codec(sizes: str, sparsities: str, repeat: int, data: str, seed: int, 
         click.echo(f"wrote {json_path}", err=True)
 
 
+# --- select ----------------------------------------------------------------------
+
+
+@cli.command("select")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--bandwidth", required=True, help="Channel bandwidth W, e.g. 10MHz.")
+@click.option("--snr-db", type=float, help="Average SNR in dB.")
+@click.option("--snr", "snr_linear", type=float, help="Average SNR, linear (instead of --snr-db).")
+@click.option("--epsilon", default=1e-3, show_default=True, type=float, help="Target outage probability ε.")
+@click.option("--deadline", required=True, help="Deadline D, e.g. 50ms.")
+@click.option("--memory", required=True, help="Edge memory budget M, e.g. 2GB.")
+@click.option("--rate", help="Fixed transmission rate, e.g. 20Mbps (default: the best rate).")
+@click.option("--accuracy-budget", default=0.01, show_default=True, type=float,
+              help="Fidelity drop allowed against the uncompressed model.")
+@click.option("--codec-times", type=click.Path(path_type=Path), help="`bench codec --json` output measured on the edge.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def select_command(artifact_dir: Path, bandwidth: str, snr_db: float | None, snr_linear: float | None,
+                   epsilon: float, deadline: str, memory: str, rate: str | None, accuracy_budget: float,
+                   codec_times: Path | None, as_json: bool) -> None:
+    """Choose the split and codec knobs for a channel, deadline and memory budget."""
+    from slicer_compile.select import Conditions, Selector
+    from slicer_compile.select.units import parse_quantity
+
+    conditions = Conditions(
+        bandwidth_hz=parse_quantity(bandwidth, "frequency"), snr_db=snr_db, snr=snr_linear, epsilon=epsilon,
+        deadline_s=parse_quantity(deadline, "time"), memory_bytes=parse_quantity(memory, "bytes"),
+        rate_bps=None if rate is None else parse_quantity(rate, "rate"), accuracy_budget=accuracy_budget)
+    conditions.validate()
+    decision = Selector.from_artifact(artifact_dir, codec_times).select(conditions)
+    if as_json:
+        click.echo(json.dumps(decision.as_dict(), indent=1))
+        return
+    if not decision.feasible:  # an answer, not an error: exit status 0
+        click.echo(f"infeasible (binding: {decision.binding}): {decision.reason}")
+        return
+    cfg, lat = decision.config, decision.latency
+    click.echo(f"split {decision.split_id}: sparsity {cfg.sparsity:g}, blocks {cfg.blocks}, q_bits {cfg.q_bits}; "
+               f"rate {decision.rate_bps / 1e6:.2f} Mbit/s, payload <= {decision.payload_bits} bits")
+    click.echo(f"latency {lat.total_s * 1e3:.3f} ms = edge {lat.edge_s * 1e3:.3f} + codec {lat.codec_s * 1e3:.3f} "
+               f"+ transmit {lat.transmit_s * 1e3:.3f}; binding: {decision.binding} ({decision.reason})")
+
+
 # --- codec -----------------------------------------------------------------------
 
 

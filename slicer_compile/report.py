@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from slicer_compile.artifact import Artifact
 
 REPORT = "report.md"
@@ -108,6 +110,10 @@ def write_plots(artifact: Artifact) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
+    sweep_path = write_sweep_plot(artifact, out_dir / "selector_sweep.png")
+    if sweep_path is not None:
+        paths.append(sweep_path)
+
     calibrated = [s for s in splits if s.fidelity]
     if calibrated:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -124,3 +130,48 @@ def write_plots(artifact: Artifact) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+#: The papers' channel setting (SLICER §4.1, Sung et al. §3): W = 10 MHz, ε = 0.001.
+SWEEP_BANDWIDTH_HZ = 10e6
+SWEEP_EPSILON = 1e-3
+SWEEP_SNR_DB = list(range(-10, 31))
+
+
+def sweep_deadlines(artifact: Artifact) -> list[float]:
+    """Three deadlines that bracket the model: tight, medium, loose."""
+    deepest = max(s.edge_latency_s for s in artifact.splits)
+    base = max(deepest, 1e-4)
+    return [1.5 * base, 4 * base, 20 * base]
+
+
+def write_sweep_plot(artifact: Artifact, path: Path) -> Path | None:
+    """Chosen split and predicted latency vs SNR for a few deadlines (the selector's behaviour)."""
+    import matplotlib.pyplot as plt
+
+    from slicer_compile.select import Conditions, Selector
+
+    selector = Selector.from_artifact(artifact)
+    memory = artifact.manifest["device"].get("memory_bytes") or 2**40
+    base = Conditions(bandwidth_hz=SWEEP_BANDWIDTH_HZ, deadline_s=1.0, memory_bytes=memory, epsilon=SWEEP_EPSILON,
+                      snr_db=0.0)
+    rows = selector.sweep(base, SWEEP_SNR_DB, sweep_deadlines(artifact))
+    order = {s.id: i for i, s in enumerate(artifact.splits)}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    for d in sorted({r["deadline_s"] for r in rows}):
+        pts = [r for r in rows if r["deadline_s"] == d]
+        label = f"D = {d * 1e3:.2f} ms"
+        top.step([r["snr_db"] for r in pts], [order[r["split_id"]] if r["feasible"] else -1 for r in pts],
+                 where="mid", label=label)
+        bottom.plot([r["snr_db"] for r in pts], [r["latency_s"] * 1e3 if r["feasible"] else np.nan for r in pts],
+                    "o-", markersize=3, label=label)
+    top.set_ylabel("chosen split (index; -1 = none)")
+    top.set_yticks(range(-1, len(artifact.splits)), ["none"] + [s.id for s in artifact.splits], fontsize=6)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("predicted latency (ms)")
+    bottom.set_xlabel("SNR (dB)")
+    fig.suptitle(f"Selector sweep: W = {SWEEP_BANDWIDTH_HZ / 1e6:g} MHz, ε = {SWEEP_EPSILON:g}, best rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -204,3 +204,15 @@ def test_bad_input_one_line_error_and_nothing_half_written(tmp_path, case, fragm
 def test_python_api_errors_are_typed(tmp_path):
     with pytest.raises(ModelError):
         compile_model(tmp_path / "missing.onnx", out_dir=tmp_path / "o")
+
+
+def test_onnx_with_external_data_loads(tmp_path):
+    from slicer_compile.frontend import load_onnx
+
+    model = onnx.load(str(EXAMPLES / "resnet_dag.onnx"))
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.weights", size_threshold=0)
+    assert (tmp_path / "m.weights").stat().st_size > 1_000_000
+    loaded = load_onnx(tmp_path / "m.onnx")
+    assert all(not init.external_data for init in loaded.graph.initializer)  # weights now in memory
+    assert sum(len(i.raw_data) for i in loaded.graph.initializer) > 1_000_000

@@ -1,0 +1,297 @@
+"""The runtime split selector: which split and which codec knobs, for this channel,
+deadline, memory and accuracy budget (SLICER Eq. 3 with SLICER-SEARCH).
+
+Single shot: the deepest split with ``L_d + ζ̂ + L_c ≤ D`` and ``m + m_buf ≤ M``.
+Within a split the knobs follow SLICER-SEARCH, accuracy first:
+
+* tier 1 — tune ``M+ = M-`` (most blocks first: finer quantisation ranges);
+* tier 2 — raise the sparsity along the calibrated grid, never past the largest
+  whose measured fidelity stays within the accuracy budget;
+* tier 3 — retreat to the next shallower split.
+
+Everything a query needs is tabulated when the selector is built (payload
+bounds and codec times per split × sparsity × block count), so a query is a
+few vectorised comparisons: cheap enough to ask per request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slicer_compile.codec import SlicerConfig, predict_bits
+from slicer_compile.errors import ArtifactError, ConfigError
+from slicer_compile.select.channel import best_rate, snr_from_db, transmissions
+from slicer_compile.select.predict import CodecTimeTable
+
+#: Block counts tier 1 tries, most (finest quantisation) first.
+BLOCK_OPTIONS = (8, 6, 4, 3, 2, 1)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What a query knows about this request.
+
+    Args:
+        bandwidth_hz: channel bandwidth W.
+        snr_db / snr: average SNR γ, in dB or linear (give one).
+        epsilon: target outage probability ε.
+        deadline_s: end-to-end budget D for edge compute + encode + transmission.
+        memory_bytes: edge memory budget M.
+        rate_bps: a fixed rate; None searches [rate_min_bps, rate_max_bps].
+        accuracy_budget: fidelity drop allowed (0.01 = stay within 1 point of
+            the uncompressed model's output agreement).
+    """
+
+    bandwidth_hz: float
+    deadline_s: float
+    memory_bytes: float
+    epsilon: float = 1e-3
+    snr_db: float | None = None
+    snr: float | None = None
+    rate_bps: float | None = None
+    rate_min_bps: float = 1e3
+    rate_max_bps: float | None = None
+    accuracy_budget: float = 0.01
+
+    def linear_snr(self) -> float:
+        if (self.snr_db is None) == (self.snr is None):
+            raise ConfigError("give the SNR once: snr_db or snr (linear)")
+        return snr_from_db(self.snr_db) if self.snr_db is not None else float(self.snr)
+
+    def validate(self) -> None:
+        for name in ("bandwidth_hz", "deadline_s", "memory_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ConfigError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if not 0.0 <= self.accuracy_budget <= 1.0:
+            raise ConfigError(f"accuracy budget must be in [0, 1], got {self.accuracy_budget}")
+        if self.rate_bps is not None and not (math.isfinite(self.rate_bps) and self.rate_bps > 0):
+            raise ConfigError(f"rate must be a positive number of bit/s, got {self.rate_bps}")
+        snr = self.linear_snr()
+        if not (math.isfinite(snr) and snr > 0):
+            raise ConfigError(f"SNR must be positive, got {snr}")
+
+
+@dataclass(frozen=True)
+class LatencyBreakdown:
+    edge_s: float
+    codec_s: float
+    transmit_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.edge_s + self.codec_s + self.transmit_s
+
+    def as_dict(self) -> dict:
+        return {"edge_s": self.edge_s, "codec_s": self.codec_s, "transmit_s": self.transmit_s,
+                "total_s": self.total_s}
+
+
+@dataclass
+class Decision:
+    """The answer to a query; infeasible is an answer, with the reason."""
+
+    feasible: bool
+    split_id: str | None
+    config: SlicerConfig | None
+    rate_bps: float
+    latency: LatencyBreakdown | None
+    payload_bits: int | None
+    binding: str  # "none", "deadline", "memory", "accuracy" or "channel"
+    reason: str
+    _trace_source: tuple | None = field(default=None, repr=False)
+
+    @property
+    def trace(self) -> list[dict]:
+        """The tiers tried, deepest split first, up to the chosen one (built on demand)."""
+        if self._trace_source is None:
+            return []
+        selector, query = self._trace_source
+        return selector._trace(query, self.split_id)
+
+    def as_dict(self) -> dict:
+        return {
+            "feasible": self.feasible, "split_id": self.split_id,
+            "config": None if self.config is None else {
+                "sparsity": self.config.sparsity, "lam": self.config.lam, "blocks": list(self.config.blocks),
+                "q_bits": self.config.q_bits, "q_min": self.config.q_min, "delta": self.config.delta},
+            "rate_bps": self.rate_bps, "latency": None if self.latency is None else self.latency.as_dict(),
+            "payload_bits": self.payload_bits, "binding": self.binding, "reason": self.reason, "trace": self.trace,
+        }
+
+
+@dataclass(frozen=True)
+class _Query:
+    latency: np.ndarray  # (splits, sparsities, blocks)
+    ok_memory: np.ndarray  # (splits,)
+    ok_accuracy: np.ndarray  # (splits, sparsities)
+    seconds_per_bit: float
+    deadline_s: float
+
+
+class Selector:
+    """Answers :class:`Conditions` for one artifact's split table."""
+
+    def __init__(self, splits: list, codec_defaults: dict, sparsities: list[float], min_sparsity: float = 0.0,
+                 max_blocks: int = max(BLOCK_OPTIONS), codec_times: CodecTimeTable | None = None,
+                 calibrated: bool = True, uncalibrated_max_sparsity: float | None = None):
+        if not splits:
+            raise ArtifactError("the artifact has no split table to select from")
+        base = SlicerConfig(**{k: (tuple(v) if k == "blocks" else v) for k, v in codec_defaults.items()})
+        self.calibrated = calibrated
+        grid = sorted({float(np.float32(s)) for s in sparsities if s >= min_sparsity - 1e-9})
+        if not grid:
+            raise ArtifactError("no sparsity of the artifact's grid fits its encoder nodes")
+        self.sparsities = np.array(grid)
+        self.blocks = tuple(b for b in BLOCK_OPTIONS if b <= max_blocks) or (1,)
+        self.configs = [[SlicerConfig(sparsity=s, lam=base.lam, blocks=(b, b), q_bits=base.q_bits, q_min=base.q_min,
+                                      delta=base.delta) for b in self.blocks] for s in grid]
+        times = codec_times or CodecTimeTable.load()
+        # Deepest first: the order SLICER Eq. 3 scans.
+        self.splits = sorted(splits, key=lambda s: -s.position)
+        n, ns, nb = len(self.splits), len(grid), len(self.blocks)
+        self.ids = [s.id for s in self.splits]
+        self.edge_s = np.array([s.edge_latency_s for s in self.splits])
+        self.memory = np.array([s.edge_memory_bytes for s in self.splits], dtype=np.float64)
+        self.bits = np.zeros((n, ns, nb))
+        self.codec_s = np.zeros((n, ns))
+        self.fidelity = np.full((n, ns), np.nan)
+        for i, split in enumerate(self.splits):
+            side_bits = 8 * sum(t["nbytes"] for t in split.crossing if t["kind"] == "side")
+            for j, s in enumerate(grid):
+                for k in range(nb):
+                    cfg = self.configs[j][k]
+                    self.bits[i, j, k] = side_bits + sum(predict_bits(tuple(t["shape"]), cfg)
+                                                         for t in split.activations)
+                self.codec_s[i, j] = sum(times.encode_seconds(math.prod(t["shape"]), s) for t in split.activations)
+                if split.fidelity:
+                    value = split.fidelity.get(f"{s:g}", split.fidelity.get(f"{float(np.float32(s)):g}"))
+                    if value is not None:
+                        self.fidelity[i, j] = value
+        # Without calibration the fidelity is unknown: sparsities up to the codec's
+        # default (or the given cap) are allowed, and decisions say so.
+        cap = uncalibrated_max_sparsity if uncalibrated_max_sparsity is not None else base.sparsity
+        self.uncalibrated_ok = self.sparsities <= cap + 1e-9
+
+    @staticmethod
+    def from_artifact(path, codec_times: str | Path | CodecTimeTable | None = None) -> "Selector":
+        """A selector over an artifact's split table (``slicer_compile.load_artifact``)."""
+        from slicer_compile.artifact import Artifact, load_artifact
+
+        artifact = path if isinstance(path, Artifact) else load_artifact(path)
+        m = artifact.manifest
+        codec = m.get("codec") or {}
+        if "defaults" not in codec or not artifact.splits:
+            raise ArtifactError(f"{artifact.path}: the manifest has no split table or codec defaults to select from")
+        times = codec_times if isinstance(codec_times, CodecTimeTable) else CodecTimeTable.load(codec_times)
+        limits = codec.get("limits", {})
+        return Selector(artifact.splits, codec["defaults"], codec.get("sparsity_grid", [codec["defaults"]["sparsity"]]),
+                        min_sparsity=limits.get("min_sparsity", 0.0), max_blocks=limits.get("max_blocks", 8),
+                        codec_times=times, calibrated=m.get("calibration", {}).get("status") == "measured")
+
+    # --- queries -------------------------------------------------------------------
+
+    def _query(self, c: Conditions) -> tuple[_Query, float]:
+        c.validate()
+        snr = c.linear_snr()
+        if c.rate_bps is not None:
+            rate = float(c.rate_bps)
+        else:
+            rate_max = c.rate_max_bps or c.bandwidth_hz * math.log2(1.0 + 1000.0 * snr)
+            rate, _ = _cached_best_rate(c.bandwidth_hz, snr, c.epsilon, c.rate_min_bps, rate_max)
+        spb = transmissions(rate, c.bandwidth_hz, snr, c.epsilon) / rate
+        latency = self.edge_s[:, None, None] + self.codec_s[:, :, None] + self.bits * spb
+        ok_memory = self.memory <= c.memory_bytes
+        if self.calibrated:
+            ok_accuracy = self.fidelity >= 1.0 - c.accuracy_budget - 1e-12
+        else:
+            ok_accuracy = np.broadcast_to(self.uncalibrated_ok, self.fidelity.shape)
+        return _Query(latency, ok_memory, ok_accuracy, spb, c.deadline_s), rate
+
+    def select(self, c: Conditions) -> Decision:
+        """The deepest feasible split and its knobs, or why there is none."""
+        q, rate = self._query(c)
+        ok = (q.latency <= c.deadline_s) & q.ok_accuracy[:, :, None] & q.ok_memory[:, None, None]
+        any_ok = ok.reshape(len(self.ids), -1).any(axis=1)
+        if not any_ok.any():
+            binding, why = self._why_not(q, c, len(self.ids) - 1)
+            return Decision(False, None, None, rate, None, None, binding,
+                            f"no split meets the constraints: {why}", (self, q))
+        i = int(np.argmax(any_ok))  # deepest feasible (splits are deepest first)
+        j, k = (int(v) for v in np.argwhere(ok[i])[0])  # lowest sparsity, then most blocks
+        binding, why = ("none", "the deepest split fits") if i == 0 else self._why_not(q, c, i - 1)
+        breakdown = LatencyBreakdown(float(self.edge_s[i]), float(self.codec_s[i, j]),
+                                     float(self.bits[i, j, k] * q.seconds_per_bit))
+        return Decision(True, self.ids[i], self.configs[j][k], rate, breakdown, int(self.bits[i, j, k]), binding,
+                        why if i == 0 else f"{self.ids[i - 1]} (deeper) fails: {why}", (self, q))
+
+    def _why_not(self, q: _Query, c: Conditions, i: int) -> tuple[str, str]:
+        """Which constraint rules out split i."""
+        if not math.isfinite(q.seconds_per_bit):
+            return "channel", "the channel cannot deliver at this rate (outage probability rounds to 1)"
+        if not q.ok_memory[i]:
+            return "memory", f"needs {self.memory[i] / 2**20:.1f} MiB of edge memory, budget {c.memory_bytes / 2**20:.1f} MiB"
+        fast_enough = (q.latency[i] <= c.deadline_s).any(axis=1)
+        if fast_enough.any():
+            return "accuracy", "only sparsities beyond the accuracy budget meet the deadline"
+        return "deadline", f"at best {q.latency[i].min() * 1e3:.2f} ms, deadline {c.deadline_s * 1e3:.2f} ms"
+
+    def _trace(self, q: _Query, chosen: str | None) -> list[dict]:
+        steps = []
+        for i, split_id in enumerate(self.ids):
+            if not q.ok_memory[i]:
+                steps.append({"split": split_id, "tier": 3, "result": "memory"})
+            else:
+                for j, s in enumerate(self.sparsities):
+                    tier = 1 if j == 0 else 2
+                    if not q.ok_accuracy[i, j]:
+                        steps.append({"split": split_id, "tier": 2, "sparsity": float(s), "result": "accuracy"})
+                        break
+                    k = int(np.argmin(q.latency[i, j]))
+                    best = float(q.latency[i, j, k])
+                    fits = np.flatnonzero(q.latency[i, j] <= q.deadline_s)
+                    steps.append({"split": split_id, "tier": tier, "sparsity": float(s),
+                                  "blocks": self.blocks[int(fits[0])] if fits.size else self.blocks[k],
+                                  "latency_s": float(q.latency[i, j, fits[0]]) if fits.size else best,
+                                  "result": "fits" if fits.size else "deadline"})
+                    if fits.size:
+                        break
+            if split_id == chosen:
+                break
+        return steps
+
+    def sweep(self, base: Conditions, snr_db: list[float], deadlines_s: list[float]) -> list[dict]:
+        """Decisions over a grid of SNR and deadline, like the papers' figures."""
+        rows = []
+        for d in deadlines_s:
+            for snr in snr_db:
+                c = Conditions(**{**base.__dict__, "snr_db": snr, "snr": None, "deadline_s": d})
+                decision = self.select(c)
+                rows.append({"snr_db": snr, "deadline_s": d, "feasible": decision.feasible,
+                             "split_id": decision.split_id,
+                             "depth": self.ids.index(decision.split_id) if decision.feasible else None,
+                             "position": self.splits[self.ids.index(decision.split_id)].position if decision.feasible else None,
+                             "sparsity": decision.config.sparsity if decision.config else None,
+                             "latency_s": decision.latency.total_s if decision.latency else None,
+                             "binding": decision.binding})
+        return rows
+
+
+_RATE_CACHE: dict = {}
+
+
+def _cached_best_rate(bandwidth_hz: float, snr: float, epsilon: float, rate_min: float, rate_max: float):
+    """The best rate depends only on the channel, not the payload: cache it per channel."""
+    key = (bandwidth_hz, snr, epsilon, rate_min, rate_max)
+    hit = _RATE_CACHE.get(key)
+    if hit is None:
+        if len(_RATE_CACHE) > 4096:
+            _RATE_CACHE.clear()
+        hit = _RATE_CACHE[key] = best_rate(1.0, bandwidth_hz, snr, epsilon, rate_min, rate_max)
+    return hit
