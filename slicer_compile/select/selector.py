@@ -209,7 +209,11 @@ class Selector:
         latency = self.edge_s[:, None, None] + self.codec_s[:, :, None] + self.bits * spb
         ok_memory = self.memory <= c.memory_bytes
         if self.calibrated:
-            ok_accuracy = self.fidelity >= 1.0 - c.accuracy_budget - 1e-12
+            # Tier 2 never raises s past the first grid point whose fidelity leaves
+            # the budget: the allowed sparsities are a prefix of the grid, so a
+            # larger budget only ever adds sparsities above those allowed before.
+            within = self.fidelity >= 1.0 - c.accuracy_budget - 1e-12
+            ok_accuracy = np.logical_and.accumulate(within, axis=1)
         else:
             ok_accuracy = np.broadcast_to(self.uncalibrated_ok, self.fidelity.shape)
         return _Query(latency, ok_memory, ok_accuracy, spb, c.deadline_s), rate
