@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from slicer_compile.errors import ConfigError
 
 #: Transmissions considered at most; past this the link is useless.
 MAX_TRANSMISSIONS = 10_000
-#: Consecutive increases of n/R_n after which the rate search stops.
-_RISING_STEPS = 8
 
 
 def snr_from_db(snr_db: float) -> float:
@@ -83,22 +83,24 @@ def best_rate(bits: float, bandwidth_hz: float, snr: float, epsilon: float, rate
     _check(rate_max, bandwidth_hz, snr, epsilon)
     if rate_min > rate_max:
         raise ConfigError(f"rate interval is empty: [{rate_min}, {rate_max}]")
-    candidates = {rate_min, rate_max}
-    previous, rising = math.inf, 0
-    for n in range(1, MAX_TRANSMISSIONS + 1):
-        r = _rate_for_transmissions(n, bandwidth_hz, snr, epsilon)
-        if r > rate_max:
-            break  # R_n grows with n: the rest lie beyond the interval too
-        if r < rate_min:
-            continue
-        candidates.add(r)
-        # n / R_n falls, then rises (R_n grows like log n): stop once it has
-        # risen for a while instead of walking to rate_max.
-        cost = n / r
-        rising = rising + 1 if cost > previous else 0
-        previous = cost
-        if rising >= _RISING_STEPS:
+    candidates = [rate_min, rate_max]
+    # R_n for n = 1, 2, …: n/R_n falls, then rises (R_n grows like log n), so a
+    # first block of n usually holds the optimum; extend while it sits at the edge.
+    count = 64
+    while True:
+        n = np.arange(1, count + 1, dtype=np.float64)
+        rates = bandwidth_hz * np.log2(1.0 - snr * np.log1p(-(epsilon ** (1.0 / n))))
+        inside = (rates >= rate_min) & (rates <= rate_max)
+        if inside.any():
+            cost = np.where(inside, n / rates, np.inf)
+            i = int(np.argmin(cost))
+            candidates.append(float(rates[i]))
+            at_edge = i == count - 1 and rates[-1] < rate_max
+        else:
+            at_edge = rates[-1] < rate_min
+        if not at_edge or count >= MAX_TRANSMISSIONS:
             break
+        count = min(4 * count, MAX_TRANSMISSIONS)
     best = min(candidates, key=lambda r: (transmissions(r, bandwidth_hz, snr, epsilon) / r, -r))
     return best, outage_latency(bits, best, bandwidth_hz, snr, epsilon)
 
