@@ -30,7 +30,6 @@ from slicer_compile.select.channel import best_rate, snr_from_db  # noqa: E402
 
 def chain_model(cuts: int):
     """A Conv/ReLU chain with exactly ``cuts`` valid cuts (input + one per node but the last)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -12,6 +12,8 @@ import numpy as np
 from slicer_compile.errors import PayloadError
 
 _F32 = np.float32
+#: One quantiser group on the wire: bit-width, then the magnitude range (9 bytes, unaligned).
+GROUP_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])
 
 
 # Few groups (SLICER blocks) are processed one slice at a time with scalar lo
@@ -87,10 +89,31 @@ def choose_bits(mags: np.ndarray, starts: np.ndarray, sizes: np.ndarray, lo: np.
     return q, codes
 
 
-def check_ranges(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype, what: str) -> None:
-    """Decoder check: each group's [lo, hi] is finite, ordered, non-negative and
-    representable in the output dtype (so decoding cannot overflow to inf)."""
-    top = float(np.finfo(dtype).max)
+def group_table(groups: int, q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bytes:
+    """The wire form of ``groups`` quantiser groups."""
+    table = np.empty(groups, dtype=GROUP_DTYPE)
+    table["q"], table["lo"], table["hi"] = q, lo, hi
+    return table.tobytes()
+
+
+def read_group_table(buf, groups: int, out_dtype: np.dtype, q_min: int, q_max: int,
+                     what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoder side of :func:`group_table`: (q, lo, hi), every entry checked.
+
+    Each range must be finite, ordered, non-negative and representable in the
+    output dtype (so decoding cannot overflow to inf); a constant group has
+    q = 0 and every other q lies in ``[q_min, q_max]``.
+    """
+    if len(buf) != groups * GROUP_DTYPE.itemsize:
+        raise PayloadError(f"{what} table of {len(buf)} bytes for {groups} {what}s")
+    table = np.frombuffer(buf, dtype=GROUP_DTYPE)
+    q = table["q"].astype(np.int64)
+    lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
+    top = float(np.finfo(out_dtype).max)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo >= 0).all() and (hi >= lo).all()
             and (hi <= top).all()):
         raise PayloadError(f"{what} table holds a non-finite, inverted or out-of-range magnitude range")
+    varying = lo < hi
+    if (q[~varying] != 0).any() or ((q[varying] < q_min) | (q[varying] > q_max)).any():
+        raise PayloadError(f"{what} bit-widths outside [{q_min}, {q_max}] (0 for constant {what}s)")
+    return q, lo, hi

@@ -25,7 +25,14 @@ import numpy as np
 
 from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
 from slicer_compile.codec.config import MAX_BLOCKS, MAX_Q_BITS, SlicerConfig
-from slicer_compile.codec.quant import block_step, check_ranges, choose_bits, dequantize_groups
+from slicer_compile.codec.quant import (
+    GROUP_DTYPE,
+    block_step,
+    choose_bits,
+    dequantize_groups,
+    group_table,
+    read_group_table,
+)
 from slicer_compile.codec.positions import (
     decode_labels,
     decode_subset,
@@ -47,7 +54,7 @@ from slicer_compile.errors import PayloadError
 
 KNOBS = struct.Struct("<fffBBBB")  # sparsity, lam, delta, M+, M-, q_bits, q_min
 META = struct.Struct("<II")  # kept count, negative count
-BLOCK_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])  # 9 bytes, unaligned
+BLOCK_DTYPE = GROUP_DTYPE  # per block: q (uint8), lo, hi (float32)
 NUM_SECTIONS = 7
 
 _F32 = np.float32
@@ -186,9 +193,7 @@ def encode(x: np.ndarray, cfg: SlicerConfig) -> bytes:
     writer.section(encode_subset(neg_sel, kept.size))
     writer.section(encode_labels(labels_pos, nb_pos))
     writer.section(encode_labels(labels_neg, sizes.size - nb_pos))
-    table = np.empty(sizes.size, dtype=BLOCK_DTYPE)
-    table["q"], table["lo"], table["hi"] = q, lo, hi
-    writer.section(table.tobytes())
+    writer.section(group_table(sizes.size, q, lo, hi))
     writer.section(b"".join(pack_uint(codes[s: s + n], int(w)) for s, n, w in zip(starts, sizes, q)))
     return writer.finish()
 
@@ -226,16 +231,7 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
     labels_neg = _read_labels(reader.section("labels-"), sizes_neg)
     sizes = np.concatenate([sizes_pos, sizes_neg])
 
-    table_buf = reader.section("blocks")
-    if len(table_buf) != sizes.size * BLOCK_DTYPE.itemsize:
-        raise PayloadError(f"block table of {len(table_buf)} bytes for {sizes.size} blocks")
-    table = np.frombuffer(table_buf, dtype=BLOCK_DTYPE)
-    q = table["q"].astype(np.int64)
-    lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
-    check_ranges(lo, hi, header.dtype, "block")
-    varying = lo < hi
-    if (q[~varying] != 0).any() or ((q[varying] < cfg.q_min) | (q[varying] > cfg.q_bits)).any():
-        raise PayloadError(f"block bit-widths outside [{cfg.q_min}, {cfg.q_bits}] (0 for constant blocks)")
+    q, lo, hi = read_group_table(reader.section("blocks"), sizes.size, header.dtype, cfg.q_min, cfg.q_bits, "block")
 
     values_buf = reader.section("values")
     reader.finish()

@@ -27,7 +27,14 @@ import numpy as np
 from slicer_compile.codec.bits import pack_flags, pack_uint, packed_nbytes, unpack_flags, unpack_uint
 from slicer_compile.codec.config import MAX_Q_BITS, TabqConfig
 from slicer_compile.codec.positions import decode_subset, encode_subset
-from slicer_compile.codec.quant import block_step, check_ranges, choose_bits, dequantize_groups
+from slicer_compile.codec.quant import (
+    GROUP_DTYPE,
+    block_step,
+    choose_bits,
+    dequantize_groups,
+    group_table,
+    read_group_table,
+)
 from slicer_compile.codec.wire import (
     SECTION_OVERHEAD_NBYTES,
     Header,
@@ -40,7 +47,7 @@ from slicer_compile.errors import PayloadError
 
 KNOBS = struct.Struct("<ffBB")  # tau, delta, q_max, q_min
 META = struct.Struct("<I")
-TOKEN_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])
+TOKEN_DTYPE = GROUP_DTYPE  # per token: q (uint8), lo, hi (float32)
 NUM_SECTIONS = 6
 
 _F32 = np.float32
@@ -75,9 +82,7 @@ def encode(x: np.ndarray, cfg: TabqConfig) -> bytes:
     writer.section(META.pack(above.size))
     writer.section(encode_subset(above, T))
     writer.section(np.ascontiguousarray(x).ravel()[above].tobytes())
-    table = np.empty(sizes.size, dtype=TOKEN_DTYPE)
-    table["q"], table["lo"], table["hi"] = q, lo, hi
-    writer.section(table.tobytes())
+    writer.section(group_table(sizes.size, q, lo, hi))
     writer.section(pack_flags(below < 0))
     q_elem = np.repeat(q, sizes)
     writer.section(b"".join(pack_uint(codes[q_elem == w], w) for w in range(1, cfg.q_max)))
@@ -111,16 +116,8 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
 
     per_token = width - np.bincount(above // max(width, 1), minlength=num_tokens)
     sizes = per_token[per_token > 0]
-    table_buf = reader.section("tokens")
-    if len(table_buf) != sizes.size * TOKEN_DTYPE.itemsize:
-        raise PayloadError(f"token table of {len(table_buf)} bytes for {sizes.size} tokens")
-    table = np.frombuffer(table_buf, dtype=TOKEN_DTYPE)
-    q = table["q"].astype(np.int64)
-    lo, hi = table["lo"].astype(_F32), table["hi"].astype(_F32)
-    check_ranges(lo, hi, header.dtype, "token")
-    varying = lo < hi
-    if (q[~varying] != 0).any() or ((q[varying] < cfg.q_min) | (q[varying] >= cfg.q_max)).any():
-        raise PayloadError(f"token bit-widths outside [{cfg.q_min}, {cfg.q_max - 1}] (0 for constant tokens)")
+    q, lo, hi = read_group_table(reader.section("tokens"), sizes.size, header.dtype, cfg.q_min, cfg.q_max - 1,
+                                 "token")
 
     below_count = T - above_count
     negative = unpack_flags(_exact(reader.section("signs"), packed_nbytes(below_count, 1), "sign"), below_count)

@@ -27,7 +27,7 @@ def _onnx():
     return onnx
 
 
-def load_onnx(path: str | Path) -> "onnx.ModelProto":  # noqa: F821
+def load_onnx(path: str | Path):
     """Read an ONNX file (external data included) and normalise it.
 
     Raises:
