@@ -13,6 +13,7 @@
 * transformer.onnx  a 2-layer transformer encoder (d=64, 4 heads, 32 tokens) whose
                     attention mask feeds every layer; inputs input_ids, attention_mask.
 
+Every input has a symbolic batch dimension, so servers can batch requests.
 Everything is seeded: running the script again gives the same models.
 """
 
@@ -82,7 +83,7 @@ def make_digits() -> None:
     with torch.no_grad():
         accuracy = (model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
     print(f"digits CNN test accuracy: {accuracy:.4f} on {len(y_test)} held-out images")
-    _save(export_torch(model, [torch.from_numpy(x_test[:1])], ["x"], ["logits"]), "digits_cnn.onnx")
+    _save(export_torch(model, [torch.from_numpy(x_test[:1])], ["x"], ["logits"], dynamic_batch=True), "digits_cnn.onnx")
     np.savez_compressed(EXAMPLES / "digits_calib.npz", x=x_test, labels=y_test)
     print(f"wrote {EXAMPLES / 'digits_calib.npz'}")
 
@@ -126,7 +127,7 @@ def make_resnet() -> None:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    _save(export_torch(model, [torch.randn(1, 3, 32, 32)], ["image"], ["logits"]), "resnet_dag.onnx")
+    _save(export_torch(model, [torch.randn(1, 3, 32, 32)], ["image"], ["logits"], dynamic_batch=True), "resnet_dag.onnx")
 
 
 def make_transformer() -> None:
@@ -168,7 +169,8 @@ def make_transformer() -> None:
 
     ids = torch.randint(0, vocab, (1, seq))
     mask = torch.ones(1, seq, dtype=torch.int64)
-    _save(export_torch(Encoder().eval(), [ids, mask], ["input_ids", "attention_mask"], ["hidden"]),
+    _save(export_torch(Encoder().eval(), [ids, mask], ["input_ids", "attention_mask"], ["hidden"],
+                       dynamic_batch=True),
           "transformer.onnx")
     rng = np.random.default_rng(0)
     calib_ids = rng.integers(0, vocab, (32, seq)).astype(np.int64)
