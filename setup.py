@@ -28,9 +28,11 @@ setup(
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The
         # dynamo exporter needs onnxscript.
         "torch": ["torch==2.13.0", "onnxscript>=0.3"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "onnxscript>=0.3", "scikit-learn>=1.3"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "onnxscript>=0.3", "scikit-learn>=1.3",
+                 "tritonclient[http,grpc]>=2.40"],
         "gpu": ["cuda-python>=12"],
-        "triton": ["tritonclient[http]>=2.40"],
+        # tritonclient: the KServe v2 client, and Triton's ModelConfig schema (in its grpc part)
+        "triton": ["tritonclient[http,grpc]>=2.40"],
     },
     entry_points={"console_scripts": ["slicer-compile=slicer_compile.cli:main"]},
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -313,6 +314,143 @@ def select_command(artifact_dir: Path, bandwidth: str, snr_db: float | None, snr
                f"rate {decision.rate_bps / 1e6:.2f} Mbit/s, payload <= {decision.payload_bits} bits")
     click.echo(f"latency {lat.total_s * 1e3:.3f} ms = edge {lat.edge_s * 1e3:.3f} + codec {lat.codec_s * 1e3:.3f} "
                f"+ transmit {lat.transmit_s * 1e3:.3f}; binding: {decision.binding} ({decision.reason})")
+
+
+# --- runtime ---------------------------------------------------------------------
+
+
+@cli.command("serve")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--max-batch", default=16, show_default=True, type=int, help="Requests batched together at most.")
+@click.option("--max-queue-delay", default="0.5ms", show_default=True, help="Longest wait to fill a batch.")
+@click.option("--max-request-bytes", default="64MiB", show_default=True, help="Larger requests get 413.")
+def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_queue_delay: str,
+                  max_request_bytes: str) -> None:
+    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol)."""
+    import signal
+
+    from slicer_compile.runtime.server import ServerConfig, serve
+    from slicer_compile.select.units import parse_quantity
+
+    if max_batch < 1:
+        raise click.UsageError("--max-batch must be at least 1")
+    config = ServerConfig(max_batch=max_batch, max_queue_delay_s=parse_quantity(max_queue_delay, "time"),
+                          max_request_bytes=int(parse_quantity(max_request_bytes, "bytes")))
+    server = serve(artifact_dir, host, port, config)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
+    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url} "
+               f"(/v2/models/<split>/infer, /metrics); Ctrl-C stops after in-flight requests", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command("run")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--server", "server_url", required=True, help="host:port of slicer-compile serve or Triton.")
+@click.option("--input", "input_paths", multiple=True, required=True,
+              help="Input .npy (NAME=path.npy for a model with several inputs).")
+@click.option("--split", "split_id", help="Split to use (default: chosen by the selector, or the deepest).")
+@click.option("--sparsity", type=float, help="Codec sparsity (default: the artifact's).")
+@click.option("--snr-db", type=float, help="With --deadline: let the selector choose split and knobs.")
+@click.option("--deadline", help="Deadline, e.g. 50ms.")
+@click.option("--bandwidth", default="10MHz", show_default=True)
+@click.option("--memory", default="8GB", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the first output .npy.")
+def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...], split_id: str | None,
+                sparsity: float | None, snr_db: float | None, deadline: str | None, bandwidth: str, memory: str,
+                output: Path | None) -> None:
+    """Run one input through the split: edge part here, server part on --server."""
+    from slicer_compile.codec import SlicerConfig
+    from slicer_compile.runtime.client import EdgeClient
+    from slicer_compile.select import Conditions
+    from slicer_compile.select.units import parse_quantity
+
+    client = EdgeClient(artifact_dir, server_url)
+    names = [i["name"] for i in client.artifact.manifest["inputs"]]
+    inputs = {}
+    for spec in input_paths:
+        name, sep, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name = name or (names[0] if len(names) == 1 else "")
+        if name not in names:
+            raise SlicerCompileError(f"give inputs as NAME=path.npy with NAME one of {names}")
+        inputs[name] = _load_npy(Path(path))
+    conditions = None
+    if snr_db is not None or deadline is not None:
+        if snr_db is None or deadline is None:
+            raise click.UsageError("--snr-db and --deadline go together")
+        conditions = Conditions(bandwidth_hz=parse_quantity(bandwidth, "frequency"), snr_db=snr_db,
+                                deadline_s=parse_quantity(deadline, "time"), memory_bytes=parse_quantity(memory, "bytes"))
+    config = None
+    if sparsity is not None:
+        d = client.default_config
+        config = SlicerConfig(sparsity=sparsity, lam=d.lam, blocks=d.blocks, q_bits=d.q_bits, q_min=d.q_min, delta=d.delta)
+    with client:
+        result = client.infer(inputs, conditions=conditions, split=split_id, config=config)
+    t = result.timings
+    for name, value in result.outputs.items():
+        summary = f"argmax {int(value.reshape(len(value), -1)[0].argmax())}" if value.ndim == 2 else ""
+        click.echo(f"{name}: {value.dtype}{tuple(value.shape)} {summary}")
+    click.echo(f"split {result.split_id}, sparsity {result.config.sparsity:g}: edge {t['edge_s'] * 1e3:.3f} ms, "
+               f"encode {t['encode_s'] * 1e3:.3f} ms, sent {t['bytes_sent']} bytes, server {t['server_s'] * 1e3:.3f} ms "
+               f"(compute {t['server_compute_s'] * 1e3:.3f}), round trip {t['round_trip_s'] * 1e3:.3f} ms")
+    if output is not None:
+        with _atomic_path(output) as tmp, open(tmp, "wb") as f:
+            np.save(f, next(iter(result.outputs.values())))
+
+
+@cli.command("triton")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "repo_dir", required=True, type=click.Path(path_type=Path), help="Model repository.")
+@click.option("--max-batch", default=16, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace the repository if it exists.")
+def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, force: bool) -> None:
+    """Write a Triton model repository (decoder + server part ensembles)."""
+    from slicer_compile.runtime.triton import write_repository
+
+    written = write_repository(artifact_dir, repo_dir, max_batch=max_batch, overwrite=force)
+    click.echo(f"wrote {len(written)} models to {repo_dir}/ (configs validated against Triton's ModelConfig); "
+               f"see {repo_dir}/README.md to start Triton")
+
+
+@bench.command("serve")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--clients", default="1,4,16,64", show_default=True, help="Client counts.")
+@click.option("--requests", default=50, show_default=True, type=int, help="Requests per client.")
+@click.option("--splits", help="Split ids (default: every materialised split).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG (default: OUT_DIR/plots/serve_scaling.png).")
+def bench_serve(artifact_dir: Path, clients: str, requests: int, splits: str | None, json_path: Path | None,
+                plot_path: Path | None) -> None:
+    """Concurrent edge clients on loopback: throughput, latency and server time per split."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from slicer_compile.runtime.loadtest import plot_load, rows_as_dicts, run_load
+
+    counts = _parse_list(clients, int, "--clients")
+    if requests < 1 or not counts or min(counts) < 1:
+        raise click.UsageError("--clients and --requests must be positive")
+    with _stderr_console().status("load") as status:
+        rows = run_load(artifact_dir, counts, requests, splits.split(",") if splits else None,
+                        progress=lambda what: status.update(f"load: {what}"))
+    table = Table(title=f"bench serve: {requests} requests per client")
+    for column in ("split", "edge FLOPs", "clients", "answered", "req/s", "p50 ms", "p99 ms", "server compute µs/req",
+                   "mean batch", "bytes/req"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r.split_id, f"{100 * r.edge_flops_share:.1f}%", str(r.clients), f"{r.answered}/{r.requests}",
+                      f"{r.throughput_rps:.0f}", f"{r.round_trip_p50_ms:.2f}", f"{r.round_trip_p99_ms:.2f}",
+                      f"{r.server_compute_us:.1f}", f"{r.mean_batch:.1f}", f"{r.bytes_sent:.0f}")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    plot = plot_load(rows, plot_path or Path(artifact_dir) / "plots" / "serve_scaling.png")
+    click.echo(f"wrote {plot}", err=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows_as_dicts(rows), indent=1) + "\n")
 
 
 # --- codec -----------------------------------------------------------------------

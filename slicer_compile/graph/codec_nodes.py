@@ -130,3 +130,70 @@ def set_metadata(model, **props: str) -> None:
         else:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, str(value)
+
+
+def _activation_info(tensor: dict, batch_dim: str | None):
+    from onnx import helper
+
+    shape = list(tensor["shape"])
+    if batch_dim and shape:
+        shape[0] = batch_dim
+    return helper.make_tensor_value_info(tensor["name"], _elem_type(tensor["dtype"]), shape)
+
+
+def strip_encoders(edge, crossing: list[dict], batch_dim: str | None = "batch"):
+    """The edge part without its encoder nodes: it outputs the activations themselves.
+
+    A runtime that encodes outside the graph (to time it, or on a GPU) runs this.
+    ``crossing`` is the split's crossing table from the manifest.
+    """
+    import onnx
+
+    model = onnx.ModelProto.FromString(edge.SerializeToString())
+    graph = model.graph
+    activations = {t["name"]: t for t in crossing if t["kind"] == "activation"}
+    codec_outputs = {payload_name(n) for n in activations} | {nbytes_name(n) for n in activations}
+    kept = [n for n in graph.node if n.op_type != ENCODE_OP and not (n.op_type == "Cast" and n.name.endswith(".cast")
+                                                                      and n.input[0] in activations)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    outputs = [o for o in graph.output if o.name not in codec_outputs]
+    outputs += [_activation_info(t, batch_dim) for t in activations.values()]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    inputs = [i for i in graph.input if i.name != KNOBS_INPUT]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    _drop_opset(model)
+    return model
+
+
+def strip_decoders(server, crossing: list[dict], batch_dim: str | None = "batch"):
+    """The server part without its decoder nodes: it takes the activations themselves,
+    with a symbolic batch dimension so requests from many clients run together."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(server.SerializeToString())
+    graph = model.graph
+    activations = {t["name"]: t for t in crossing if t["kind"] == "activation"}
+    decoded = {f"{n}.float32" for n in activations}
+    kept = [n for n in graph.node if n.op_type != DECODE_OP and not (n.op_type == "Cast" and n.input[0] in decoded)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    inputs = [i for i in graph.input if i.name not in {payload_name(n) for n in activations}]
+    inputs += [_activation_info(t, batch_dim) for t in activations.values()]
+    for inp in inputs:  # side tensors batch too
+        dims = inp.type.tensor_type.shape.dim
+        if batch_dim and dims and inp.name not in activations:
+            dims[0].Clear()
+            dims[0].dim_param = batch_dim
+    del graph.input[:]
+    graph.input.extend(inputs)
+    _drop_opset(model)
+    return model
+
+
+def _drop_opset(model) -> None:
+    kept = [o for o in model.opset_import if o.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)

@@ -1,0 +1,164 @@
+"""The edge client: run the edge part, encode, send, and return the server's answer.
+
+The same client talks to the embedded server and to a Triton deployment made by
+``slicer-compile triton``: both speak the KServe v2 HTTP protocol, with one
+model per split named by its split id.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slicer_compile.artifact import Artifact, load_artifact
+from slicer_compile.codec import SlicerConfig, encode
+from slicer_compile.errors import ArtifactError, SlicerCompileError
+from slicer_compile.graph.codec_nodes import payload_name, strip_encoders
+from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
+
+
+class ServerError(SlicerCompileError, RuntimeError):
+    """The server answered with an error, or could not be reached."""
+
+
+@dataclass
+class EdgeResult:
+    outputs: dict[str, np.ndarray]
+    split_id: str
+    config: SlicerConfig
+    timings: dict = field(default_factory=dict)  # edge_s, encode_s, bytes_sent, server_s, server_compute_s, round_trip_s
+    decision: object | None = None  # the selector's Decision when conditions were given
+
+
+class EdgeClient:
+    """Runs the edge side of an artifact against a server at ``server_url`` ("host:port")."""
+
+    def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0):
+        self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        self.materialised = [s for s in self.artifact.splits if s.files]
+        if not self.materialised:
+            raise ArtifactError(f"{self.artifact.path} has no materialised split")
+        host, _, port = server_url.replace("http://", "").rstrip("/").partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.timeout_s = timeout_s
+        self._connection: http.client.HTTPConnection | None = None
+        self._runners: dict = {}
+        self._selector = None
+        defaults = self.artifact.manifest["codec"]["defaults"]
+        self.default_config = SlicerConfig(**{k: tuple(v) if k == "blocks" else v for k, v in defaults.items()})
+
+    # --- the edge part -------------------------------------------------------------
+
+    def _runner(self, split_id: str):
+        runner = self._runners.get(split_id)
+        if runner is None:
+            import onnx
+
+            from slicer_compile.backends.onnxrt import OnnxrtRunner
+
+            info = self.artifact.split(split_id)
+            core = strip_encoders(onnx.load(str(self.artifact.part_path(split_id, "edge"))), list(info.crossing))
+            runner = self._runners[split_id] = OnnxrtRunner(core, name=f"{split_id}/edge", optimize=True).activate()
+        return runner
+
+    def selector(self):
+        if self._selector is None:
+            from slicer_compile.select import Selector
+
+            m = self.artifact.manifest
+            codec = m["codec"]
+            self._selector = Selector(self.materialised, codec["defaults"], codec["sparsity_grid"],
+                                      min_sparsity=codec["limits"]["min_sparsity"],
+                                      max_blocks=codec["limits"]["max_blocks"],
+                                      calibrated=m["calibration"]["status"] == "measured")
+        return self._selector
+
+    def infer(self, inputs: dict[str, np.ndarray], conditions=None, split: str | None = None,
+              config: SlicerConfig | None = None) -> EdgeResult:
+        """Run one sample end to end.
+
+        Args:
+            inputs: the model's inputs, batch of one.
+            conditions: ``select.Conditions``; the selector picks split and knobs.
+            split / config: a fixed split and codec config (default: the deepest
+                materialised split and the artifact's codec defaults).
+        Raises:
+            ServerError: the server refused the request or is unreachable.
+            SlicerCompileError: no feasible split for the conditions.
+        """
+        decision = None
+        if conditions is not None:
+            decision = self.selector().select(conditions)
+            if not decision.feasible:
+                raise SlicerCompileError(f"no feasible split: {decision.reason}")
+            split, config = decision.split_id, decision.config
+        split = split or max(self.materialised, key=lambda s: s.position).id
+        config = config or self.default_config
+        info = self.artifact.split(split)
+        runner = self._runner(split)
+
+        start = time.perf_counter()
+        middle = runner.infer({name: inputs[name] for name in runner.input_names})
+        edge_s = time.perf_counter() - start
+        tensors = {}
+        start = time.perf_counter()
+        for t in info.crossing:
+            value = middle[t["name"]]
+            if t["kind"] == "activation":
+                tensors[payload_name(t["name"])] = np.frombuffer(encode(value, config), dtype=np.uint8)
+            else:
+                tensors[t["name"]] = value
+        encode_s = time.perf_counter() - start
+
+        request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
+        body, headers = encode_message(request, request=True)
+        start = time.perf_counter()
+        reply = self._post(f"/v2/models/{split}/infer", body, headers)
+        round_trip = time.perf_counter() - start
+        params = reply.parameters
+        timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": len(body),
+                   "payload_bytes": sum(v.nbytes for k, v in tensors.items() if k.endswith(".payload")),
+                   "server_s": params.get("server_total_us", 0) * 1e-6,
+                   "server_compute_s": params.get("server_compute_us", 0) * 1e-6,
+                   "batch_size": params.get("batch_size"), "round_trip_s": round_trip}
+        return EdgeResult(reply.tensors, split, config, timings, decision)
+
+    # --- transport ---------------------------------------------------------------------
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> InferMessage:
+        for attempt in (0, 1):  # one reconnect: a kept-alive connection may have been closed
+            try:
+                if self._connection is None:
+                    self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    self._connection.connect()
+                    # Headers and body go out in two writes: without this, Nagle's
+                    # algorithm and delayed ACKs add ~40 ms to every request.
+                    self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._connection.request("POST", path, body=body, headers=headers)
+                response = self._connection.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt:
+                    raise ServerError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        if response.status != 200:
+            raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}")
+        length = response.getheader(HEADER_LENGTH)
+        return decode_message(data, int(length) if length else None, request=False)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> "EdgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
