@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from slicer_compile import __version__
-from slicer_compile.errors import SlicerCompileError
+from slicer_compile.errors import BackendUnavailableError, SlicerCompileError
 
 #: Exit codes: 1 for a failure of the job, 2 for a bad command line.
 EXIT_FAILURE = 1
@@ -97,15 +97,14 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _device_help() -> str:
-    return "Edge device (see: slicer-compile devices); cpu measures this machine."
-
-
 @cli.command("compile")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Artifact directory to create.")
-@click.option("--device", default="cpu", show_default=True, help=_device_help())
+@click.option("--device", default="cpu", show_default=True,
+              help="Edge device (see: slicer-compile devices); cpu measures this machine.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]),
+              help="Engine backend for the split parts.")
 @click.option("--server-device", default="a100", show_default=True, help="Server GPU model for server latency.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), help="Profile measured on the target.")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path), help="Calibration inputs (.npz).")
@@ -114,13 +113,14 @@ def _device_help() -> str:
 @click.option("--max-pairs", default=8, show_default=True, help="Split pairs materialised at most.")
 @click.option("--runs", default=10, show_default=True, help="Timed profiling runs (cpu).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def compile_command(model_path: Path, out_dir: Path, device: str, server_device: str, profile_path: Path | None,
-                    calib_path: Path | None, calib_samples: int, input_shapes: tuple[str, ...], max_pairs: int,
-                    runs: int, force: bool) -> None:
+def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, server_device: str,
+                    profile_path: Path | None, calib_path: Path | None, calib_samples: int,
+                    input_shapes: tuple[str, ...], max_pairs: int, runs: int, force: bool) -> None:
     """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report."""
     from slicer_compile.compiler import compile_model
     from slicer_compile.report import REPORT
 
+    _require_backend(backend)
     with _Progress() as progress:
         artifact = compile_model(model_path, device=device, out_dir=out_dir, calib=calib_path, profile=profile_path,
                                  server_device=server_device, calib_samples=calib_samples,
@@ -146,15 +146,29 @@ def _print_split_table(artifact) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
+def _require_backend(backend: str) -> None:
+    """Fail with what is missing when a backend cannot run here."""
+    if backend == "onnxruntime":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise BackendUnavailableError(
+            "--backend tensorrt needs TensorRT, which is not installed here (install it with JetPack on a Jetson, "
+            "or NVIDIA's TensorRT wheel/tar on a GPU server), and a CUDA GPU; --backend onnxruntime runs anywhere")
+    raise BackendUnavailableError("--backend tensorrt: this build does not yet build TensorRT engines "
+                                  "(the plugin and engine glue are a planned part); use --backend onnxruntime")
+
+
 @cli.command("devices")
 def devices_command() -> None:
     """List the device profiles known to --device."""
     from rich.console import Console
     from rich.table import Table
 
-    from slicer_compile.profile.devices import _catalogue, get_device, known_devices
+    from slicer_compile.profile.devices import device_aliases, get_device, known_devices
 
-    aliases = _catalogue()["aliases"]
+    aliases = device_aliases()
     table = Table(title="device profiles")
     for column in ("name", "description", "peak TFLOP/s", "bandwidth GB/s", "memory GiB", "precision"):
         table.add_column(column)
@@ -175,7 +189,7 @@ def devices_command() -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, help="Pin an input shape: NAME=1x3x224x224.")
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--runs", default=20, show_default=True)
-@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
 def profile_command(model_path: Path, output: Path, input_shapes: tuple[str, ...], warmup: int, runs: int,
                     backend: str) -> None:
     """Measure per-node latency and memory of MODEL.onnx on this machine (run it on the target)."""
@@ -183,8 +197,7 @@ def profile_command(model_path: Path, output: Path, input_shapes: tuple[str, ...
     from slicer_compile.profile.devices import local_cpu
     from slicer_compile.profile.measure import measure_profile
 
-    if backend != "onnxruntime":
-        raise SlicerCompileError(f"backend {backend!r} is not available here: only onnxruntime profiles on this build")
+    _require_backend(backend)
     model = concretize(load_onnx(model_path), _parse_shapes(input_shapes))
     with _Progress() as progress:
         prof = measure_profile(model, "cpu", local_cpu().description, warmup=warmup, runs=runs,

@@ -216,3 +216,16 @@ def test_onnx_with_external_data_loads(tmp_path):
     loaded = load_onnx(tmp_path / "m.onnx")
     assert all(not init.external_data for init in loaded.graph.initializer)  # weights now in memory
     assert sum(len(i.raw_data) for i in loaded.graph.initializer) > 1_000_000
+
+
+@pytest.mark.parametrize("command", [["{model}", "-o", "{out}"], ["profile", "{model}", "-o", "{out}.json"]])
+def test_backend_tensorrt_without_tensorrt_says_what_is_missing(tmp_path, command):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the missing-TensorRT message does not apply")
+    args = [a.format(model=EXAMPLES / "digits_cnn.onnx", out=tmp_path / "out") for a in command]
+    result = cli(*args, "--backend", "tensorrt")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: --backend tensorrt needs TensorRT") and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

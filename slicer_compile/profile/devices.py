@@ -59,6 +59,11 @@ def _catalogue() -> dict:
     return json.loads(text)
 
 
+def device_aliases() -> dict[str, str]:
+    """Alias -> device name (``jetson`` -> ``orin-nano``)."""
+    return dict(_catalogue()["aliases"])
+
+
 def known_devices() -> list[str]:
     """Names ``--device`` accepts (aliases included)."""
     data = _catalogue()
