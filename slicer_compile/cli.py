@@ -287,6 +287,25 @@ def bench_codec(sizes: str, sparsities: str, repeat: int, data: str, seed: int, 
         click.echo(f"wrote {json_path}", err=True)
 
 
+# --- kernels ---------------------------------------------------------------------
+
+
+@cli.command("build-kernels")
+@click.option("--build-dir", type=click.Path(path_type=Path), help="CMake build directory (default: build/cuda).")
+@click.option("--cuda/--host-only", default=True, show_default=True, help="Also build the CUDA library (needs nvcc).")
+@click.option("-j", "--jobs", default=2, show_default=True, type=int)
+def build_kernels_command(build_dir: Path | None, cuda: bool, jobs: int) -> None:
+    """Build cuda/: libslicer_host.so, and libslicer_cuda.so for sm_75..sm_90 (sm_87 = Jetson Orin)."""
+    from slicer_compile.codec.native import DEFAULT_BUILD_DIR, build_kernels
+
+    with _stderr_console().status("building kernels (nvcc, six architectures: about a minute)"):
+        libraries = build_kernels(build_dir or DEFAULT_BUILD_DIR, cuda=cuda, jobs=jobs)
+    for kind, path in libraries.items():
+        click.echo(f"{kind}: {path}")
+    if cuda and "cuda" not in libraries:
+        click.echo("nvcc was not found: only the host library was built", err=True)
+
+
 # --- select ----------------------------------------------------------------------
 
 

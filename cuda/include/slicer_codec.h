@@ -1,0 +1,71 @@
+/*
+ * slicer-compile codec: C ABI.
+ *
+ * Host functions (libslicer_host.so and libslicer_cuda.so) implement the wire
+ * format's bit-level pieces exactly as the numpy reference does
+ * (slicer_compile/codec/positions.py, bits.py, wire.py); the test suite checks
+ * them byte for byte through ctypes. Device launchers (libslicer_cuda.so only)
+ * take raw pointers and a cudaStream_t, no framework types.
+ *
+ * Every function returns a slicer_status; output buffers are sized by the
+ * caller (the *_max_bytes helpers give bounds) and never written past capacity.
+ */
+#ifndef SLICER_CODEC_H
+#define SLICER_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum
+{
+    SLICER_OK = 0,
+    SLICER_ERR_ARGUMENT = 1,  /* a null pointer, a width out of range, unsorted indices */
+    SLICER_ERR_CAPACITY = 2,  /* the output buffer is too small */
+    SLICER_ERR_PAYLOAD = 3,   /* a malformed or inconsistent input stream */
+    SLICER_ERR_CUDA = 4       /* a CUDA call failed */
+} slicer_status;
+
+/* Position-section methods (first byte of a subset section). */
+enum
+{
+    SLICER_SUBSET_TRIVIAL = 0,
+    SLICER_SUBSET_BITMAP = 1,
+    SLICER_SUBSET_FIXED = 2,
+    SLICER_SUBSET_GOLOMB = 3,
+    SLICER_SUBSET_GOLOMB_COMPLEMENT = 4
+};
+
+/* --- host: bit packing, MSB first, zero-padded to a byte ------------------------ */
+
+size_t slicer_packed_nbytes(uint64_t count, int width);
+slicer_status slicer_pack_uint(const uint64_t* values, uint64_t count, int width, uint8_t* out, size_t capacity,
+    size_t* written);
+slicer_status slicer_unpack_uint(const uint8_t* buf, size_t len, uint64_t count, int width, uint64_t* out);
+
+/* --- host: position coding ------------------------------------------------------- */
+
+/* Worst case of slicer_encode_subset for any count <= max_count (as predict_bits counts it). */
+size_t slicer_subset_max_nbytes(uint64_t max_count, uint64_t space);
+/* Code n strictly increasing indices below space; picks the smallest method. */
+slicer_status slicer_encode_subset(const int64_t* indices, uint64_t count, uint64_t space, uint8_t* out,
+    size_t capacity, size_t* written);
+slicer_status slicer_decode_subset(const uint8_t* buf, size_t len, uint64_t count, uint64_t space, int64_t* out);
+
+/* Mixed-radix label words: (labels per word, bits per word) for a base. */
+void slicer_label_chunk(int base, int* per_word, int* bits);
+slicer_status slicer_encode_labels(const uint8_t* labels, uint64_t count, int base, uint8_t* out, size_t capacity,
+    size_t* written);
+
+/* --- host: framing --------------------------------------------------------------- */
+
+uint32_t slicer_crc32(const uint8_t* data, size_t len, uint32_t crc);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* SLICER_CODEC_H */

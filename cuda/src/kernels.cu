@@ -1,0 +1,286 @@
+// SLICER codec kernels: ATKF scores, the k-th largest score by radix select,
+// the kept set (ties to the lower index) by stream compaction, per-block AIQ
+// quantisation and the decoder's dequantise-and-scatter.
+//
+// Launchers take raw pointers and a cudaStream_t (no framework types); the
+// workspace each needs is given by a *_workspace_bytes query so that callers
+// allocate once. Float arithmetic follows the codec's contract: round-to-nearest
+// products and sums, never fused (the library is built with --fmad=false, and the
+// AIQ paths use the explicit __f*_rn intrinsics).
+//
+// Status: compiled for sm_75..sm_90 on every CI run; not yet run on a GPU (no
+// device in the development workplace). The numpy reference is the spec these
+// must match bit for bit.
+
+#include "slicer_codec.h"
+
+#include <cub/cub.cuh>
+#include <thrust/iterator/counting_iterator.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace slicer
+{
+namespace
+{
+
+constexpr int kTHREADS = 256;
+constexpr int kRADIX_BITS = 8;
+constexpr int kRADIX_BINS = 1 << kRADIX_BITS;
+
+int blocksFor(size_t n)
+{
+    size_t const blocks = (n + kTHREADS - 1) / kTHREADS;
+    return static_cast<int>(blocks < 65535 * 32 ? (blocks == 0 ? 1 : blocks) : 65535 * 32);
+}
+
+//! score = x/(1+λ) for x > 0, -x/(1-λ) for x < 0, 0 for zeros (IEEE division).
+__global__ void atkfScoresKernel(float const* x, size_t n, float posScale, float negScale, float* scores)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        float const v = x[i];
+        scores[i] = v > 0.0f ? __fdiv_rn(v, posScale) : (v < 0.0f ? __fdiv_rn(-v, negScale) : 0.0f);
+    }
+}
+
+//! Histogram of one radix digit over the scores whose higher digits equal `prefix`.
+__global__ void radixHistogramKernel(
+    float const* scores, size_t n, uint32_t prefix, uint32_t prefixMask, int shift, unsigned int* histogram)
+{
+    __shared__ unsigned int local[kRADIX_BINS];
+    for (int b = threadIdx.x; b < kRADIX_BINS; b += blockDim.x)
+    {
+        local[b] = 0;
+    }
+    __syncthreads();
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        // Non-negative floats order like their bit patterns.
+        uint32_t const bits = __float_as_uint(scores[i]);
+        if ((bits & prefixMask) == prefix)
+        {
+            atomicAdd(&local[(bits >> shift) & (kRADIX_BINS - 1)], 1U);
+        }
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < kRADIX_BINS; b += blockDim.x)
+    {
+        if (local[b])
+        {
+            atomicAdd(&histogram[b], local[b]);
+        }
+    }
+}
+
+//! Pick the digit holding the k-th largest; carry the rank left to find inside it.
+__global__ void radixPickKernel(unsigned int const* histogram, uint32_t* state, int shift)
+{
+    // state: [0] prefix, [1] rank still to skip (1-based k among the remaining)
+    uint32_t rank = state[1];
+    for (int digit = kRADIX_BINS - 1; digit >= 0; --digit)
+    {
+        uint32_t const count = histogram[digit];
+        if (rank <= count)
+        {
+            state[0] |= static_cast<uint32_t>(digit) << shift;
+            state[1] = rank;
+            return;
+        }
+        rank -= count;
+    }
+}
+
+//! flags[i] = 1 for scores above the k-th, and for ties at it (ranked by index later).
+__global__ void markKeptKernel(float const* scores, size_t n, uint32_t const* state, uint8_t* above, uint8_t* tie)
+{
+    float const kth = __uint_as_float(state[0]);
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        float const s = scores[i];
+        above[i] = (s > kth && s > 0.0f) ? 1 : 0;
+        tie[i] = (s == kth && s > 0.0f) ? 1 : 0;
+    }
+}
+
+//! Keep the first `need` ties (lowest indices), by their exclusive prefix rank.
+__global__ void keepFirstTiesKernel(
+    uint8_t* above, uint8_t const* tie, unsigned int const* tieRank, size_t n, uint32_t const* need)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        if (tie[i] && tieRank[i] < *need)
+        {
+            above[i] = 1;
+        }
+    }
+}
+
+//! AIQ: code = min(rint((v - lo) / step), levels); constant groups (step 0) get 0.
+__global__ void quantizeKernel(float const* magnitudes, uint32_t const* groupOf, float const* lo,
+    float const* step, uint32_t const* levels, size_t n, uint32_t* codes)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        uint32_t const g = groupOf[i];
+        float const s = step[g] > 0.0f ? step[g] : 1.0f;
+        float const c = rintf(__fdiv_rn(__fsub_rn(magnitudes[i], lo[g]), s));
+        codes[i] = static_cast<uint32_t>(fminf(c, static_cast<float>(levels[g])));
+    }
+}
+
+//! Decoder: out[position] = sign · (lo + code·step), product then sum.
+__global__ void dequantizeScatterKernel(uint32_t const* codes, int64_t const* positions, uint32_t const* groupOf,
+    float const* lo, float const* step, uint8_t const* negative, size_t n, float* out)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        uint32_t const g = groupOf[i];
+        float const magnitude = __fadd_rn(__fmul_rn(static_cast<float>(codes[i]), step[g]), lo[g]);
+        out[positions[i]] = negative[i] ? -magnitude : magnitude;
+    }
+}
+
+struct KeptWorkspace
+{
+    // Laid out back to back in one caller allocation.
+    static size_t bytes(size_t n, size_t cubBytes)
+    {
+        return align(n * sizeof(float)) + 2 * align(n) + align(n * sizeof(unsigned int))
+            + align(kRADIX_BINS * sizeof(unsigned int)) + align(4 * sizeof(uint32_t)) + align(cubBytes);
+    }
+
+    static size_t align(size_t b)
+    {
+        return (b + 255) & ~static_cast<size_t>(255);
+    }
+};
+
+size_t cubTempBytes(size_t n)
+{
+    size_t scanBytes = 0;
+    size_t selectBytes = 0;
+    cub::DeviceScan::ExclusiveSum(nullptr, scanBytes, static_cast<uint8_t const*>(nullptr),
+        static_cast<unsigned int*>(nullptr), static_cast<int>(n));
+    cub::DeviceSelect::Flagged(nullptr, selectBytes, thrust::counting_iterator<int64_t>(0),
+        static_cast<uint8_t const*>(nullptr), static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
+        static_cast<int>(n));
+    return scanBytes > selectBytes ? scanBytes : selectBytes;
+}
+
+} // namespace
+} // namespace slicer
+
+extern "C" size_t slicer_cuda_select_workspace_bytes(size_t n)
+{
+    return slicer::KeptWorkspace::bytes(n, slicer::cubTempBytes(n));
+}
+
+/*
+ * ATKF on the GPU: writes the flat indices (ascending) of the min(k, nnz) highest
+ * scores of x to `kept` and their count to `keptCount` (device memory).
+ */
+extern "C" slicer_status slicer_cuda_select_kept(float const* x, size_t n, uint64_t k, float lam, void* workspace,
+    size_t workspaceBytes, int64_t* kept, int64_t* keptCount, cudaStream_t stream)
+{
+    using slicer::KeptWorkspace;
+    size_t const cubBytes = slicer::cubTempBytes(n);
+    if (!x || !kept || !keptCount || !workspace || n == 0 || n > 0x7fffffffU
+        || workspaceBytes < KeptWorkspace::bytes(n, cubBytes))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    auto* base = static_cast<uint8_t*>(workspace);
+    auto* scores = reinterpret_cast<float*>(base);
+    base += KeptWorkspace::align(n * sizeof(float));
+    auto* above = base;
+    base += KeptWorkspace::align(n);
+    auto* tie = base;
+    base += KeptWorkspace::align(n);
+    auto* tieRank = reinterpret_cast<unsigned int*>(base);
+    base += KeptWorkspace::align(n * sizeof(unsigned int));
+    auto* histogram = reinterpret_cast<unsigned int*>(base);
+    base += KeptWorkspace::align(slicer::kRADIX_BINS * sizeof(unsigned int));
+    auto* state = reinterpret_cast<uint32_t*>(base);
+    base += KeptWorkspace::align(4 * sizeof(uint32_t));
+    void* cubTemp = base;
+
+    uint64_t const kk = k < n ? k : n;
+    if (kk == 0)
+    {
+        return cudaMemsetAsync(keptCount, 0, sizeof(int64_t), stream) == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+    }
+    int const blocks = slicer::blocksFor(n);
+    slicer::atkfScoresKernel<<<blocks, slicer::kTHREADS, 0, stream>>>(x, n, 1.0f + lam, 1.0f - lam, scores);
+    uint32_t const init[2] = {0U, static_cast<uint32_t>(kk)}; // prefix, rank of the k-th (1-based)
+    cudaMemcpyAsync(state, init, sizeof(init), cudaMemcpyHostToDevice, stream);
+    // Four passes of eight bits, most significant first: the k-th largest score.
+    for (int pass = 0; pass < 4; ++pass)
+    {
+        int const shift = 24 - 8 * pass;
+        uint32_t const prefixMask = pass == 0 ? 0U : ~0U << (shift + 8);
+        cudaMemsetAsync(histogram, 0, slicer::kRADIX_BINS * sizeof(unsigned int), stream);
+        // The prefix lives on the device: read it back once per pass (4 tiny copies).
+        uint32_t prefix = 0;
+        cudaMemcpyAsync(&prefix, state, sizeof(prefix), cudaMemcpyDeviceToHost, stream);
+        cudaStreamSynchronize(stream);
+        slicer::radixHistogramKernel<<<blocks, slicer::kTHREADS, 0, stream>>>(
+            scores, n, prefix & prefixMask, prefixMask, shift, histogram);
+        slicer::radixPickKernel<<<1, 1, 0, stream>>>(histogram, state, shift);
+    }
+    slicer::markKeptKernel<<<blocks, slicer::kTHREADS, 0, stream>>>(scores, n, state, above, tie);
+    // state[1] is now the rank of the k-th among the scores equal to it: keep that many ties.
+    size_t tempBytes = cubBytes;
+    cub::DeviceScan::ExclusiveSum(cubTemp, tempBytes, tie, tieRank, static_cast<int>(n), stream);
+    slicer::keepFirstTiesKernel<<<blocks, slicer::kTHREADS, 0, stream>>>(above, tie, tieRank, n, state + 1);
+    tempBytes = cubBytes;
+    cub::DeviceSelect::Flagged(cubTemp, tempBytes, thrust::counting_iterator<int64_t>(0), above, kept, keptCount,
+        static_cast<int>(n), stream);
+    return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+}
+
+extern "C" slicer_status slicer_cuda_quantize(float const* magnitudes, uint32_t const* groupOf, float const* lo,
+    float const* step, uint32_t const* levels, size_t n, uint32_t* codes, cudaStream_t stream)
+{
+    if (n == 0)
+    {
+        return SLICER_OK;
+    }
+    if (!magnitudes || !groupOf || !lo || !step || !levels || !codes)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    slicer::quantizeKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(
+        magnitudes, groupOf, lo, step, levels, n, codes);
+    return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+}
+
+extern "C" slicer_status slicer_cuda_dequantize_scatter(uint32_t const* codes, int64_t const* positions,
+    uint32_t const* groupOf, float const* lo, float const* step, uint8_t const* negative, size_t n, float* out,
+    cudaStream_t stream)
+{
+    if (n == 0)
+    {
+        return SLICER_OK;
+    }
+    if (!codes || !positions || !groupOf || !lo || !step || !negative || !out)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    slicer::dequantizeScatterKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(
+        codes, positions, groupOf, lo, step, negative, n, out);
+    return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+}
+
+extern "C" int slicer_cuda_device_count(void)
+{
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}

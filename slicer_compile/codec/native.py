@@ -1,0 +1,122 @@
+"""The C/CUDA codec library in ``cuda/``: build it, and call its host coders.
+
+``build_kernels`` runs CMake (``slicer-compile build-kernels``): it always builds
+``libslicer_host.so`` (the wire format's bit-level coders in C++) and, where
+nvcc is found, ``libslicer_cuda.so`` with the kernels for Jetson Orin (sm_87),
+H100 (sm_90) and the common server architectures. :class:`HostCoder` calls the
+host coders through ctypes; the tests hold them byte for byte to the numpy
+reference, which is the spec.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
+
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
+DEFAULT_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cuda"
+
+_OK, _ERR_ARGUMENT, _ERR_CAPACITY, _ERR_PAYLOAD = 0, 1, 2, 3
+
+
+def build_kernels(build_dir: str | Path = DEFAULT_BUILD_DIR, cuda: bool = True, jobs: int = 2) -> dict[str, Path]:
+    """Configure and build the library; returns {"host": path, "cuda": path or absent}."""
+    if not (SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise BackendUnavailableError(f"no CUDA sources at {SOURCE_DIR}: build-kernels needs a source checkout")
+    if shutil.which("cmake") is None:
+        raise BackendUnavailableError("build-kernels needs cmake (apt-get install cmake)")
+    build_dir = Path(build_dir)
+    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DSLICER_BUILD_CUDA={'ON' if cuda else 'OFF'}"]
+    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
+            raise SlicerCompileError("kernel build failed:\n" + "\n".join(tail))
+    libraries = {"host": build_dir / "libslicer_host.so"}
+    if (build_dir / "libslicer_cuda.so").is_file():
+        libraries["cuda"] = build_dir / "libslicer_cuda.so"
+    return libraries
+
+
+class HostCoder:
+    """ctypes access to the host coders of libslicer_host.so (or libslicer_cuda.so)."""
+
+    def __init__(self, library: str | Path):
+        self._lib = ctypes.CDLL(str(library))
+        u64, size_t, p = ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p
+        self._lib.slicer_packed_nbytes.restype = size_t
+        self._lib.slicer_packed_nbytes.argtypes = [u64, ctypes.c_int]
+        self._lib.slicer_subset_max_nbytes.restype = size_t
+        self._lib.slicer_subset_max_nbytes.argtypes = [u64, u64]
+        self._lib.slicer_crc32.restype = ctypes.c_uint32
+        self._lib.slicer_crc32.argtypes = [p, size_t, ctypes.c_uint32]
+        for name in ("slicer_pack_uint", "slicer_encode_subset", "slicer_encode_labels", "slicer_unpack_uint",
+                     "slicer_decode_subset"):
+            getattr(self._lib, name).restype = ctypes.c_int
+        self._lib.slicer_pack_uint.argtypes = [p, u64, ctypes.c_int, p, size_t, ctypes.POINTER(size_t)]
+        self._lib.slicer_unpack_uint.argtypes = [p, size_t, u64, ctypes.c_int, p]
+        self._lib.slicer_encode_subset.argtypes = [p, u64, u64, p, size_t, ctypes.POINTER(size_t)]
+        self._lib.slicer_decode_subset.argtypes = [p, size_t, u64, u64, p]
+        self._lib.slicer_encode_labels.argtypes = [p, u64, ctypes.c_int, p, size_t, ctypes.POINTER(size_t)]
+        self._lib.slicer_label_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status == _ERR_PAYLOAD:
+            raise PayloadError(f"{what}: malformed stream")
+        if status != _OK:
+            raise SlicerCompileError(f"{what} failed with status {status}")
+
+    def pack_uint(self, values: np.ndarray, width: int) -> bytes:
+        values = np.ascontiguousarray(values, dtype=np.uint64)
+        out = np.zeros(max(1, self._lib.slicer_packed_nbytes(values.size, width)), dtype=np.uint8)
+        written = ctypes.c_size_t()
+        self._check(self._lib.slicer_pack_uint(values.ctypes.data, values.size, width, out.ctypes.data, out.size,
+                                                ctypes.byref(written)), "pack_uint")
+        return out[: written.value].tobytes()
+
+    def unpack_uint(self, buf: bytes, count: int, width: int) -> np.ndarray:
+        data = np.frombuffer(buf, dtype=np.uint8)
+        out = np.zeros(count, dtype=np.uint64)
+        self._check(self._lib.slicer_unpack_uint(data.ctypes.data, data.size, count, width, out.ctypes.data),
+                    "unpack_uint")
+        return out
+
+    def encode_subset(self, indices: np.ndarray, space: int) -> bytes:
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        capacity = max(self._lib.slicer_subset_max_nbytes(indices.size, space), 1 + (space + 7) // 8) + 64
+        out = np.zeros(capacity, dtype=np.uint8)
+        written = ctypes.c_size_t()
+        self._check(self._lib.slicer_encode_subset(indices.ctypes.data, indices.size, space, out.ctypes.data,
+                                                    out.size, ctypes.byref(written)), "encode_subset")
+        return out[: written.value].tobytes()
+
+    def decode_subset(self, buf: bytes, count: int, space: int) -> np.ndarray:
+        data = np.frombuffer(buf, dtype=np.uint8)
+        out = np.zeros(max(count, 1), dtype=np.int64)
+        self._check(self._lib.slicer_decode_subset(data.ctypes.data, data.size, count, space, out.ctypes.data),
+                    "decode_subset")
+        return out[:count]
+
+    def label_chunk(self, base: int) -> tuple[int, int]:
+        per_word, bits = ctypes.c_int(), ctypes.c_int()
+        self._lib.slicer_label_chunk(base, ctypes.byref(per_word), ctypes.byref(bits))
+        return per_word.value, bits.value
+
+    def encode_labels(self, labels: np.ndarray, base: int) -> bytes:
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        out = np.zeros(labels.size * 8 + 16, dtype=np.uint8)
+        written = ctypes.c_size_t()
+        self._check(self._lib.slicer_encode_labels(labels.ctypes.data, labels.size, base, out.ctypes.data, out.size,
+                                                    ctypes.byref(written)), "encode_labels")
+        return out[: written.value].tobytes()
+
+    def crc32(self, data: bytes, crc: int = 0) -> int:
+        buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, np.uint8)
+        return self._lib.slicer_crc32(buf.ctypes.data, len(data), crc)

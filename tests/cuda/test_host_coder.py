@@ -1,0 +1,87 @@
+"""The C++ host coders of cuda/ (libslicer_host.so) against the numpy reference,
+byte for byte: the CUDA path's payloads must decode with the numpy decoder."""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slicer_compile.codec.bits import pack_uint
+from slicer_compile.codec.native import HostCoder, build_kernels
+from slicer_compile.codec.positions import decode_subset, encode_labels, encode_subset, label_chunk
+from slicer_compile.errors import PayloadError
+
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g++") is None,
+                                reason="building the host coders needs cmake and g++")
+
+
+@pytest.fixture(scope="module")
+def coder(tmp_path_factory):
+    libraries = build_kernels(tmp_path_factory.mktemp("build"), cuda=False)
+    return HostCoder(libraries["host"])
+
+
+@given(st.integers(0, 64), st.integers(0, 200), st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_pack_uint_matches_numpy(coder, width, count, seed):
+    top = (1 << width) - 1 if width else 0
+    values = np.random.default_rng(seed).integers(0, top, count, dtype=np.uint64, endpoint=True) if width else \
+        np.zeros(count, np.uint64)
+    packed = coder.pack_uint(values, width)
+    assert packed == pack_uint(values, width)
+    np.testing.assert_array_equal(coder.unpack_uint(packed, count, width), values)
+
+
+@given(st.integers(1, 5000), st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.2, 0.39, 0.41, 0.5, 0.7, 0.97, 1.0]),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=300, deadline=None)
+def test_subset_coding_matches_numpy_byte_for_byte(coder, space, density, seed):
+    indices = np.flatnonzero(np.random.default_rng(seed).random(space) < density)
+    reference = encode_subset(indices, space)
+    assert coder.encode_subset(indices, space) == reference
+    np.testing.assert_array_equal(coder.decode_subset(reference, indices.size, space), indices)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.9, 0.95, 0.99])
+def test_large_masks_match(coder, sparsity):
+    T = 1 << 18
+    indices = np.sort(np.random.default_rng(3).choice(T, int((1 - sparsity) * T), replace=False))
+    assert coder.encode_subset(indices, T) == encode_subset(indices, T)
+
+
+@pytest.mark.parametrize("base", list(range(2, 65)))
+def test_label_words_match(coder, base):
+    assert coder.label_chunk(base) == label_chunk(base)
+    labels = np.random.default_rng(base).integers(0, base, 1000).astype(np.uint8)
+    assert coder.encode_labels(labels, base) == encode_labels(labels, base)
+
+
+def test_crc32_matches_zlib(coder):
+    data = np.random.default_rng(0).bytes(10_000)
+    assert coder.crc32(data) == zlib.crc32(data)
+    assert coder.crc32(data[5000:], coder.crc32(data[:5000])) == zlib.crc32(data)
+
+
+def test_host_decoder_refuses_what_numpy_refuses(coder):
+    rng = np.random.default_rng(9)
+    T = 4000
+    indices = np.flatnonzero(rng.random(T) < 0.05)
+    good = bytearray(encode_subset(indices, T))
+    rejected = 0
+    for i in range(2000):
+        bad = bytearray(good)
+        bad[rng.integers(len(bad))] ^= 1 << rng.integers(8)
+        try:
+            expected = decode_subset(memoryview(bytes(bad)), indices.size, T)
+        except PayloadError:
+            with pytest.raises(PayloadError):
+                coder.decode_subset(bytes(bad), indices.size, T)
+            rejected += 1
+        else:
+            np.testing.assert_array_equal(coder.decode_subset(bytes(bad), indices.size, T), expected)
+    assert rejected > 100

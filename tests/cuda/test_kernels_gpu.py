@@ -1,0 +1,102 @@
+"""CUDA kernels against the numpy reference, bit for bit (needs a CUDA device)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from slicer_compile.codec.native import build_kernels
+from slicer_compile.codec.quant import block_step, quantize_groups
+from slicer_compile.codec.slicer import select_kept
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    library = ctypes.CDLL(str(build_kernels(tmp_path_factory.mktemp("build"))["cuda"]))
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    library.slicer_cuda_select_workspace_bytes.restype = sz
+    library.slicer_cuda_select_workspace_bytes.argtypes = [sz]
+    library.slicer_cuda_select_kept.argtypes = [vp, sz, ctypes.c_uint64, ctypes.c_float, vp, sz, vp, vp, vp]
+    library.slicer_cuda_quantize.argtypes = [vp, vp, vp, vp, vp, sz, vp, vp]
+    return library
+
+
+class Device:
+    """Device buffers through cuda-python, freed at exit."""
+
+    def __init__(self):
+        from cuda.bindings import runtime
+
+        self.rt = runtime
+        self.buffers = []
+
+    def upload(self, array: np.ndarray) -> int:
+        ptr = self.alloc(array.nbytes)
+        self.rt.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        return ptr
+
+    def alloc(self, nbytes: int) -> int:
+        err, ptr = self.rt.cudaMalloc(max(nbytes, 1))
+        assert int(err) == 0
+        self.buffers.append(ptr)
+        return int(ptr)
+
+    def download(self, ptr: int, dtype, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=dtype)
+        self.rt.cudaDeviceSynchronize()
+        self.rt.cudaMemcpy(out.ctypes.data, ptr, out.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        return out
+
+    def free(self):
+        for ptr in self.buffers:
+            self.rt.cudaFree(ptr)
+
+
+@pytest.mark.parametrize("n, sparsity, lam", [(1 << 20, 0.9, 0.0), (1 << 20, 0.5, 0.3), (4099, 0.99, -0.2),
+                                             (1 << 16, 0.75, 0.0)])
+def test_select_kept_matches_numpy(lib, n, sparsity, lam):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[rng.integers(0, n, n // 10)] = 0.0  # zeros are never kept
+    x[rng.integers(0, n, n // 20)] = 1.0  # ties at one value
+    k = int(np.floor((1 - np.float32(sparsity)) * n))
+    dev = Device()
+    try:
+        ws_bytes = lib.slicer_cuda_select_workspace_bytes(n)
+        d_kept, d_count = dev.alloc(8 * n), dev.alloc(8)
+        status = lib.slicer_cuda_select_kept(dev.upload(x), n, k, lam, dev.alloc(ws_bytes), ws_bytes, d_kept,
+                                             d_count, None)
+        assert status == 0
+        count = int(dev.download(d_count, np.int64, 1)[0])
+        got = dev.download(d_kept, np.int64, count)
+    finally:
+        dev.free()
+    np.testing.assert_array_equal(got, select_kept(x, k, float(np.float32(lam))))
+
+
+def test_quantize_matches_numpy(lib):
+    rng = np.random.default_rng(0)
+    sizes = np.array([1000, 777, 1, 2048], dtype=np.int64)
+    mags = np.abs(rng.standard_normal(sizes.sum())).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    lo = np.minimum.reduceat(mags, starts)
+    hi = np.maximum.reduceat(mags, starts)
+    q = np.array([8, 3, 0, 16], dtype=np.int64)
+    step = block_step(lo, hi, q)
+    expected = quantize_groups(mags, starts, sizes, lo, step, q)
+    group_of = np.repeat(np.arange(sizes.size, dtype=np.uint32), sizes)
+    levels = ((1 << q) - 1).astype(np.uint32)
+    dev = Device()
+    try:
+        d_codes = dev.alloc(4 * mags.size)
+        status = lib.slicer_cuda_quantize(dev.upload(mags), dev.upload(group_of), dev.upload(lo), dev.upload(step),
+                                          dev.upload(levels), mags.size, d_codes, None)
+        assert status == 0
+        got = dev.download(d_codes, np.uint32, mags.size)
+    finally:
+        dev.free()
+    np.testing.assert_array_equal(got, expected.astype(np.uint32))
