@@ -64,6 +64,27 @@ slicer_status slicer_encode_labels(const uint8_t* labels, uint64_t count, int ba
 
 uint32_t slicer_crc32(const uint8_t* data, size_t len, uint32_t crc);
 
+/* --- host: the whole SLICER encoder (codec id 1) --------------------------------- */
+
+typedef struct
+{
+    float sparsity; /* s in [0, 1) */
+    float lam;      /* λ in (-1, 1) */
+    float delta;    /* DS budget, >= 0 */
+    int blocksPos;  /* M+ in [1, 64] */
+    int blocksNeg;  /* M- in [1, 64] */
+    int qBits;      /* [1, 16] */
+    int qMin;       /* [1, qBits] */
+} slicer_knobs;
+
+/*
+ * Encode T = prod(shape) finite float32 values (float16 inputs upcast by the caller,
+ * dtypeCode 2 recorded) into a complete payload, byte for byte as the numpy
+ * reference. `written` receives the size even when the capacity is too small.
+ */
+slicer_status slicer_encode_host(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
+    const slicer_knobs* knobs, uint8_t* out, size_t capacity, size_t* written);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

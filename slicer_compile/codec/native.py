@@ -25,6 +25,14 @@ DEFAULT_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cuda"
 _OK, _ERR_ARGUMENT, _ERR_CAPACITY, _ERR_PAYLOAD = 0, 1, 2, 3
 
 
+class _Knobs(ctypes.Structure):
+    """slicer_knobs of slicer_codec.h."""
+
+    _fields_ = [("sparsity", ctypes.c_float), ("lam", ctypes.c_float), ("delta", ctypes.c_float),
+                ("blocksPos", ctypes.c_int), ("blocksNeg", ctypes.c_int), ("qBits", ctypes.c_int),
+                ("qMin", ctypes.c_int)]
+
+
 def build_kernels(build_dir: str | Path = DEFAULT_BUILD_DIR, cuda: bool = True, jobs: int = 2) -> dict[str, Path]:
     """Configure and build the library; returns {"host": path, "cuda": path or absent}."""
     if not (SOURCE_DIR / "CMakeLists.txt").is_file():
@@ -65,6 +73,9 @@ class HostCoder:
         self._lib.slicer_decode_subset.argtypes = [p, size_t, u64, u64, p]
         self._lib.slicer_encode_labels.argtypes = [p, u64, ctypes.c_int, p, size_t, ctypes.POINTER(size_t)]
         self._lib.slicer_label_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+        self._lib.slicer_encode_host.restype = ctypes.c_int
+        self._lib.slicer_encode_host.argtypes = [p, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
+                                                 ctypes.POINTER(size_t)]
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -116,6 +127,22 @@ class HostCoder:
         self._check(self._lib.slicer_encode_labels(labels.ctypes.data, labels.size, base, out.ctypes.data, out.size,
                                                     ctypes.byref(written)), "encode_labels")
         return out[: written.value].tobytes()
+
+    def encode_slicer(self, x: np.ndarray, cfg) -> bytes:
+        """The C++ SLICER encoder: a complete payload for ``x`` (float32 or float16)."""
+        flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        shape = np.array(x.shape, dtype=np.uint32)
+        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        dtype_code = 2 if x.dtype == np.float16 else 1
+        from slicer_compile.codec import predict_bits
+
+        # predict_bits bounds every payload, so one call with that capacity suffices.
+        out = np.zeros(predict_bits(x.shape, cfg) // 8 + 1, dtype=np.uint8)
+        needed = ctypes.c_size_t()
+        self._check(self._lib.slicer_encode_host(flat.ctypes.data, shape.ctypes.data, x.ndim, dtype_code,
+                                                 ctypes.byref(knobs), out.ctypes.data, out.size,
+                                                 ctypes.byref(needed)), "encode_slicer")
+        return out[: needed.value].tobytes()
 
     def crc32(self, data: bytes, crc: int = 0) -> int:
         buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, np.uint8)

@@ -1,0 +1,355 @@
+// The SLICER encoder on the host, byte for byte as slicer_compile/codec/slicer.py:
+// ATKF, equal-cardinality magnitude blocks per sign, AIQ with the DS-guided bit
+// choice, position coding, and the frame. It is the CPU fallback of the CUDA
+// path and the place its pieces are checked: float32 arithmetic, products and
+// sums never fused (the library builds with -ffp-contract=off).
+
+#include "bitstream.h"
+#include "slicer_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+namespace slicer
+{
+namespace
+{
+
+constexpr uint8_t kFORMAT_VERSION = 1;
+constexpr uint8_t kCODEC_SLICER = 1;
+
+class ByteSink
+{
+public:
+    void raw(void const* data, size_t n)
+    {
+        auto const* p = static_cast<uint8_t const*>(data);
+        mBytes.insert(mBytes.end(), p, p + n);
+    }
+
+    void u8(uint8_t v)
+    {
+        mBytes.push_back(v);
+    }
+
+    void u16(uint16_t v)
+    {
+        u8(static_cast<uint8_t>(v));
+        u8(static_cast<uint8_t>(v >> 8));
+    }
+
+    void u32(uint32_t v)
+    {
+        for (int i = 0; i < 4; ++i)
+        {
+            u8(static_cast<uint8_t>(v >> (8 * i)));
+        }
+    }
+
+    void f32(float v)
+    {
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        u32(bits);
+    }
+
+    void section(std::vector<uint8_t> const& data)
+    {
+        u32(static_cast<uint32_t>(data.size()));
+        raw(data.data(), data.size());
+    }
+
+    std::vector<uint8_t> mBytes;
+};
+
+std::vector<int64_t> blockSizes(int64_t count, int maxBlocks)
+{
+    int64_t const nblocks = std::min<int64_t>(maxBlocks, count);
+    std::vector<int64_t> sizes(static_cast<size_t>(std::max<int64_t>(nblocks, 0)), 0);
+    if (nblocks == 0)
+    {
+        return sizes;
+    }
+    std::fill(sizes.begin(), sizes.end(), count / nblocks);
+    sizes.back() = count - (count / nblocks) * (nblocks - 1);
+    return sizes;
+}
+
+//! Flat indices (ascending) of the min(k, nnz) highest scores, ties to the lower index.
+std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
+{
+    std::vector<int64_t> kept;
+    uint64_t const T = scores.size();
+    if (k == 0 || T == 0)
+    {
+        return kept;
+    }
+    float kth = 0.0f;
+    if (k < T)
+    {
+        std::vector<float> copy(scores);
+        std::nth_element(copy.begin(), copy.begin() + (T - k), copy.end());
+        kth = copy[T - k];
+    }
+    if (k >= T || kth == 0.0f)
+    {
+        for (uint64_t i = 0; i < T; ++i)
+        {
+            if (scores[i] > 0.0f)
+            {
+                kept.push_back(static_cast<int64_t>(i));
+            }
+        }
+        return kept;
+    }
+    uint64_t above = 0;
+    for (float s : scores)
+    {
+        above += s > kth ? 1 : 0;
+    }
+    uint64_t tiesToKeep = k - above;
+    for (uint64_t i = 0; i < T; ++i)
+    {
+        if (scores[i] > kth || (scores[i] == kth && tiesToKeep > 0 && tiesToKeep--))
+        {
+            kept.push_back(static_cast<int64_t>(i));
+        }
+    }
+    return kept;
+}
+
+//! Block label of each value: rank by magnitude (descending, ties to the earlier one).
+std::vector<uint8_t> splitBlocks(std::vector<float> const& magnitudes, int maxBlocks)
+{
+    std::vector<int64_t> const sizes = blockSizes(static_cast<int64_t>(magnitudes.size()), maxBlocks);
+    std::vector<uint8_t> labels(magnitudes.size(), 0);
+    if (sizes.size() <= 1)
+    {
+        return labels;
+    }
+    std::vector<size_t> order(magnitudes.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(
+        order.begin(), order.end(), [&](size_t a, size_t b) { return magnitudes[a] > magnitudes[b]; });
+    size_t rank = 0;
+    for (size_t b = 0; b < sizes.size(); ++b)
+    {
+        for (int64_t j = 0; j < sizes[b]; ++j)
+        {
+            labels[order[rank++]] = static_cast<uint8_t>(b);
+        }
+    }
+    return labels;
+}
+
+float blockStep(float lo, float hi, int q)
+{
+    if (q <= 0)
+    {
+        return 0.0f;
+    }
+    float const levels = static_cast<float>((int64_t{1} << q) - 1);
+    return (hi - lo) / levels;
+}
+
+int32_t quantize(float v, float lo, float step, int q)
+{
+    float const safeStep = step > 0.0f ? step : 1.0f;
+    float const code = std::nearbyint((v - lo) / safeStep); // ties to even, as np.rint
+    float const levels = static_cast<float>((int64_t{1} << q) - 1);
+    return static_cast<int32_t>(std::min(code, levels));
+}
+
+std::vector<uint8_t> subset(std::vector<int64_t> const& indices, uint64_t space)
+{
+    std::vector<uint8_t> out(slicer_subset_max_nbytes(indices.size(), space) + 16 + 2 * packedNbytes(space, 1));
+    size_t written = 0;
+    slicer_encode_subset(indices.data(), indices.size(), space, out.data(), out.size(), &written);
+    out.resize(written);
+    return out;
+}
+
+std::vector<uint8_t> labelSection(std::vector<uint8_t> const& labels, int base)
+{
+    std::vector<uint8_t> out(labels.size() * 8 + 16);
+    size_t written = 0;
+    slicer_encode_labels(labels.data(), labels.size(), base, out.data(), out.size(), &written);
+    out.resize(written);
+    return out;
+}
+
+} // namespace
+} // namespace slicer
+
+extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shape, int ndim, int dtypeCode,
+    slicer_knobs const* knobs, uint8_t* out, size_t capacity, size_t* written)
+{
+    using namespace slicer;
+    if (!shape || !knobs || !written || ndim < 0 || ndim > 8 || (dtypeCode != 1 && dtypeCode != 2))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    uint64_t T = 1;
+    for (int d = 0; d < ndim; ++d)
+    {
+        T *= shape[d];
+    }
+    if (T > 0xFFFFFFFFULL || (T > 0 && !x) || knobs->blocksPos < 1 || knobs->blocksNeg < 1 || knobs->qBits < 1
+        || knobs->qBits > 16 || knobs->qMin < 1 || knobs->qMin > knobs->qBits || !(knobs->sparsity >= 0.0f)
+        || !(knobs->sparsity < 1.0f) || !(knobs->lam > -1.0f) || !(knobs->lam < 1.0f) || !(knobs->delta >= 0.0f))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    for (uint64_t i = 0; i < T; ++i)
+    {
+        if (!std::isfinite(x[i]))
+        {
+            return SLICER_ERR_ARGUMENT;
+        }
+    }
+
+    // ATKF
+    std::vector<float> scores(T);
+    float const posScale = 1.0f + knobs->lam;
+    float const negScale = 1.0f - knobs->lam;
+    for (uint64_t i = 0; i < T; ++i)
+    {
+        float const v = x[i];
+        scores[i] = knobs->lam == 0.0f ? std::fabs(v) : (v > 0.0f ? v / posScale : (v < 0.0f ? -v / negScale : 0.0f));
+    }
+    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * T));
+    std::vector<int64_t> const kept = selectKept(scores, k);
+
+    // MS: split by sign, rank into equal-cardinality blocks
+    std::vector<int64_t> negSel, posSel;
+    std::vector<float> posMags, negMags;
+    for (size_t i = 0; i < kept.size(); ++i)
+    {
+        float const v = x[kept[i]];
+        if (v < 0.0f)
+        {
+            negSel.push_back(static_cast<int64_t>(i));
+            negMags.push_back(-v);
+        }
+        else
+        {
+            posSel.push_back(static_cast<int64_t>(i));
+            posMags.push_back(v);
+        }
+    }
+    std::vector<uint8_t> const labelsPos = splitBlocks(posMags, knobs->blocksPos);
+    std::vector<uint8_t> const labelsNeg = splitBlocks(negMags, knobs->blocksNeg);
+    std::vector<int64_t> sizes = blockSizes(static_cast<int64_t>(posSel.size()), knobs->blocksPos);
+    size_t const nbPos = sizes.size();
+    std::vector<int64_t> const negSizes = blockSizes(static_cast<int64_t>(negSel.size()), knobs->blocksNeg);
+    sizes.insert(sizes.end(), negSizes.begin(), negSizes.end());
+
+    // Group magnitudes by block, index order within a block.
+    std::vector<std::vector<float>> groups(sizes.size());
+    {
+        std::vector<uint8_t> blockOf(kept.size());
+        for (size_t j = 0; j < posSel.size(); ++j)
+        {
+            blockOf[posSel[j]] = labelsPos[j];
+        }
+        for (size_t j = 0; j < negSel.size(); ++j)
+        {
+            blockOf[negSel[j]] = static_cast<uint8_t>(labelsNeg[j] + nbPos);
+        }
+        for (size_t i = 0; i < kept.size(); ++i)
+        {
+            groups[blockOf[i]].push_back(std::fabs(x[kept[i]]));
+        }
+    }
+
+    // AIQ + ABQ per block
+    ByteSink table;
+    std::vector<uint8_t> values;
+    for (auto const& g : groups)
+    {
+        float const lo = *std::min_element(g.begin(), g.end());
+        float const hi = *std::max_element(g.begin(), g.end());
+        int q = lo == hi ? 0 : knobs->qBits;
+        std::vector<int32_t> codes(g.size(), 0);
+        if (q > 0)
+        {
+            float const step = blockStep(lo, hi, q);
+            std::vector<int32_t> reference(g.size());
+            for (size_t i = 0; i < g.size(); ++i)
+            {
+                reference[i] = quantize(g[i], lo, step, q);
+            }
+            codes = reference;
+            for (int trial = knobs->qBits - 1; trial >= knobs->qMin; --trial)
+            {
+                float const trialStep = blockStep(lo, hi, trial);
+                std::vector<int32_t> trialCodes(g.size());
+                int64_t mismatch = 0;
+                for (size_t i = 0; i < g.size(); ++i)
+                {
+                    trialCodes[i] = quantize(g[i], lo, trialStep, trial);
+                    mismatch += std::llabs(static_cast<int64_t>(reference[i] >> (knobs->qBits - trial)) - trialCodes[i]);
+                }
+                double const ds = static_cast<double>(mismatch) / static_cast<double>(g.size());
+                if (!(ds <= static_cast<double>(knobs->delta)))
+                {
+                    break;
+                }
+                q = trial;
+                codes.swap(trialCodes);
+            }
+        }
+        table.u8(static_cast<uint8_t>(q));
+        table.f32(lo);
+        table.f32(hi);
+        std::vector<uint64_t> wide(codes.begin(), codes.end());
+        size_t const nbytes = packedNbytes(wide.size(), q);
+        size_t const at = values.size();
+        values.resize(at + nbytes);
+        size_t done = 0;
+        slicer_pack_uint(wide.data(), wide.size(), q, values.data() + at, nbytes, &done);
+    }
+
+    // Frame
+    ByteSink payload;
+    payload.raw("SLCR", 4);
+    payload.u8(kFORMAT_VERSION);
+    payload.u8(kCODEC_SLICER);
+    payload.u8(static_cast<uint8_t>(dtypeCode));
+    payload.u8(static_cast<uint8_t>(ndim));
+    payload.u16(0);
+    payload.u16(16);
+    for (int d = 0; d < ndim; ++d)
+    {
+        payload.u32(shape[d]);
+    }
+    payload.f32(knobs->sparsity);
+    payload.f32(knobs->lam);
+    payload.f32(knobs->delta);
+    payload.u8(static_cast<uint8_t>(knobs->blocksPos));
+    payload.u8(static_cast<uint8_t>(knobs->blocksNeg));
+    payload.u8(static_cast<uint8_t>(knobs->qBits));
+    payload.u8(static_cast<uint8_t>(knobs->qMin));
+    ByteSink meta;
+    meta.u32(static_cast<uint32_t>(kept.size()));
+    meta.u32(static_cast<uint32_t>(negSel.size()));
+    payload.section(meta.mBytes);
+    payload.section(subset(kept, T));
+    payload.section(subset(negSel, kept.size()));
+    payload.section(labelSection(labelsPos, static_cast<int>(nbPos)));
+    payload.section(labelSection(labelsNeg, static_cast<int>(sizes.size() - nbPos)));
+    payload.section(table.mBytes);
+    payload.section(values);
+    payload.u32(slicer_crc32(payload.mBytes.data(), payload.mBytes.size(), 0));
+
+    *written = payload.mBytes.size();
+    if (payload.mBytes.size() > capacity || !out)
+    {
+        return SLICER_ERR_CAPACITY;
+    }
+    std::memcpy(out, payload.mBytes.data(), payload.mBytes.size());
+    return SLICER_OK;
+}
