@@ -59,6 +59,7 @@ slicer_status slicer_decode_subset(const uint8_t* buf, size_t len, uint64_t coun
 void slicer_label_chunk(int base, int* per_word, int* bits);
 slicer_status slicer_encode_labels(const uint8_t* labels, uint64_t count, int base, uint8_t* out, size_t capacity,
     size_t* written);
+slicer_status slicer_decode_labels(const uint8_t* buf, size_t len, uint64_t count, int base, uint8_t* out);
 
 /* --- host: framing --------------------------------------------------------------- */
 
@@ -84,6 +85,22 @@ typedef struct
  */
 slicer_status slicer_encode_host(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
     const slicer_knobs* knobs, uint8_t* out, size_t capacity, size_t* written);
+
+typedef struct
+{
+    uint64_t maxElements;     /* largest tensor a payload may describe */
+    uint64_t maxPayloadBytes; /* largest payload accepted at all */
+} slicer_limits;
+
+/*
+ * Decode a SLICER payload (codec id 1) into T float32 values, validating every
+ * length, count and index first, exactly as the numpy decoder: it returns
+ * SLICER_ERR_PAYLOAD for every payload numpy refuses with PayloadError, and the
+ * same values otherwise (a float16 payload's values are returned as float32 and
+ * convert exactly). shape receives up to 8 dims; `elements` the count written.
+ */
+slicer_status slicer_decode_host(const uint8_t* payload, size_t len, const slicer_limits* limits, float* out,
+    uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -532,3 +532,57 @@ extern "C" slicer_status slicer_encode_labels(
     *written = need;
     return SLICER_OK;
 }
+
+extern "C" slicer_status slicer_decode_labels(uint8_t const* buf, size_t len, uint64_t count, int base, uint8_t* out)
+{
+    if (base <= 1 || count == 0)
+    {
+        for (uint64_t i = 0; i < count; ++i)
+        {
+            out[i] = 0;
+        }
+        return len == 0 ? SLICER_OK : SLICER_ERR_PAYLOAD;
+    }
+    int perWord = 0;
+    int bits = 0;
+    slicer_label_chunk(base, &perWord, &bits);
+    uint64_t const words = (count + perWord - 1) / perWord;
+    if (!buf || len != packedNbytes(words, bits))
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    unsigned __int128 limit = 1;
+    for (int j = 0; j < perWord; ++j)
+    {
+        limit *= static_cast<unsigned __int128>(base);
+    }
+    slicer::BitReader reader(buf, len);
+    std::vector<uint64_t> digits(perWord);
+    for (uint64_t w = 0; w < words; ++w)
+    {
+        uint64_t acc = 0;
+        reader.get(bits, &acc);
+        if (static_cast<unsigned __int128>(acc) >= limit)
+        {
+            return SLICER_ERR_PAYLOAD; // a word beyond base^perWord
+        }
+        for (int j = perWord - 1; j >= 0; --j)
+        {
+            digits[j] = acc % static_cast<uint64_t>(base);
+            acc /= static_cast<uint64_t>(base);
+        }
+        for (int j = 0; j < perWord; ++j)
+        {
+            uint64_t const i = w * perWord + j;
+            if (i < count)
+            {
+                out[i] = static_cast<uint8_t>(digits[j]);
+            }
+            else if (digits[j] != 0)
+            {
+                return SLICER_ERR_PAYLOAD; // padding labels must be zero
+            }
+        }
+    }
+    return SLICER_OK;
+}

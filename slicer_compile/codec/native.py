@@ -25,6 +25,12 @@ DEFAULT_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cuda"
 _OK, _ERR_ARGUMENT, _ERR_CAPACITY, _ERR_PAYLOAD = 0, 1, 2, 3
 
 
+class _Limits(ctypes.Structure):
+    """slicer_limits of slicer_codec.h."""
+
+    _fields_ = [("maxElements", ctypes.c_uint64), ("maxPayloadBytes", ctypes.c_uint64)]
+
+
 class _Knobs(ctypes.Structure):
     """slicer_knobs of slicer_codec.h."""
 
@@ -73,6 +79,9 @@ class HostCoder:
         self._lib.slicer_decode_subset.argtypes = [p, size_t, u64, u64, p]
         self._lib.slicer_encode_labels.argtypes = [p, u64, ctypes.c_int, p, size_t, ctypes.POINTER(size_t)]
         self._lib.slicer_label_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+        self._lib.slicer_decode_host.restype = ctypes.c_int
+        self._lib.slicer_decode_host.argtypes = [p, size_t, p, p, u64, p, ctypes.POINTER(ctypes.c_int),
+                                                 ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64)]
         self._lib.slicer_encode_host.restype = ctypes.c_int
         self._lib.slicer_encode_host.argtypes = [p, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                  ctypes.POINTER(size_t)]
@@ -143,6 +152,24 @@ class HostCoder:
                                                  ctypes.byref(knobs), out.ctypes.data, out.size,
                                                  ctypes.byref(needed)), "encode_slicer")
         return out[: needed.value].tobytes()
+
+    def decode_slicer(self, payload: bytes, max_elements: int = 1 << 28, max_payload_bytes: int = 1 << 31) -> np.ndarray:
+        """The C++ SLICER decoder; raises PayloadError wherever the numpy decoder does."""
+        data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
+        limits = _Limits(max_elements, max_payload_bytes)
+        shape = np.zeros(8, dtype=np.uint32)
+        ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
+        args = (data.ctypes.data, len(payload), ctypes.byref(limits))
+        tail = (shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code), ctypes.byref(elements))
+        status = self._lib.slicer_decode_host(*args, None, 0, *tail)  # validates and sizes
+        if status == _ERR_ARGUMENT:
+            raise SlicerCompileError("the host decoder reads SLICER payloads (codec id 1) only")
+        if status not in (_OK, _ERR_CAPACITY):
+            self._check(status, "decode_slicer")
+        out = np.zeros(max(elements.value, 1), dtype=np.float32)
+        self._check(self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail), "decode_slicer")
+        dtype = np.float16 if dtype_code.value == 2 else np.float32
+        return out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value])).astype(dtype)
 
     def crc32(self, data: bytes, crc: int = 0) -> int:
         buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, np.uint8)

@@ -119,3 +119,44 @@ def test_slicer_encoder_matches_numpy_on_feature_maps(coder, shape):
     x = np.maximum(np.random.default_rng(1).standard_normal(shape), -0.2).astype(np.float32)
     for cfg in (SlicerConfig(), SlicerConfig(sparsity=0.5, blocks=(4, 2), delta=1.0)):
         check_encoder(coder, x, cfg)
+
+
+def test_slicer_decoder_matches_numpy_and_refuses_what_it_refuses(coder):
+    from slicer_compile.codec import DecodeLimits, SlicerConfig, decode, encode
+    from slicer_compile.codec.fuzz import mutate, restamp
+    from slicer_compile.errors import SlicerCompileError
+
+    rng = np.random.default_rng(5)
+    seeds = []
+    for shape, dtype, cfg in (((4, 33), np.float32, SlicerConfig(sparsity=0.5)),
+                              ((300,), np.float16, SlicerConfig(sparsity=0.9, lam=0.3, blocks=(2, 4), q_bits=5)),
+                              ((2, 3, 40), np.float32, SlicerConfig(sparsity=0.1, delta=2.0, q_min=1))):
+        x = rng.standard_normal(shape).astype(dtype)
+        x[..., :3] = 0
+        seeds.append(encode(x, cfg))
+        np.testing.assert_array_equal(coder.decode_slicer(seeds[-1]), decode(seeds[-1]))
+    limits = DecodeLimits(max_elements=1 << 20)
+    outcomes = {"both_decode": 0, "both_refuse": 0}
+    for i in range(4000):
+        payload = mutate(seeds[i % len(seeds)], rng)
+        if i % 2 and len(payload) >= 4:
+            payload = restamp(payload)
+        try:
+            expected = decode(payload, limits)
+        except PayloadError:
+            expected = None
+        try:
+            got = coder.decode_slicer(payload, max_elements=1 << 20)
+        except PayloadError:
+            got = None
+        except SlicerCompileError:  # the codec byte was mutated to another codec: not this decoder's job
+            assert payload[5] != 1
+            continue
+        if expected is None:
+            assert got is None, f"numpy refuses, C++ accepts (case {i})"
+            outcomes["both_refuse"] += 1
+        else:
+            assert got is not None, f"numpy accepts, C++ refuses (case {i})"
+            np.testing.assert_array_equal(got, expected)
+            outcomes["both_decode"] += 1
+    assert outcomes["both_refuse"] > 1000 and outcomes["both_decode"] > 10

@@ -1,0 +1,300 @@
+// The SLICER decoder on the host, check for check as slicer_compile/codec/slicer.py
+// and wire.py: every length, count and index is validated against the buffer
+// and the limits before anything is sized from it. A GPU decoder parses with
+// this and scatters on the device (dequantizeScatterKernel).
+
+#include "bitstream.h"
+#include "slicer_codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace slicer
+{
+namespace
+{
+
+constexpr size_t kHEADER_BYTES = 12;
+constexpr size_t kKNOB_BYTES = 16;
+constexpr float kFLOAT16_MAX = 65504.0f;
+
+uint32_t readU32(uint8_t const* p)
+{
+    return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16)
+        | (static_cast<uint32_t>(p[3]) << 24);
+}
+
+float readF32(uint8_t const* p)
+{
+    uint32_t const bits = readU32(p);
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+//! Hands out length-prefixed sections, each checked against the end of the body.
+class Sections
+{
+public:
+    Sections(uint8_t const* data, size_t start, size_t end)
+        : mData(data)
+        , mPos(start)
+        , mEnd(end)
+    {
+    }
+
+    bool next(uint8_t const** section, size_t* len)
+    {
+        if (mPos + 4 > mEnd)
+        {
+            return false;
+        }
+        size_t const length = readU32(mData + mPos);
+        size_t const start = mPos + 4;
+        if (length > mEnd - start)
+        {
+            return false;
+        }
+        *section = mData + start;
+        *len = length;
+        mPos = start + length;
+        return true;
+    }
+
+    bool finished() const
+    {
+        return mPos == mEnd;
+    }
+
+private:
+    uint8_t const* mData;
+    size_t mPos;
+    size_t mEnd;
+};
+
+std::vector<int64_t> blockSizes(int64_t count, int maxBlocks)
+{
+    int64_t const nblocks = count < maxBlocks ? count : maxBlocks;
+    std::vector<int64_t> sizes(static_cast<size_t>(nblocks > 0 ? nblocks : 0), count > 0 ? count / nblocks : 0);
+    if (nblocks > 0)
+    {
+        sizes.back() = count - (count / nblocks) * (nblocks - 1);
+    }
+    return sizes;
+}
+
+bool readLabels(uint8_t const* buf, size_t len, std::vector<int64_t> const& sizes, std::vector<uint8_t>* labels)
+{
+    int64_t total = 0;
+    for (int64_t s : sizes)
+    {
+        total += s;
+    }
+    labels->assign(static_cast<size_t>(total), 0);
+    if (slicer_decode_labels(buf, len, static_cast<uint64_t>(total), static_cast<int>(sizes.size()), labels->data())
+        != SLICER_OK)
+    {
+        return false;
+    }
+    if (sizes.size() > 1)
+    {
+        std::vector<int64_t> counts(sizes.size(), 0);
+        for (uint8_t label : *labels)
+        {
+            ++counts[label]; // label < base = sizes.size(), checked by the label decoder
+        }
+        if (counts != sizes)
+        {
+            return false; // not equal-cardinality blocks
+        }
+    }
+    return true;
+}
+
+} // namespace
+} // namespace slicer
+
+extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, slicer_limits const* limits,
+    float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements)
+{
+    using namespace slicer;
+    if (!payload || !limits || !shape || !ndim || !dtypeCode || !elements)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    // --- frame (wire.read_header) ---
+    if (len > limits->maxPayloadBytes || len < kHEADER_BYTES + 4 || std::memcmp(payload, "SLCR", 4) != 0
+        || payload[4] != 1)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    if (slicer_crc32(payload, len - 4, 0) != readU32(payload + len - 4))
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint8_t const codec = payload[5];
+    int const dtype = payload[6];
+    int const dims = payload[7];
+    uint16_t const flags = static_cast<uint16_t>(payload[8] | (payload[9] << 8));
+    size_t const knobBytes = static_cast<size_t>(payload[10] | (payload[11] << 8));
+    if (flags != 0 || (dtype != 1 && dtype != 2) || dims > 8)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    size_t const shapeEnd = kHEADER_BYTES + 4 * static_cast<size_t>(dims);
+    size_t const knobsEnd = shapeEnd + knobBytes;
+    if (knobsEnd > len - 4)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    bool anyZero = false;
+    for (int d = 0; d < dims; ++d)
+    {
+        shape[d] = readU32(payload + kHEADER_BYTES + 4 * d);
+        anyZero = anyZero || shape[d] == 0;
+    }
+    uint64_t T = anyZero ? 0 : 1;
+    for (int d = 0; d < dims && !anyZero; ++d)
+    {
+        T *= shape[d]; // each factor < 2^32 and T stays <= 2^32 here: no overflow
+        if (T > limits->maxElements || T > 0xFFFFFFFFULL)
+        {
+            return SLICER_ERR_PAYLOAD;
+        }
+    }
+    if (codec != 1 || knobBytes != kKNOB_BYTES)
+    {
+        return codec != 1 ? SLICER_ERR_ARGUMENT : SLICER_ERR_PAYLOAD; // only SLICER payloads here
+    }
+    // --- knobs (slicer.read_config) ---
+    uint8_t const* kb = payload + shapeEnd;
+    float const s = readF32(kb);
+    float const lam = readF32(kb + 4);
+    float const delta = readF32(kb + 8);
+    int const mPos = kb[12];
+    int const mNeg = kb[13];
+    int const qBits = kb[14];
+    int const qMin = kb[15];
+    if (!(s >= 0.0f && s < 1.0f && lam > -1.0f && lam < 1.0f && std::isfinite(delta) && delta >= 0.0f)
+        || mPos < 1 || mPos > 64 || mNeg < 1 || mNeg > 64 || qMin < 1 || qMin > qBits || qBits > 16)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(s)) * static_cast<double>(T)));
+    Sections sections(payload, knobsEnd, len - 4);
+    uint8_t const* sec = nullptr;
+    size_t secLen = 0;
+    // --- meta ---
+    if (!sections.next(&sec, &secLen) || secLen != 8)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint64_t const keptCount = readU32(sec);
+    uint64_t const negCount = readU32(sec + 4);
+    if (keptCount > k || negCount > keptCount)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    // --- positions ---
+    std::vector<int64_t> kept(keptCount ? keptCount : 1);
+    if (!sections.next(&sec, &secLen) || slicer_decode_subset(sec, secLen, keptCount, T, kept.data()) != SLICER_OK)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    std::vector<int64_t> negSel(negCount ? negCount : 1);
+    if (!sections.next(&sec, &secLen)
+        || slicer_decode_subset(sec, secLen, negCount, keptCount, negSel.data()) != SLICER_OK)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    std::vector<int64_t> const sizesPos = blockSizes(static_cast<int64_t>(keptCount - negCount), mPos);
+    std::vector<int64_t> const sizesNeg = blockSizes(static_cast<int64_t>(negCount), mNeg);
+    std::vector<uint8_t> labelsPos, labelsNeg;
+    if (!sections.next(&sec, &secLen) || !readLabels(sec, secLen, sizesPos, &labelsPos)
+        || !sections.next(&sec, &secLen) || !readLabels(sec, secLen, sizesNeg, &labelsNeg))
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    std::vector<int64_t> sizes(sizesPos);
+    sizes.insert(sizes.end(), sizesNeg.begin(), sizesNeg.end());
+    // --- block table (quant.read_group_table) ---
+    if (!sections.next(&sec, &secLen) || secLen != 9 * sizes.size())
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    float const top = dtype == 2 ? kFLOAT16_MAX : std::numeric_limits<float>::max();
+    std::vector<int> q(sizes.size());
+    std::vector<float> lo(sizes.size()), step(sizes.size());
+    for (size_t b = 0; b < sizes.size(); ++b)
+    {
+        q[b] = sec[9 * b];
+        lo[b] = readF32(sec + 9 * b + 1);
+        float const hi = readF32(sec + 9 * b + 5);
+        if (!std::isfinite(lo[b]) || !std::isfinite(hi) || lo[b] < 0.0f || hi < lo[b] || hi > top)
+        {
+            return SLICER_ERR_PAYLOAD;
+        }
+        if ((lo[b] == hi && q[b] != 0) || (lo[b] < hi && (q[b] < qMin || q[b] > qBits)))
+        {
+            return SLICER_ERR_PAYLOAD;
+        }
+        step[b] = q[b] > 0 ? (hi - lo[b]) / static_cast<float>((int64_t{1} << q[b]) - 1) : 0.0f;
+    }
+    // --- values ---
+    if (!sections.next(&sec, &secLen) || !sections.finished())
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    size_t need = 0;
+    for (size_t b = 0; b < sizes.size(); ++b)
+    {
+        need += packedNbytes(static_cast<uint64_t>(sizes[b]), q[b]);
+    }
+    if (secLen != need)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    *ndim = dims;
+    *dtypeCode = dtype;
+    *elements = T;
+    if (capacity < T || (T > 0 && !out))
+    {
+        return SLICER_ERR_CAPACITY;
+    }
+    // --- reconstruct: block b's values, in index order, at its kept positions ---
+    std::fill(out, out + T, 0.0f);
+    std::vector<uint8_t> blockOf(keptCount);
+    std::vector<uint8_t> isNeg(keptCount, 0);
+    for (uint64_t j = 0; j < negCount; ++j)
+    {
+        isNeg[negSel[j]] = 1;
+    }
+    size_t nextPos = 0;
+    size_t nextNeg = 0;
+    for (uint64_t i = 0; i < keptCount; ++i)
+    {
+        blockOf[i] = isNeg[i] ? static_cast<uint8_t>(labelsNeg[nextNeg++] + sizesPos.size()) : labelsPos[nextPos++];
+    }
+    std::vector<BitReader> readers;
+    size_t offset = 0;
+    for (size_t b = 0; b < sizes.size(); ++b)
+    {
+        size_t const nbytes = packedNbytes(static_cast<uint64_t>(sizes[b]), q[b]);
+        readers.emplace_back(sec + offset, nbytes);
+        offset += nbytes;
+    }
+    for (uint64_t i = 0; i < keptCount; ++i)
+    {
+        size_t const b = blockOf[i];
+        uint64_t code = 0;
+        if (q[b] > 0)
+        {
+            readers[b].get(q[b], &code);
+        }
+        float const magnitude = static_cast<float>(code) * step[b] + lo[b];
+        out[kept[i]] = b >= sizesPos.size() ? -magnitude : magnitude;
+    }
+    return SLICER_OK;
+}
