@@ -161,3 +161,15 @@ def graph_inputs(model) -> list:
     """The real inputs (ValueInfoProto), not initializers listed as inputs by old exporters."""
     initializers = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
+
+
+def example_feeds(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the given ``(name, shape, dtype)``: normal floats, ones for integers
+    (ones are valid token ids and attention masks)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in specs:
+        dtype = np.dtype(dtype)
+        feeds[name] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                       else np.ones(shape, dtype=dtype))
+    return feeds

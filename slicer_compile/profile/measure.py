@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from slicer_compile.errors import ModelError
-from slicer_compile.frontend.onnx_model import graph_inputs, model_sha256, tensor_types
+from slicer_compile.frontend.onnx_model import example_feeds, graph_inputs, model_sha256, tensor_types
 from slicer_compile.profile.costs import NodeCost, node_costs
 
 PROFILE_SCHEMA_VERSION = 1
@@ -73,19 +73,15 @@ class Profile:
 
 
 def example_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for a concrete model: normal floats, ones for integers (valid ids and masks)."""
-    rng = np.random.default_rng(seed)
+    """Inputs for a concrete model (see ``frontend.example_feeds``)."""
     types = tensor_types(model)
-    feeds = {}
+    specs = []
     for inp in graph_inputs(model):
         shape, dtype = types[inp.name]
         if shape is None or any(d is None for d in shape):
             raise ModelError(f"input {inp.name} has an unknown shape; give one with --input-shape")
-        if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[inp.name] = np.ones(shape, dtype=dtype)
-    return feeds
+        specs.append((inp.name, shape, dtype))
+    return example_feeds(specs, seed)
 
 
 def measure_profile(concrete_model, device_name: str = "cpu", device_description: str = "", warmup: int = 3,

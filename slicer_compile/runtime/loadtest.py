@@ -18,6 +18,7 @@ import numpy as np
 
 from slicer_compile.artifact import load_artifact
 from slicer_compile.codec import SlicerConfig
+from slicer_compile.frontend.onnx_model import example_feeds
 from slicer_compile.runtime.client import EdgeClient
 from slicer_compile.runtime.server import ServerConfig, SplitServer
 
@@ -39,15 +40,9 @@ class LoadRow:
 
 
 def example_inputs(artifact, seed: int = 0) -> dict[str, np.ndarray]:
-    """One sample for the artifact's inputs: normal floats, ones for integers."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in artifact.manifest["inputs"]:
-        shape = [1] + list(inp["shape"][1:])
-        dtype = np.dtype(inp["dtype"])
-        feeds[inp["name"]] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
-                              else np.ones(shape, dtype=dtype))
-    return feeds
+    """One sample (batch of one) for the artifact's inputs."""
+    return example_feeds([(i["name"], [1] + list(i["shape"][1:]), i["dtype"]) for i in artifact.manifest["inputs"]],
+                         seed)
 
 
 def drive(artifact_dir, server_url: str, split_id: str, clients: int, requests: int,
