@@ -4,7 +4,6 @@ normal clients keep being served, and shutdown is graceful."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
