@@ -51,6 +51,8 @@ def cli() -> None:
     slicer-compile devices                              device profiles known
     slicer-compile profile MODEL.onnx -o prof.json      measure per-node latency here
     slicer-compile inspect out/                         the split table
+    slicer-compile select out/ --bandwidth 10MHz ...    split and knobs for a channel
+    slicer-compile serve out/ | run out/ --server ...   run the split for real
     """
 
 
@@ -237,7 +239,7 @@ def materialize_command(artifact_dir: Path, split_id: str) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks: codec size and speed."""
+    """Benchmarks: codec size and speed; server load."""
 
 
 @bench.command("codec")
