@@ -204,3 +204,25 @@ def test_graceful_shutdown_finishes_in_flight_and_refuses_new(artifact):
     with pytest.raises(ServerError):
         with EdgeClient(artifact.path, srv.url, timeout_s=2) as c:
             c.infer({"x": x}, split=sid, config=CONFIG)
+
+
+def test_side_tensors_and_raw_cuts_travel_through_the_server(tmp_path):
+    """The transformer: an integer mask crosses raw beside the hidden state, and the
+    cloud-only cut sends token ids and mask with no activation at all."""
+    artifact = compile_model(EXAMPLES / "transformer.onnx", device="jetson", out_dir=tmp_path / "out")
+    data = np.load(EXAMPLES / "transformer_calib.npz")
+    feeds = {"input_ids": data["input_ids"][1:2], "attention_mask": data["attention_mask"][1:2]}
+    with OnnxrtRunner(onnx.load(str(artifact.path / "model.onnx"))) as full:
+        expected = full.infer(feeds)["hidden"]
+    kinds_seen = set()
+    with SplitServer(artifact.path, port=0) as srv, EdgeClient(artifact.path, srv.url) as client:
+        for split in (s for s in artifact.splits if s.files):
+            kinds = tuple(sorted(t["kind"] for t in split.crossing))
+            kinds_seen.add(kinds)
+            hidden = client.infer(feeds, split=split.id, config=SlicerConfig(sparsity=0.5)).outputs["hidden"]
+            if "activation" not in kinds:
+                np.testing.assert_allclose(hidden, expected, rtol=1e-4, atol=1e-4)  # nothing lossy crossed
+            else:
+                cosine = float((hidden * expected).sum() / np.linalg.norm(hidden) / np.linalg.norm(expected))
+                assert cosine > 0.9
+    assert ("side", "side") in kinds_seen and ("activation", "side") in kinds_seen
