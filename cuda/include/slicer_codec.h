@@ -86,6 +86,15 @@ typedef struct
 slicer_status slicer_encode_host(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
     const slicer_knobs* knobs, uint8_t* out, size_t capacity, size_t* written);
 
+/*
+ * The encoder after ATKF: the kept flat indices (ascending) and their values, as a
+ * device selection (slicer_cuda_select_kept) hands them over. MS, ABQ, position
+ * coding and the frame, byte for byte as the numpy reference.
+ */
+slicer_status slicer_encode_from_kept(const int64_t* kept, const float* values, uint64_t keptCount,
+    const uint32_t* shape, int ndim, int dtypeCode, const slicer_knobs* knobs, uint8_t* out, size_t capacity,
+    size_t* written);
+
 typedef struct
 {
     uint64_t maxElements;     /* largest tensor a payload may describe */
@@ -101,6 +110,29 @@ typedef struct
  */
 slicer_status slicer_decode_host(const uint8_t* payload, size_t len, const slicer_limits* limits, float* out,
     uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements);
+
+/* --- device launchers (libslicer_cuda.so) ----------------------------------------
+ * Pointers are device memory unless named host*; every launcher is asynchronous on
+ * `stream` unless it says otherwise. slicer_stream_t is cudaStream_t.
+ */
+struct CUstream_st;
+typedef struct CUstream_st* slicer_stream_t;
+
+size_t slicer_cuda_select_workspace_bytes(size_t n);
+/* ATKF: ascending flat indices of the min(k, nnz) highest scores, and their count. */
+slicer_status slicer_cuda_select_kept(const float* x, size_t n, uint64_t k, float lam, void* workspace,
+    size_t workspaceBytes, int64_t* kept, int64_t* keptCount, slicer_stream_t stream);
+slicer_status slicer_cuda_quantize(const float* magnitudes, const uint32_t* groupOf, const float* lo,
+    const float* step, const uint32_t* levels, size_t n, uint32_t* codes, slicer_stream_t stream);
+slicer_status slicer_cuda_dequantize_scatter(const uint32_t* codes, const int64_t* positions,
+    const uint32_t* groupOf, const float* lo, const float* step, const uint8_t* negative, size_t n, float* out,
+    slicer_stream_t stream);
+size_t slicer_cuda_encode_workspace_bytes(size_t n);
+/* A whole payload from a device tensor (synchronises the stream); host buffers of T entries. */
+slicer_status slicer_cuda_encode(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
+    const slicer_knobs* knobs, void* workspace, size_t workspaceBytes, int64_t* hostKept, float* hostValues,
+    uint8_t* out, size_t capacity, size_t* written, slicer_stream_t stream);
+int slicer_cuda_device_count(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

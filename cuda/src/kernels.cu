@@ -8,6 +8,9 @@
 // products and sums, never fused (the library is built with --fmad=false, and the
 // AIQ paths use the explicit __f*_rn intrinsics).
 //
+// slicer_cuda_encode chains them into a whole payload: ATKF on the device, the
+// O(k) rest on the host (slicer_encode_from_kept, tested byte for byte on the CPU).
+//
 // Status: compiled for sm_75..sm_90 on every CI run; not yet run on a GPU (no
 // device in the development workplace). The numpy reference is the spec these
 // must match bit for bit.
@@ -18,6 +21,7 @@
 #include <thrust/iterator/counting_iterator.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace slicer
@@ -148,6 +152,30 @@ __global__ void dequantizeScatterKernel(uint32_t const* codes, int64_t const* po
     }
 }
 
+//! out[i] = x[kept[i]] for the kept count (read on the device).
+__global__ void gatherKernel(float const* x, int64_t const* kept, int64_t const* count, float* out)
+{
+    int64_t const n = *count;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    {
+        out[i] = x[kept[i]];
+    }
+}
+
+//! flag = 1 if any value is NaN or Inf (codecs take finite values only).
+__global__ void nonFiniteKernel(float const* x, size_t n, unsigned int* flag)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        if (!isfinite(x[i]))
+        {
+            atomicOr(flag, 1U);
+        }
+    }
+}
+
 struct KeptWorkspace
 {
     // Laid out back to back in one caller allocation.
@@ -244,6 +272,83 @@ extern "C" slicer_status slicer_cuda_select_kept(float const* x, size_t n, uint6
     cub::DeviceSelect::Flagged(cubTemp, tempBytes, thrust::counting_iterator<int64_t>(0), above, kept, keptCount,
         static_cast<int>(n), stream);
     return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+}
+
+extern "C" size_t slicer_cuda_encode_workspace_bytes(size_t n)
+{
+    using slicer::KeptWorkspace;
+    return slicer_cuda_select_workspace_bytes(n) + KeptWorkspace::align(n * sizeof(int64_t))
+        + KeptWorkspace::align(n * sizeof(float)) + 2 * KeptWorkspace::align(sizeof(int64_t));
+}
+
+/*
+ * A whole SLICER payload from a device tensor: ATKF (the O(T) part) on the GPU, then
+ * the kept indices and values move to the host (caller buffers of T entries; zero
+ * copy on Jetson's unified memory) for MS, ABQ, position coding and the frame
+ * (slicer_encode_from_kept, byte for byte as the numpy reference).
+ */
+extern "C" slicer_status slicer_cuda_encode(float const* x, uint32_t const* shape, int ndim, int dtypeCode,
+    slicer_knobs const* knobs, void* workspace, size_t workspaceBytes, int64_t* hostKept, float* hostValues,
+    uint8_t* out, size_t capacity, size_t* written, cudaStream_t stream)
+{
+    using slicer::KeptWorkspace;
+    if (!x || !shape || !knobs || !workspace || !hostKept || !hostValues || !written || ndim < 0 || ndim > 8)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    uint64_t n = 1;
+    for (int d = 0; d < ndim; ++d)
+    {
+        n *= shape[d];
+    }
+    if (n == 0 || workspaceBytes < slicer_cuda_encode_workspace_bytes(n))
+    {
+        return n == 0 ? slicer_encode_from_kept(nullptr, nullptr, 0, shape, ndim, dtypeCode, knobs, out, capacity,
+                                                written)
+                      : SLICER_ERR_ARGUMENT;
+    }
+    auto* base = static_cast<uint8_t*>(workspace);
+    size_t const selectBytes = slicer_cuda_select_workspace_bytes(n);
+    void* selectWorkspace = base;
+    base += selectBytes;
+    auto* kept = reinterpret_cast<int64_t*>(base);
+    base += KeptWorkspace::align(n * sizeof(int64_t));
+    auto* values = reinterpret_cast<float*>(base);
+    base += KeptWorkspace::align(n * sizeof(float));
+    auto* count = reinterpret_cast<int64_t*>(base);
+    base += KeptWorkspace::align(sizeof(int64_t));
+    auto* nonFinite = reinterpret_cast<unsigned int*>(base);
+
+    cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
+    slicer::nonFiniteKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(x, n, nonFinite);
+    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
+    slicer_status status
+        = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    slicer::gatherKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(x, kept, count, values);
+    int64_t keptCount = 0;
+    unsigned int bad = 0;
+    cudaMemcpyAsync(&keptCount, count, sizeof(keptCount), cudaMemcpyDeviceToHost, stream);
+    cudaMemcpyAsync(&bad, nonFinite, sizeof(bad), cudaMemcpyDeviceToHost, stream);
+    if (cudaStreamSynchronize(stream) != cudaSuccess)
+    {
+        return SLICER_ERR_CUDA;
+    }
+    if (bad)
+    {
+        return SLICER_ERR_ARGUMENT; // NaN or Inf in the input
+    }
+    cudaMemcpyAsync(hostKept, kept, keptCount * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
+    cudaMemcpyAsync(hostValues, values, keptCount * sizeof(float), cudaMemcpyDeviceToHost, stream);
+    if (cudaStreamSynchronize(stream) != cudaSuccess)
+    {
+        return SLICER_ERR_CUDA;
+    }
+    return slicer_encode_from_kept(hostKept, hostValues, static_cast<uint64_t>(keptCount), shape, ndim, dtypeCode,
+        knobs, out, capacity, written);
 }
 
 extern "C" slicer_status slicer_cuda_quantize(float const* magnitudes, uint32_t const* groupOf, float const* lo,

@@ -222,13 +222,36 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
     }
     uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * T));
     std::vector<int64_t> const kept = selectKept(scores, k);
+    std::vector<float> values(kept.size());
+    for (size_t i = 0; i < kept.size(); ++i)
+    {
+        values[i] = x[kept[i]];
+    }
+    return slicer_encode_from_kept(
+        kept.data(), values.data(), kept.size(), shape, ndim, dtypeCode, knobs, out, capacity, written);
+}
 
+extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float const* values, uint64_t keptCount,
+    uint32_t const* shape, int ndim, int dtypeCode, slicer_knobs const* knobs, uint8_t* out, size_t capacity,
+    size_t* written)
+{
+    using namespace slicer;
+    if (!shape || !knobs || !written || ndim < 0 || ndim > 8 || (dtypeCode != 1 && dtypeCode != 2)
+        || (keptCount > 0 && (!kept || !values)))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    uint64_t T = 1;
+    for (int d = 0; d < ndim; ++d)
+    {
+        T *= shape[d];
+    }
     // MS: split by sign, rank into equal-cardinality blocks
     std::vector<int64_t> negSel, posSel;
     std::vector<float> posMags, negMags;
-    for (size_t i = 0; i < kept.size(); ++i)
+    for (size_t i = 0; i < keptCount; ++i)
     {
-        float const v = x[kept[i]];
+        float const v = values[i];
         if (v < 0.0f)
         {
             negSel.push_back(static_cast<int64_t>(i));
@@ -250,7 +273,7 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
     // Group magnitudes by block, index order within a block.
     std::vector<std::vector<float>> groups(sizes.size());
     {
-        std::vector<uint8_t> blockOf(kept.size());
+        std::vector<uint8_t> blockOf(keptCount);
         for (size_t j = 0; j < posSel.size(); ++j)
         {
             blockOf[posSel[j]] = labelsPos[j];
@@ -259,15 +282,15 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
         {
             blockOf[negSel[j]] = static_cast<uint8_t>(labelsNeg[j] + nbPos);
         }
-        for (size_t i = 0; i < kept.size(); ++i)
+        for (size_t i = 0; i < keptCount; ++i)
         {
-            groups[blockOf[i]].push_back(std::fabs(x[kept[i]]));
+            groups[blockOf[i]].push_back(std::fabs(values[i]));
         }
     }
 
     // AIQ + ABQ per block
     ByteSink table;
-    std::vector<uint8_t> values;
+    std::vector<uint8_t> valueSection;
     for (auto const& g : groups)
     {
         float const lo = *std::min_element(g.begin(), g.end());
@@ -307,10 +330,10 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
         table.f32(hi);
         std::vector<uint64_t> wide(codes.begin(), codes.end());
         size_t const nbytes = packedNbytes(wide.size(), q);
-        size_t const at = values.size();
-        values.resize(at + nbytes);
+        size_t const at = valueSection.size();
+        valueSection.resize(at + nbytes);
         size_t done = 0;
-        slicer_pack_uint(wide.data(), wide.size(), q, values.data() + at, nbytes, &done);
+        slicer_pack_uint(wide.data(), wide.size(), q, valueSection.data() + at, nbytes, &done);
     }
 
     // Frame
@@ -334,15 +357,16 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
     payload.u8(static_cast<uint8_t>(knobs->qBits));
     payload.u8(static_cast<uint8_t>(knobs->qMin));
     ByteSink meta;
-    meta.u32(static_cast<uint32_t>(kept.size()));
+    meta.u32(static_cast<uint32_t>(keptCount));
     meta.u32(static_cast<uint32_t>(negSel.size()));
     payload.section(meta.mBytes);
-    payload.section(subset(kept, T));
-    payload.section(subset(negSel, kept.size()));
+    std::vector<int64_t> const keptIndices(kept, kept + keptCount);
+    payload.section(subset(keptIndices, T));
+    payload.section(subset(negSel, keptCount));
     payload.section(labelSection(labelsPos, static_cast<int>(nbPos)));
     payload.section(labelSection(labelsNeg, static_cast<int>(sizes.size() - nbPos)));
     payload.section(table.mBytes);
-    payload.section(values);
+    payload.section(valueSection);
     payload.u32(slicer_crc32(payload.mBytes.data(), payload.mBytes.size(), 0));
 
     *written = payload.mBytes.size();

@@ -82,6 +82,9 @@ class HostCoder:
         self._lib.slicer_decode_host.restype = ctypes.c_int
         self._lib.slicer_decode_host.argtypes = [p, size_t, p, p, u64, p, ctypes.POINTER(ctypes.c_int),
                                                  ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64)]
+        self._lib.slicer_encode_from_kept.restype = ctypes.c_int
+        self._lib.slicer_encode_from_kept.argtypes = [p, p, u64, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
+                                                      ctypes.POINTER(size_t)]
         self._lib.slicer_encode_host.restype = ctypes.c_int
         self._lib.slicer_encode_host.argtypes = [p, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                  ctypes.POINTER(size_t)]
@@ -152,6 +155,23 @@ class HostCoder:
                                                  ctypes.byref(knobs), out.ctypes.data, out.size,
                                                  ctypes.byref(needed)), "encode_slicer")
         return out[: needed.value].tobytes()
+
+    def encode_from_kept(self, kept: np.ndarray, values: np.ndarray, shape: tuple[int, ...], dtype, cfg) -> bytes:
+        """The encoder after ATKF (what the GPU path runs on the host)."""
+        from slicer_compile.codec import predict_bits
+
+        kept = np.ascontiguousarray(kept, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        dims = np.array(shape, dtype=np.uint32)
+        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        out = np.zeros(predict_bits(shape, cfg) // 8 + 1, dtype=np.uint8)
+        written = ctypes.c_size_t()
+        self._check(self._lib.slicer_encode_from_kept(kept.ctypes.data, values.ctypes.data, kept.size,
+                                                      dims.ctypes.data, len(shape),
+                                                      2 if np.dtype(dtype) == np.float16 else 1, ctypes.byref(knobs),
+                                                      out.ctypes.data, out.size, ctypes.byref(written)),
+                    "encode_from_kept")
+        return out[: written.value].tobytes()
 
     def decode_slicer(self, payload: bytes, max_elements: int = 1 << 28, max_payload_bytes: int = 1 << 31) -> np.ndarray:
         """The C++ SLICER decoder; raises PayloadError wherever the numpy decoder does."""

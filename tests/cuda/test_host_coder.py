@@ -160,3 +160,15 @@ def test_slicer_decoder_matches_numpy_and_refuses_what_it_refuses(coder):
             np.testing.assert_array_equal(got, expected)
             outcomes["both_decode"] += 1
     assert outcomes["both_refuse"] > 1000 and outcomes["both_decode"] > 10
+
+
+def test_encode_from_kept_finishes_a_device_selection(coder):
+    """The GPU path selects on the device and finishes on the host: from numpy's
+    selection, the host half gives numpy's bytes."""
+    from slicer_compile.codec import SlicerConfig, encode
+    from slicer_compile.codec.slicer import select_kept
+
+    x = np.random.default_rng(8).standard_normal((32, 28, 28)).astype(np.float32)
+    for cfg in (SlicerConfig(), SlicerConfig(sparsity=0.6, lam=0.2, blocks=(5, 2), delta=0.5)):
+        kept = select_kept(x.ravel(), cfg.kept_count(x.size), cfg.lam)
+        assert coder.encode_from_kept(kept, x.ravel()[kept], x.shape, x.dtype, cfg) == encode(x, cfg)

@@ -100,3 +100,31 @@ def test_quantize_matches_numpy(lib):
     finally:
         dev.free()
     np.testing.assert_array_equal(got, expected.astype(np.uint32))
+
+
+def test_whole_payload_from_the_device_matches_numpy(lib):
+    from slicer_compile.codec import SlicerConfig, encode, predict_bits
+    from slicer_compile.codec.native import _Knobs
+
+    lib.slicer_cuda_encode_workspace_bytes.restype = ctypes.c_size_t
+    lib.slicer_cuda_encode_workspace_bytes.argtypes = [ctypes.c_size_t]
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    lib.slicer_cuda_encode.argtypes = [vp, vp, ctypes.c_int, ctypes.c_int, vp, vp, sz, vp, vp, vp, sz,
+                                       ctypes.POINTER(sz), vp]
+    x = np.random.default_rng(1).standard_normal((64, 56, 56)).astype(np.float32)
+    cfg = SlicerConfig(sparsity=0.9)
+    shape = np.array(x.shape, dtype=np.uint32)
+    knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+    host_kept, host_values = np.zeros(x.size, np.int64), np.zeros(x.size, np.float32)
+    out = np.zeros(predict_bits(x.shape, cfg) // 8 + 1, np.uint8)
+    written = ctypes.c_size_t()
+    dev = Device()
+    try:
+        ws = lib.slicer_cuda_encode_workspace_bytes(x.size)
+        status = lib.slicer_cuda_encode(dev.upload(x), shape.ctypes.data, 3, 1, ctypes.byref(knobs), dev.alloc(ws),
+                                        ws, host_kept.ctypes.data, host_values.ctypes.data, out.ctypes.data,
+                                        out.size, ctypes.byref(written), None)
+    finally:
+        dev.free()
+    assert status == 0
+    assert out[: written.value].tobytes() == encode(x, cfg)
