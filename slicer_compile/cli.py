@@ -498,6 +498,9 @@ def codec() -> None:
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise SlicerCompileError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # np.load would guess "pickle" and advise allow_pickle
+            raise SlicerCompileError(f"{path} is not a .npy file")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

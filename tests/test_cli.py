@@ -75,7 +75,7 @@ def test_bench_codec_writes_json(tmp_path):
         (["codec", "encode", "x.npy", "-o", "out.slcr", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
         (["codec", "encode", "x.npy", "-o", "out.slcr", "--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
         (["codec", "encode", "x.npy", "-o", "out.slcr", "--codec", "float16", "--sparsity", "0.5"], "no knob(s) sparsity"),
-        (["codec", "encode", "notnpy.npy", "-o", "out.slcr"], "cannot read notnpy.npy"),
+        (["codec", "encode", "notnpy.npy", "-o", "out.slcr"], "notnpy.npy is not a .npy file"),
         (["codec", "encode", "x.npy", "-o", "nodir/out.slcr"], "output directory does not exist"),
         (["codec", "decode", "garbage.slcr", "-o", "y.npy"], "not a slicer payload"),
         (["codec", "info", "missing.slcr"], "no such file"),

@@ -68,7 +68,9 @@ class Profile:
             nodes = tuple(NodeProfile(**n) for n in data["nodes"])
             return Profile(data["model_sha256"], data["device"], data["device_description"], data["warmup"],
                            data["runs"], data["total_latency_s"], nodes)
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise ModelError(f"{path}: malformed profile, field {exc} is missing") from None
+        except TypeError as exc:
             raise ModelError(f"{path}: malformed profile ({exc})") from None
 
 
