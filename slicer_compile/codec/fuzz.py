@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import Counter
+from typing import Iterator
 
 import numpy as np
 
@@ -79,16 +80,18 @@ def mutate(payload: bytes, rng: np.random.Generator) -> bytes:
     return bytes(data)
 
 
+def mutated_payloads(seeds: list[bytes], count: int, rng: np.random.Generator) -> Iterator[bytes]:
+    """``count`` corruptions of the seeds in turn; every other one gets a fresh CRC."""
+    for i in range(count):
+        payload = mutate(seeds[i % len(seeds)], rng)
+        yield restamp(payload) if i % 2 and len(payload) >= 4 else payload
+
+
 def fuzz_decoder(iterations: int, seed: int = 0, limits: DecodeLimits = DecodeLimits(max_elements=1 << 20)) -> Counter:
     """Decode ``iterations`` mutated payloads; return counts of "decoded" and
     "rejected". Any exception other than PayloadError propagates: that is a bug."""
-    rng = np.random.default_rng(seed)
-    seeds = seed_payloads()
     outcomes: Counter = Counter()
-    for i in range(iterations):
-        payload = mutate(seeds[i % len(seeds)], rng)
-        if i % 2 and len(payload) >= 4:
-            payload = restamp(payload)
+    for payload in mutated_payloads(seed_payloads(), iterations, np.random.default_rng(seed)):
         try:
             out = decode(payload, limits)
         except PayloadError:

@@ -123,7 +123,7 @@ def test_slicer_encoder_matches_numpy_on_feature_maps(coder, shape):
 
 def test_slicer_decoder_matches_numpy_and_refuses_what_it_refuses(coder):
     from slicer_compile.codec import DecodeLimits, SlicerConfig, decode, encode
-    from slicer_compile.codec.fuzz import mutate, restamp
+    from slicer_compile.codec.fuzz import mutated_payloads
     from slicer_compile.errors import SlicerCompileError
 
     rng = np.random.default_rng(5)
@@ -137,10 +137,7 @@ def test_slicer_decoder_matches_numpy_and_refuses_what_it_refuses(coder):
         np.testing.assert_array_equal(coder.decode_slicer(seeds[-1]), decode(seeds[-1]))
     limits = DecodeLimits(max_elements=1 << 20)
     outcomes = {"both_decode": 0, "both_refuse": 0}
-    for i in range(4000):
-        payload = mutate(seeds[i % len(seeds)], rng)
-        if i % 2 and len(payload) >= 4:
-            payload = restamp(payload)
+    for i, payload in enumerate(mutated_payloads(seeds, 4000, rng)):
         try:
             expected = decode(payload, limits)
         except PayloadError:
