@@ -9,6 +9,7 @@ with the uncompressed model: top-1 agreement for classifiers (a single
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -133,8 +134,7 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
         server = partitioner.server_part(cut)
         fidelity[cut.id] = {}
         for s in sparsities:
-            cfg = SlicerConfig(sparsity=s, lam=codec.lam, blocks=codec.blocks, q_bits=codec.q_bits,
-                               q_min=codec.q_min, delta=codec.delta)
+            cfg = dataclasses.replace(codec, sparsity=s)
             server_feeds = {t.name: round_trip(tensors[t.name], cfg) if t.kind == "activation" else tensors[t.name]
                             for t in cut.crossing}
             (output,) = _run(server, server_feeds, [output_name], batched)

@@ -7,6 +7,7 @@ SLICER_DEBUG=1 to see the traceback anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -398,7 +399,6 @@ def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...
                 sparsity: float | None, snr_db: float | None, deadline: str | None, bandwidth: str, memory: str,
                 output: Path | None) -> None:
     """Run one input through the split: edge part here, server part on --server."""
-    from slicer_compile.codec import SlicerConfig
     from slicer_compile.runtime.client import EdgeClient
     from slicer_compile.select import Conditions
     from slicer_compile.select.units import parse_quantity
@@ -418,10 +418,7 @@ def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...
             raise click.UsageError("--snr-db and --deadline go together")
         conditions = Conditions(bandwidth_hz=parse_quantity(bandwidth, "frequency"), snr_db=snr_db,
                                 deadline_s=parse_quantity(deadline, "time"), memory_bytes=parse_quantity(memory, "bytes"))
-    config = None
-    if sparsity is not None:
-        d = client.default_config
-        config = SlicerConfig(sparsity=sparsity, lam=d.lam, blocks=d.blocks, q_bits=d.q_bits, q_min=d.q_min, delta=d.delta)
+    config = None if sparsity is None else dataclasses.replace(client.default_config, sparsity=sparsity)
     with client:
         result = client.infer(inputs, conditions=conditions, split=split_id, config=config)
     t = result.timings

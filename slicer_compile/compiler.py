@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -117,7 +118,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "backend": "onnxruntime",
         "inputs": [_value_info(concrete, i.name) for i in graph_inputs(concrete)],
         "outputs": [_value_info(concrete, o.name) for o in concrete.graph.output],
-        "codec": {"name": "slicer", "defaults": _codec_dict(opts.codec), "limits": asdict(opts.limits),
+        "codec": {"name": "slicer", "defaults": opts.codec.as_dict(), "limits": asdict(opts.limits),
                   "sparsity_grid": list(opts.sparsity_grid)},
         "calibration": calibration.as_dict() if calibration else {
             "status": "none", "reason": "compiled without --calib: fidelity is unknown"},
@@ -219,7 +220,7 @@ def _split_table(cuts: list[Cut], order: GraphOrder, costs: list[NodeCost], edge
     for cut in cuts:
         p = cut.position
         activations = cut.activations
-        bounds = {f"{s:g}": int(sum(math.ceil(predict_bits(t.shape, _with_sparsity(opts.codec, s)) / 8)
+        bounds = {f"{s:g}": int(sum(math.ceil(predict_bits(t.shape, dataclasses.replace(opts.codec, sparsity=s)) / 8)
                                     for t in activations)) for s in opts.sparsity_grid}
         bounds.setdefault(f"{opts.codec.sparsity:g}", int(sum(
             math.ceil(predict_bits(t.shape, opts.codec) / 8) for t in activations)))
@@ -238,11 +239,6 @@ def _split_table(cuts: list[Cut], order: GraphOrder, costs: list[NodeCost], edge
     return rows
 
 
-def _with_sparsity(cfg: SlicerConfig, s: float) -> SlicerConfig:
-    return SlicerConfig(sparsity=s, lam=cfg.lam, blocks=cfg.blocks, q_bits=cfg.q_bits, q_min=cfg.q_min,
-                        delta=cfg.delta)
-
-
 def _pareto_ids(table: list[SplitInfo], max_pairs: int) -> list[str]:
     """Splits worth materialising: no deeper split is at least as good on edge
     latency, edge memory and payload. At most ``max_pairs``, spread over depth,
@@ -259,11 +255,6 @@ def _pareto_ids(table: list[SplitInfo], max_pairs: int) -> list[str]:
         picks = np.unique(np.round(np.linspace(0, len(front) - 1, max_pairs)).astype(int))
         front = [front[i] for i in picks]
     return [s.id for s in front]
-
-
-def _codec_dict(cfg: SlicerConfig) -> dict:
-    return {"sparsity": cfg.sparsity, "lam": cfg.lam, "blocks": list(cfg.blocks), "q_bits": cfg.q_bits,
-            "q_min": cfg.q_min, "delta": cfg.delta}
 
 
 def _value_info(model, name: str) -> dict:

@@ -8,6 +8,7 @@ multi-thread).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -147,8 +148,7 @@ def run_codec_benchmark(
     rows = []
     for n in sizes:
         x = make_tensor(int(n), data, seed)
-        configs = [SlicerConfig(sparsity=s, lam=slicer.lam, blocks=slicer.blocks, q_bits=slicer.q_bits,
-                                q_min=slicer.q_min, delta=slicer.delta) for s in sparsities]
+        configs = [dataclasses.replace(slicer, sparsity=s) for s in sparsities]
         configs += ([tabq] if tabq is not None else []) + baseline_configs()
         for cfg in configs:
             if progress:

@@ -87,6 +87,16 @@ class SlicerConfig:
         """``k = floor((1 - s)·T)``: the most values ATKF keeps."""
         return int(math.floor((1.0 - self.sparsity) * num_elements))
 
+    def as_dict(self) -> dict:
+        """The knobs as JSON (manifests, selector answers)."""
+        return {"sparsity": self.sparsity, "lam": self.lam, "blocks": list(self.blocks), "q_bits": self.q_bits,
+                "q_min": self.q_min, "delta": self.delta}
+
+    @staticmethod
+    def from_dict(data: dict) -> "SlicerConfig":
+        """Inverse of :meth:`as_dict` (validated like any construction)."""
+        return SlicerConfig(**{k: tuple(v) if k == "blocks" else v for k, v in data.items()})
+
 
 @dataclass(frozen=True)
 class TabqConfig:

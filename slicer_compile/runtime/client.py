@@ -49,8 +49,7 @@ class EdgeClient:
         self._connection: http.client.HTTPConnection | None = None
         self._runners: dict = {}
         self._selector = None
-        defaults = self.artifact.manifest["codec"]["defaults"]
-        self.default_config = SlicerConfig(**{k: tuple(v) if k == "blocks" else v for k, v in defaults.items()})
+        self.default_config = SlicerConfig.from_dict(self.artifact.manifest["codec"]["defaults"])
 
     # --- the edge part -------------------------------------------------------------
 

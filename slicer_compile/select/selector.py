@@ -16,6 +16,7 @@ few vectorised comparisons: cheap enough to ask per request.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +119,7 @@ class Decision:
     def as_dict(self) -> dict:
         return {
             "feasible": self.feasible, "split_id": self.split_id,
-            "config": None if self.config is None else {
-                "sparsity": self.config.sparsity, "lam": self.config.lam, "blocks": list(self.config.blocks),
-                "q_bits": self.config.q_bits, "q_min": self.config.q_min, "delta": self.config.delta},
+            "config": None if self.config is None else self.config.as_dict(),
             "rate_bps": self.rate_bps, "latency": None if self.latency is None else self.latency.as_dict(),
             "payload_bits": self.payload_bits, "binding": self.binding, "reason": self.reason, "trace": self.trace,
         }
@@ -143,15 +142,14 @@ class Selector:
                  calibrated: bool = True, uncalibrated_max_sparsity: float | None = None):
         if not splits:
             raise ArtifactError("the artifact has no split table to select from")
-        base = SlicerConfig(**{k: (tuple(v) if k == "blocks" else v) for k, v in codec_defaults.items()})
+        base = SlicerConfig.from_dict(codec_defaults)
         self.calibrated = calibrated
         grid = sorted({float(np.float32(s)) for s in sparsities if s >= min_sparsity - 1e-9})
         if not grid:
             raise ArtifactError("no sparsity of the artifact's grid fits its encoder nodes")
         self.sparsities = np.array(grid)
         self.blocks = tuple(b for b in BLOCK_OPTIONS if b <= max_blocks) or (1,)
-        self.configs = [[SlicerConfig(sparsity=s, lam=base.lam, blocks=(b, b), q_bits=base.q_bits, q_min=base.q_min,
-                                      delta=base.delta) for b in self.blocks] for s in grid]
+        self.configs = [[dataclasses.replace(base, sparsity=s, blocks=(b, b)) for b in self.blocks] for s in grid]
         times = codec_times or CodecTimeTable.load()
         # Deepest first: the order SLICER Eq. 3 scans.
         self.splits = sorted(splits, key=lambda s: -s.position)
