@@ -271,14 +271,6 @@ def _label_powers(base: int) -> np.ndarray:
     return np.array([base ** (per_word - 1 - j) for j in range(per_word)], dtype=np.uint64)
 
 
-def labels_nbytes(count: int, base: int) -> int:
-    """Exact size of :func:`encode_labels` for ``count`` labels."""
-    if base <= 1 or count == 0:
-        return 0
-    per_word, bits = label_chunk(base)
-    return packed_nbytes(-(-count // per_word), bits)
-
-
 def encode_labels(labels: np.ndarray, base: int) -> bytes:
     """Pack labels in ``range(base)`` by mixed radix, ``label_chunk(base)`` per word."""
     if base <= 1 or labels.size == 0:

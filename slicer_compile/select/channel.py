@@ -66,12 +66,6 @@ def outage_latency(bits: float, rate_bps: float, bandwidth_hz: float, snr: float
     return 0.0 if bits == 0 else bits / rate_bps * n
 
 
-def _rate_for_transmissions(n: int, bandwidth_hz: float, snr: float, epsilon: float) -> float:
-    """Largest R that needs at most n transmissions: P_o(R) <= ε^(1/n)."""
-    p_max = epsilon ** (1.0 / n)
-    return bandwidth_hz * math.log2(1.0 - snr * math.log1p(-p_max))
-
-
 def best_rate(bits: float, bandwidth_hz: float, snr: float, epsilon: float, rate_min: float,
               rate_max: float) -> tuple[float, float]:
     """The rate in ``[rate_min, rate_max]`` minimising the ε-outage latency.
