@@ -111,6 +111,16 @@ typedef struct
 slicer_status slicer_decode_host(const uint8_t* payload, size_t len, const slicer_limits* limits, float* out,
     uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements);
 
+/*
+ * The decoder's O(k) half, as slicer_cuda_decode uses it: the same validation as
+ * slicer_decode_host, then the kept flat positions (ascending) and their values
+ * instead of a dense tensor. `keptCount` receives the count even when `capacity`
+ * is too small (SLICER_ERR_CAPACITY), so a first call with capacity 0 sizes the buffers.
+ */
+slicer_status slicer_decode_sparse_host(const uint8_t* payload, size_t len, const slicer_limits* limits,
+    int64_t* positions, float* values, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements, uint64_t* keptCount);
+
 /* --- device launchers (libslicer_cuda.so) ----------------------------------------
  * Pointers are device memory unless named host*; every launcher is asynchronous on
  * `stream` unless it says otherwise. slicer_stream_t is cudaStream_t.
@@ -132,6 +142,18 @@ size_t slicer_cuda_encode_workspace_bytes(size_t n);
 slicer_status slicer_cuda_encode(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
     const slicer_knobs* knobs, void* workspace, size_t workspaceBytes, int64_t* hostKept, float* hostValues,
     uint8_t* out, size_t capacity, size_t* written, slicer_stream_t stream);
+/* Device bytes slicer_cuda_decode needs for payloads of up to maxElements elements. */
+size_t slicer_cuda_decode_workspace_bytes(uint64_t maxElements);
+/*
+ * A SLICER payload on the host into a device tensor of T = prod(shape) floats: the
+ * host parse validates everything (SLICER_ERR_PAYLOAD as the numpy decoder refuses)
+ * and fills the host position/value buffers (pinned, hostCapacity >= T entries,
+ * untouched until the stream passes the call); the device zero-fills and scatters.
+ */
+slicer_status slicer_cuda_decode(const uint8_t* hostPayload, size_t len, const slicer_limits* limits,
+    int64_t* hostPositions, float* hostValues, uint64_t hostCapacity, void* workspace, size_t workspaceBytes,
+    float* out, uint64_t outCapacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements,
+    slicer_stream_t stream);
 int slicer_cuda_device_count(void);
 
 #ifdef __cplusplus

@@ -10,6 +10,8 @@
 //
 // slicer_cuda_encode chains them into a whole payload: ATKF on the device, the
 // O(k) rest on the host (slicer_encode_from_kept, tested byte for byte on the CPU).
+// slicer_cuda_decode mirrors it: the O(k) parse on the host (slicer_decode_sparse_host,
+// the same validation as the numpy decoder), the O(T) zero-fill and scatter on the device.
 //
 // Status: compiled for sm_75..sm_90 on every CI run; not yet run on a GPU (no
 // device in the development workplace). The numpy reference is the spec these
@@ -149,6 +151,16 @@ __global__ void dequantizeScatterKernel(uint32_t const* codes, int64_t const* po
         uint32_t const g = groupOf[i];
         float const magnitude = __fadd_rn(__fmul_rn(static_cast<float>(codes[i]), step[g]), lo[g]);
         out[positions[i]] = negative[i] ? -magnitude : magnitude;
+    }
+}
+
+//! Decoder: out[positions[i]] = values[i] (the rest of out is zeroed beforehand).
+__global__ void scatterKernel(int64_t const* positions, float const* values, size_t n, float* out)
+{
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        out[positions[i]] = values[i];
     }
 }
 
@@ -381,6 +393,54 @@ extern "C" slicer_status slicer_cuda_dequantize_scatter(uint32_t const* codes, i
     }
     slicer::dequantizeScatterKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(
         codes, positions, groupOf, lo, step, negative, n, out);
+    return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
+}
+
+extern "C" size_t slicer_cuda_decode_workspace_bytes(uint64_t maxElements)
+{
+    using slicer::KeptWorkspace;
+    return KeptWorkspace::align(maxElements * sizeof(int64_t)) + KeptWorkspace::align(maxElements * sizeof(float));
+}
+
+/*
+ * Decode a SLICER payload held on the host into a device tensor. Every check of the
+ * numpy decoder runs first (SLICER_ERR_PAYLOAD for a payload it refuses); nothing is
+ * written to `out` before the payload is known good. The host buffers (pinned for an
+ * asynchronous copy) must stay untouched until the stream has passed this call.
+ */
+extern "C" slicer_status slicer_cuda_decode(uint8_t const* hostPayload, size_t len, slicer_limits const* limits,
+    int64_t* hostPositions, float* hostValues, uint64_t hostCapacity, void* workspace, size_t workspaceBytes,
+    float* out, uint64_t outCapacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements,
+    cudaStream_t stream)
+{
+    using slicer::KeptWorkspace;
+    if (!hostPayload || !limits || !workspace || !out || !shape || !ndim || !dtypeCode || !elements)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    uint64_t keptCount = 0;
+    slicer_status const status = slicer_decode_sparse_host(hostPayload, len, limits, hostPositions, hostValues,
+        hostCapacity, shape, ndim, dtypeCode, elements, &keptCount);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    uint64_t const T = *elements;
+    if (T > outCapacity || workspaceBytes < slicer_cuda_decode_workspace_bytes(keptCount))
+    {
+        return SLICER_ERR_CAPACITY;
+    }
+    auto* base = static_cast<uint8_t*>(workspace);
+    auto* positions = reinterpret_cast<int64_t*>(base);
+    auto* values = reinterpret_cast<float*>(base + KeptWorkspace::align(keptCount * sizeof(int64_t)));
+    cudaMemsetAsync(out, 0, T * sizeof(float), stream);
+    if (keptCount > 0)
+    {
+        cudaMemcpyAsync(positions, hostPositions, keptCount * sizeof(int64_t), cudaMemcpyHostToDevice, stream);
+        cudaMemcpyAsync(values, hostValues, keptCount * sizeof(float), cudaMemcpyHostToDevice, stream);
+        slicer::scatterKernel<<<slicer::blocksFor(keptCount), slicer::kTHREADS, 0, stream>>>(
+            positions, values, keptCount, out);
+    }
     return cudaGetLastError() == cudaSuccess ? SLICER_OK : SLICER_ERR_CUDA;
 }
 

@@ -1,11 +1,13 @@
 // The SLICER decoder on the host, check for check as slicer_compile/codec/slicer.py
 // and wire.py: every length, count and index is validated against the buffer
-// and the limits before anything is sized from it. A GPU decoder parses with
-// this and scatters on the device (dequantizeScatterKernel).
+// and the limits before anything is sized from it. The parse yields the kept
+// positions and their values (O(k)); the dense decoder scatters them here, the GPU
+// decoder (slicer_cuda_decode) scatters them on the device.
 
 #include "bitstream.h"
 #include "slicer_codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -113,17 +115,11 @@ bool readLabels(uint8_t const* buf, size_t len, std::vector<int64_t> const& size
     return true;
 }
 
-} // namespace
-} // namespace slicer
-
-extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, slicer_limits const* limits,
-    float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements)
+//! Everything but the scatter: kept flat positions (ascending) and their decoded values.
+slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits const* limits,
+    std::vector<int64_t>* kept, std::vector<float>* values, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements)
 {
-    using namespace slicer;
-    if (!payload || !limits || !shape || !ndim || !dtypeCode || !elements)
-    {
-        return SLICER_ERR_ARGUMENT;
-    }
     // --- frame (wire.read_header) ---
     if (len > limits->maxPayloadBytes || len < kHEADER_BYTES + 4 || std::memcmp(payload, "SLCR", 4) != 0
         || payload[4] != 1)
@@ -198,8 +194,8 @@ extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, 
         return SLICER_ERR_PAYLOAD;
     }
     // --- positions ---
-    std::vector<int64_t> kept(keptCount ? keptCount : 1);
-    if (!sections.next(&sec, &secLen) || slicer_decode_subset(sec, secLen, keptCount, T, kept.data()) != SLICER_OK)
+    kept->assign(keptCount ? keptCount : 1, 0);
+    if (!sections.next(&sec, &secLen) || slicer_decode_subset(sec, secLen, keptCount, T, kept->data()) != SLICER_OK)
     {
         return SLICER_ERR_PAYLOAD;
     }
@@ -259,12 +255,9 @@ extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, 
     *ndim = dims;
     *dtypeCode = dtype;
     *elements = T;
-    if (capacity < T || (T > 0 && !out))
-    {
-        return SLICER_ERR_CAPACITY;
-    }
-    // --- reconstruct: block b's values, in index order, at its kept positions ---
-    std::fill(out, out + T, 0.0f);
+    kept->resize(keptCount);
+    values->resize(keptCount);
+    // --- block b's values, in index order, at its kept positions ---
     std::vector<uint8_t> blockOf(keptCount);
     std::vector<uint8_t> isNeg(keptCount, 0);
     for (uint64_t j = 0; j < negCount; ++j)
@@ -294,7 +287,64 @@ extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, 
             readers[b].get(q[b], &code);
         }
         float const magnitude = static_cast<float>(code) * step[b] + lo[b];
-        out[kept[i]] = b >= sizesPos.size() ? -magnitude : magnitude;
+        (*values)[i] = b >= sizesPos.size() ? -magnitude : magnitude;
+    }
+    return SLICER_OK;
+}
+
+} // namespace
+} // namespace slicer
+
+extern "C" slicer_status slicer_decode_sparse_host(uint8_t const* payload, size_t len, slicer_limits const* limits,
+    int64_t* positions, float* values, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements, uint64_t* keptCount)
+{
+    if (!payload || !limits || !shape || !ndim || !dtypeCode || !elements || !keptCount)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    std::vector<int64_t> kept;
+    std::vector<float> decoded;
+    slicer_status const status
+        = slicer::decodeSparse(payload, len, limits, &kept, &decoded, shape, ndim, dtypeCode, elements);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    *keptCount = kept.size();
+    if (capacity < kept.size() || (!kept.empty() && (!positions || !values)))
+    {
+        return SLICER_ERR_CAPACITY;
+    }
+    std::copy(kept.begin(), kept.end(), positions);
+    std::copy(decoded.begin(), decoded.end(), values);
+    return SLICER_OK;
+}
+
+extern "C" slicer_status slicer_decode_host(uint8_t const* payload, size_t len, slicer_limits const* limits,
+    float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements)
+{
+    if (!payload || !limits || !shape || !ndim || !dtypeCode || !elements)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    std::vector<int64_t> kept;
+    std::vector<float> decoded;
+    slicer_status const status
+        = slicer::decodeSparse(payload, len, limits, &kept, &decoded, shape, ndim, dtypeCode, elements);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    uint64_t const T = *elements;
+    if (capacity < T || (T > 0 && !out))
+    {
+        return SLICER_ERR_CAPACITY;
+    }
+    std::fill(out, out + T, 0.0f);
+    for (size_t i = 0; i < kept.size(); ++i)
+    {
+        out[kept[i]] = decoded[i];
     }
     return SLICER_OK;
 }

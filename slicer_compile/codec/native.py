@@ -82,6 +82,10 @@ class HostCoder:
         self._lib.slicer_decode_host.restype = ctypes.c_int
         self._lib.slicer_decode_host.argtypes = [p, size_t, p, p, u64, p, ctypes.POINTER(ctypes.c_int),
                                                  ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64)]
+        self._lib.slicer_decode_sparse_host.restype = ctypes.c_int
+        self._lib.slicer_decode_sparse_host.argtypes = [p, size_t, p, p, p, u64, p, ctypes.POINTER(ctypes.c_int),
+                                                        ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64),
+                                                        ctypes.POINTER(u64)]
         self._lib.slicer_encode_from_kept.restype = ctypes.c_int
         self._lib.slicer_encode_from_kept.argtypes = [p, p, u64, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                       ctypes.POINTER(size_t)]
@@ -190,6 +194,29 @@ class HostCoder:
         self._check(self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail), "decode_slicer")
         dtype = np.float16 if dtype_code.value == 2 else np.float32
         return out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value])).astype(dtype)
+
+    def decode_sparse(self, payload: bytes, max_elements: int = 1 << 28,
+                      max_payload_bytes: int = 1 << 31) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+        """The GPU decoder's host half: (shape, kept flat positions, their float32 values)."""
+        data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
+        limits = _Limits(max_elements, max_payload_bytes)
+        shape = np.zeros(8, dtype=np.uint32)
+        ndim, dtype_code = ctypes.c_int(), ctypes.c_int()
+        elements, kept_count = ctypes.c_uint64(), ctypes.c_uint64()
+        args = (data.ctypes.data, len(payload), ctypes.byref(limits))
+        tail = (shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code), ctypes.byref(elements),
+                ctypes.byref(kept_count))
+        status = self._lib.slicer_decode_sparse_host(*args, None, None, 0, *tail)  # validates and sizes
+        if status == _ERR_ARGUMENT:
+            raise SlicerCompileError("the host decoder reads SLICER payloads (codec id 1) only")
+        if status not in (_OK, _ERR_CAPACITY):
+            self._check(status, "decode_sparse")
+        positions = np.zeros(max(kept_count.value, 1), dtype=np.int64)
+        values = np.zeros(max(kept_count.value, 1), dtype=np.float32)
+        self._check(self._lib.slicer_decode_sparse_host(*args, positions.ctypes.data, values.ctypes.data,
+                                                        positions.size, *tail), "decode_sparse")
+        n = kept_count.value
+        return tuple(int(d) for d in shape[: ndim.value]), positions[:n], values[:n]
 
     def crc32(self, data: bytes, crc: int = 0) -> int:
         buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, np.uint8)

@@ -169,3 +169,25 @@ def test_encode_from_kept_finishes_a_device_selection(coder):
     for cfg in (SlicerConfig(), SlicerConfig(sparsity=0.6, lam=0.2, blocks=(5, 2), delta=0.5)):
         kept = select_kept(x.ravel(), cfg.kept_count(x.size), cfg.lam)
         assert coder.encode_from_kept(kept, x.ravel()[kept], x.shape, x.dtype, cfg) == encode(x, cfg)
+
+
+@pytest.mark.parametrize("shape,cfg", [
+    ((4, 16, 16), dict(sparsity=0.9)),
+    ((3, 1000), dict(sparsity=0.6, lam=-0.3, blocks=(4, 7), q_bits=5, delta=1.0)),
+    ((7,), dict(sparsity=0.0, blocks=(1, 1))),
+])
+def test_sparse_decode_is_the_dense_decode_before_the_scatter(coder, shape, cfg):
+    """The GPU decoder's host half: scattering its (positions, values) into zeros
+    gives the numpy decoder's tensor, and the positions are ascending."""
+    from slicer_compile.codec import SlicerConfig, decode, encode
+
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    payload = encode(x, SlicerConfig(**cfg))
+    decoded_shape, positions, values = coder.decode_sparse(payload)
+    assert decoded_shape == shape
+    assert np.all(np.diff(positions) > 0)
+    dense = np.zeros(int(np.prod(shape)), dtype=np.float32)
+    dense[positions] = values
+    np.testing.assert_array_equal(dense.reshape(shape), decode(payload))
+    with pytest.raises(PayloadError):
+        coder.decode_sparse(payload[:-1])

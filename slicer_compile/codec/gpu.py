@@ -1,0 +1,217 @@
+"""The CUDA codec (``libslicer_cuda.so``) from Python: device buffers through
+cuda-python, one workspace allocated per size, CUDA-event timings.
+
+This is what the GPU tests hold to the numpy reference and what ``bench tensorrt``
+and ``tools/bench_cuda_codec.py`` time. The TensorRT plugins call the same
+launchers from C++.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slicer_compile.codec.config import SlicerConfig
+from slicer_compile.codec.native import _ERR_CAPACITY, _ERR_PAYLOAD, _OK, _Knobs, _Limits
+from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
+
+
+def cuda_runtime():
+    """cuda-python's runtime module and a usable device, or BackendUnavailableError saying what is missing."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        raise BackendUnavailableError("the CUDA path needs cuda-python: pip install 'slicer-compile[gpu]'") from None
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        raise BackendUnavailableError(f"no CUDA device is usable here (cudaGetDeviceCount: {err})")
+    return runtime
+
+
+def _check_cuda(result, what: str):
+    err = result[0] if isinstance(result, tuple) else result
+    if int(err) != 0:
+        raise SlicerCompileError(f"{what} failed: {err}")
+    return result[1] if isinstance(result, tuple) and len(result) == 2 else result
+
+
+class DeviceBuffer:
+    """One device allocation; freed by ``free()`` or when its owner closes."""
+
+    def __init__(self, runtime, nbytes: int):
+        self._rt = runtime
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(_check_cuda(runtime.cudaMalloc(self.nbytes), "cudaMalloc"))
+
+    def upload(self, array: np.ndarray) -> "DeviceBuffer":
+        array = np.ascontiguousarray(array)
+        if array.nbytes > self.nbytes:
+            raise SlicerCompileError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
+        _check_cuda(self._rt.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes,
+                                        self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy H2D")
+        return self
+
+    def download(self, dtype, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=dtype)
+        _check_cuda(self._rt.cudaMemcpy(out.ctypes.data, self.ptr, out.nbytes,
+                                        self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy D2H")
+        return out
+
+    def free(self) -> None:
+        if self.ptr:
+            self._rt.cudaFree(self.ptr)
+            self.ptr = 0
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    """Median device time of one encode and one decode of ``elements`` values."""
+
+    elements: int
+    encode_s: float
+    decode_s: float
+    payload_bytes: int
+
+    @property
+    def counted_bytes(self) -> int:
+        """The memory traffic a bandwidth figure counts: 4N bytes read + 4N written."""
+        return 8 * self.elements
+
+
+class GpuCoder:
+    """SLICER encode/decode on the GPU through ``libslicer_cuda.so``.
+
+    Buffers are sized for the largest tensor seen so far and reused; ``close()``
+    (or a ``with`` block) frees them.
+    """
+
+    def __init__(self, library: str | Path):
+        self.rt = cuda_runtime()
+        self._lib = ctypes.CDLL(str(library))
+        vp, sz, u64 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64
+        lib = self._lib
+        lib.slicer_cuda_encode_workspace_bytes.restype = sz
+        lib.slicer_cuda_encode_workspace_bytes.argtypes = [sz]
+        lib.slicer_cuda_encode.restype = ctypes.c_int
+        lib.slicer_cuda_encode.argtypes = [vp, vp, ctypes.c_int, ctypes.c_int, vp, vp, sz, vp, vp, vp, sz,
+                                           ctypes.POINTER(sz), vp]
+        lib.slicer_cuda_decode_workspace_bytes.restype = sz
+        lib.slicer_cuda_decode_workspace_bytes.argtypes = [u64]
+        lib.slicer_cuda_decode.restype = ctypes.c_int
+        lib.slicer_cuda_decode.argtypes = [vp, sz, vp, vp, vp, u64, vp, sz, vp, u64, vp,
+                                           ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
+                                           ctypes.POINTER(u64), vp]
+        self._capacity = 0
+        self._buffers: dict[str, DeviceBuffer] = {}
+        self._host: dict[str, np.ndarray] = {}
+        self.stream = int(_check_cuda(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+
+    # --- buffers ---------------------------------------------------------------------
+
+    def _reserve(self, elements: int) -> None:
+        if elements <= self._capacity:
+            return
+        for buffer in self._buffers.values():
+            buffer.free()
+        n = int(elements)
+        self._buffers = {
+            "x": DeviceBuffer(self.rt, 4 * n),
+            "out": DeviceBuffer(self.rt, 4 * n),
+            "encode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_encode_workspace_bytes(n)),
+            "decode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_decode_workspace_bytes(n)),
+        }
+        # Host halves: kept indices/values (as many as elements) and the payload bound.
+        self._host = {"kept": np.zeros(n, np.int64), "values": np.zeros(n, np.float32),
+                      "payload": np.zeros(16 * n + (1 << 16), np.uint8)}
+        self._capacity = n
+
+    def close(self) -> None:
+        for buffer in self._buffers.values():
+            buffer.free()
+        self._buffers, self._capacity = {}, 0
+        if self.stream:
+            self.rt.cudaStreamDestroy(self.stream)
+            self.stream = 0
+
+    def __enter__(self) -> "GpuCoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- codec -----------------------------------------------------------------------
+
+    def _encode_device(self, shape: tuple[int, ...], cfg: SlicerConfig) -> bytes:
+        dims = np.array(shape, dtype=np.uint32)
+        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        written = ctypes.c_size_t()
+        payload = self._host["payload"]
+        ws = self._buffers["encode_ws"]
+        status = self._lib.slicer_cuda_encode(self._buffers["x"].ptr, dims.ctypes.data, len(shape), 1,
+                                              ctypes.byref(knobs), ws.ptr, ws.nbytes, self._host["kept"].ctypes.data,
+                                              self._host["values"].ctypes.data, payload.ctypes.data, payload.size,
+                                              ctypes.byref(written), self.stream)
+        if status != _OK:
+            raise SlicerCompileError(f"slicer_cuda_encode failed with status {status}")
+        return payload[: written.value].tobytes()
+
+    def encode(self, x: np.ndarray, cfg: SlicerConfig) -> bytes:
+        """Upload x (float32), encode on the GPU; the payload bytes (numpy's, byte for byte)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self._reserve(x.size)
+        self._buffers["x"].upload(x)
+        return self._encode_device(x.shape, cfg)
+
+    def _decode_device(self, payload: bytes, max_elements: int) -> tuple[tuple[int, ...], int]:
+        data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
+        limits = _Limits(max_elements, 1 << 31)
+        shape = np.zeros(8, dtype=np.uint32)
+        ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
+        ws = self._buffers["decode_ws"]
+        status = self._lib.slicer_cuda_decode(data.ctypes.data, len(payload), ctypes.byref(limits),
+                                              self._host["kept"].ctypes.data, self._host["values"].ctypes.data,
+                                              self._capacity, ws.ptr, ws.nbytes, self._buffers["out"].ptr,
+                                              self._capacity, shape.ctypes.data, ctypes.byref(ndim),
+                                              ctypes.byref(dtype_code), ctypes.byref(elements), self.stream)
+        if status == _ERR_PAYLOAD:
+            raise PayloadError("malformed SLICER payload (the CUDA decoder refused it)")
+        if status == _ERR_CAPACITY:
+            raise PayloadError(f"payload describes {elements.value} elements, more than the {self._capacity} "
+                               "this decoder holds")
+        if status != _OK:
+            raise SlicerCompileError(f"slicer_cuda_decode failed with status {status}")
+        return tuple(int(d) for d in shape[: ndim.value]), int(elements.value)
+
+    def decode(self, payload: bytes, max_elements: int) -> np.ndarray:
+        """Decode on the GPU into a device tensor and download it (float32)."""
+        self._reserve(max_elements)
+        shape, elements = self._decode_device(payload, max_elements)
+        _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return self._buffers["out"].download(np.float32, elements).reshape(shape)
+
+    def time_round_trip(self, x: np.ndarray, cfg: SlicerConfig, repeat: int = 20) -> KernelTiming:
+        """Median time of encode (device tensor → payload bytes on the host) and
+        decode (host payload → device tensor), after one warm-up of each. CUDA events
+        bracket each call, so the host half and the copies count: this is the time a
+        caller waits, not the kernels' alone."""
+        payload = self.encode(x, cfg)
+        self._decode_device(payload, x.size)
+        start = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
+        stop = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
+        try:
+            encode_s, decode_s = [], []
+            for _ in range(repeat):
+                for sink, call in ((encode_s, lambda: self._encode_device(x.shape, cfg)),
+                                   (decode_s, lambda: self._decode_device(payload, x.size))):
+                    self.rt.cudaEventRecord(start, self.stream)
+                    call()
+                    self.rt.cudaEventRecord(stop, self.stream)
+                    _check_cuda(self.rt.cudaEventSynchronize(stop), "cudaEventSynchronize")
+                    sink.append(_check_cuda(self.rt.cudaEventElapsedTime(start, stop), "cudaEventElapsedTime") / 1e3)
+        finally:
+            self.rt.cudaEventDestroy(start)
+            self.rt.cudaEventDestroy(stop)
+        return KernelTiming(int(x.size), float(np.median(encode_s)), float(np.median(decode_s)), len(payload))
