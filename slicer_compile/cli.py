@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from slicer_compile import __version__
-from slicer_compile.errors import BackendUnavailableError, SlicerCompileError
+from slicer_compile.errors import SlicerCompileError
 
 #: Exit codes: 1 for a failure of the job, 2 for a bad command line.
 EXIT_FAILURE = 1
@@ -107,7 +107,9 @@ def _stderr_console():
 @click.option("--device", default="cpu", show_default=True,
               help="Edge device (see: slicer-compile devices); cpu measures this machine.")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]),
-              help="Engine backend for the split parts.")
+              help="Engine backend: tensorrt also builds edge.plan/server.plan per pair (needs TensorRT and a GPU).")
+@click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="TensorRT engine precision (int8: the edge engines, calibrated on --calib).")
 @click.option("--server-device", default="a100", show_default=True, help="Server GPU model for server latency.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), help="Profile measured on the target.")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path), help="Calibration inputs (.npz).")
@@ -116,7 +118,7 @@ def _stderr_console():
 @click.option("--max-pairs", default=8, show_default=True, help="Split pairs materialised at most.")
 @click.option("--runs", default=10, show_default=True, help="Timed profiling runs (cpu).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, server_device: str,
+def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, precision: str, server_device: str,
                     profile_path: Path | None, calib_path: Path | None, calib_samples: int,
                     input_shapes: tuple[str, ...], max_pairs: int, runs: int, force: bool) -> None:
     """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report."""
@@ -128,7 +130,7 @@ def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, 
         artifact = compile_model(model_path, device=device, out_dir=out_dir, calib=calib_path, profile=profile_path,
                                  server_device=server_device, calib_samples=calib_samples,
                                  input_shapes=_parse_shapes(input_shapes), max_pairs=max_pairs, runs=runs,
-                                 overwrite=force, progress=progress)
+                                 overwrite=force, backend=backend, precision=precision, progress=progress)
     _print_split_table(artifact)
     click.echo(f"wrote {out_dir}/ ({len(artifact.splits)} splits, {len(artifact.pareto)} pairs materialised, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/{REPORT}")
@@ -150,17 +152,12 @@ def _print_split_table(artifact) -> None:
 
 
 def _require_backend(backend: str) -> None:
-    """Fail with what is missing when a backend cannot run here."""
-    if backend == "onnxruntime":
-        return
-    import importlib.util
+    """Fail with what is missing (TensorRT, a GPU, cuda-python, the plugin library)
+    before any work when a backend cannot run here."""
+    if backend == "tensorrt":
+        from slicer_compile.backends.tensorrt.availability import require_tensorrt
 
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError(
-            "--backend tensorrt needs TensorRT, which is not installed here (install it with JetPack on a Jetson, "
-            "or NVIDIA's TensorRT wheel/tar on a GPU server), and a CUDA GPU; --backend onnxruntime runs anywhere")
-    raise BackendUnavailableError("--backend tensorrt: this build does not yet build TensorRT engines "
-                                  "(the plugin and engine glue are a planned part); use --backend onnxruntime")
+        require_tensorrt()
 
 
 @cli.command("devices")
@@ -192,9 +189,12 @@ def devices_command() -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, help="Pin an input shape: NAME=1x3x224x224.")
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--runs", default=20, show_default=True)
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]),
+              help="onnxruntime: the CPU, one event per node; tensorrt: this GPU, per engine layer (IProfiler).")
+@click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp32", "fp16"]),
+              help="TensorRT engine precision.")
 def profile_command(model_path: Path, output: Path, input_shapes: tuple[str, ...], warmup: int, runs: int,
-                    backend: str) -> None:
+                    backend: str, precision: str) -> None:
     """Measure per-node latency and memory of MODEL.onnx on this machine (run it on the target)."""
     from slicer_compile.frontend import concretize, load_onnx
     from slicer_compile.profile.devices import local_cpu
@@ -203,8 +203,14 @@ def profile_command(model_path: Path, output: Path, input_shapes: tuple[str, ...
     _require_backend(backend)
     model = concretize(load_onnx(model_path), _parse_shapes(input_shapes))
     with _Progress() as progress:
-        prof = measure_profile(model, "cpu", local_cpu().description, warmup=warmup, runs=runs,
-                               progress=lambda d, t: progress("profiling", d, t))
+        if backend == "tensorrt":
+            from slicer_compile.profile.measure_tensorrt import local_gpu_description, measure_profile_tensorrt
+
+            prof = measure_profile_tensorrt(model, "gpu", local_gpu_description(), warmup=warmup, runs=runs,
+                                            precision=precision, progress=lambda d, t: progress("profiling", d, t))
+        else:
+            prof = measure_profile(model, "cpu", local_cpu().description, warmup=warmup, runs=runs,
+                                   progress=lambda d, t: progress("profiling", d, t))
     with _atomic_path(output) as tmp:
         prof.save(tmp)
     click.echo(f"{len(prof.nodes)} nodes, {prof.total_latency_s * 1e3:.3f} ms per run -> {output}")
@@ -240,7 +246,7 @@ def materialize_command(artifact_dir: Path, split_id: str) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks: codec size and speed; server load."""
+    """Benchmarks: codec size and speed; server load; TensorRT engine pairs."""
 
 
 @bench.command("codec")
@@ -297,7 +303,9 @@ def bench_codec(sizes: str, sparsities: str, repeat: int, data: str, seed: int, 
 @click.option("--build-dir", type=click.Path(path_type=Path), help="CMake build directory (default: build/cuda).")
 @click.option("--cuda/--host-only", default=True, show_default=True, help="Also build the CUDA library (needs nvcc).")
 @click.option("-j", "--jobs", default=2, show_default=True, type=int)
-def build_kernels_command(build_dir: Path | None, cuda: bool, jobs: int) -> None:
+@click.option("--plugins", is_flag=True,
+              help="Also build plugins/ (libslicer_trt_plugins.so; needs TensorRT headers: $TENSORRT_ROOT).")
+def build_kernels_command(build_dir: Path | None, cuda: bool, jobs: int, plugins: bool) -> None:
     """Build cuda/: libslicer_host.so, and libslicer_cuda.so for sm_75..sm_90 (sm_87 = Jetson Orin)."""
     from slicer_compile.codec.native import DEFAULT_BUILD_DIR, build_kernels
 
@@ -307,6 +315,12 @@ def build_kernels_command(build_dir: Path | None, cuda: bool, jobs: int) -> None
         click.echo(f"{kind}: {path}")
     if cuda and "cuda" not in libraries:
         click.echo("nvcc was not found: only the host library was built", err=True)
+    if plugins:
+        from slicer_compile.backends.tensorrt.availability import DEFAULT_PLUGIN_BUILD_DIR, build_plugins
+
+        plugin_dir = build_dir / "plugins" if build_dir else DEFAULT_PLUGIN_BUILD_DIR
+        with _stderr_console().status("building the TensorRT plugins"):
+            click.echo(f"plugins: {build_plugins(plugin_dir, jobs=jobs)}")
 
 
 # --- select ----------------------------------------------------------------------
@@ -482,6 +496,39 @@ def bench_serve(artifact_dir: Path, clients: str, requests: int, splits: str | N
     click.echo(f"wrote {plot}", err=True)
     if json_path is not None:
         json_path.write_text(json.dumps(rows_as_dicts(rows), indent=1) + "\n")
+
+
+@bench.command("tensorrt")
+@click.argument("artifact_dir", metavar="OUT_DIR", type=click.Path(path_type=Path))
+@click.option("--repeat", default=50, show_default=True, type=int, help="Timed runs per measurement (median).")
+@click.option("--splits", help="Split ids (default: every split with engines).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def bench_tensorrt(artifact_dir: Path, repeat: int, splits: str | None, json_path: Path | None) -> None:
+    """Per split of a --backend tensorrt artifact, on this GPU: edge and server engine
+    latency, CUDA codec time on the real activation, and the bytes that cross."""
+    from rich.table import Table
+
+    from slicer_compile.runtime.engine_bench import run_tensorrt_benchmark
+
+    if repeat < 1:
+        raise click.UsageError("--repeat must be at least 1")
+    _require_backend("tensorrt")
+    with _stderr_console().status("timing engines"):
+        rows = run_tensorrt_benchmark(artifact_dir, repeat, splits.split(",") if splits else None)
+    table = Table(title=f"bench tensorrt: median of {repeat}")
+    for column in ("split", "edge ms", "server ms", "encode ms", "decode ms", "elements", "payload B", "raw B",
+                   "ratio"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        codec = ("", "") if r.encode_ms is None else (f"{r.encode_ms:.3f}", f"{r.decode_ms:.3f}")
+        table.add_row(r.split, f"{r.edge_ms:.3f}", f"{r.server_ms:.3f}", *codec, str(r.activation_elements),
+                      str(r.payload_bytes), str(r.raw_bytes),
+                      f"{r.raw_bytes / r.payload_bytes:.1f}x" if r.payload_bytes else "")
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=1) + "\n")
 
 
 # --- codec -----------------------------------------------------------------------

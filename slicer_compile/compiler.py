@@ -30,9 +30,10 @@ from slicer_compile.artifact import (
     load_artifact,
     write_manifest,
 )
+from slicer_compile.backends.base import BACKENDS
 from slicer_compile.calibrate import DEFAULT_SPARSITY_GRID, calibrate, load_calibration_inputs
 from slicer_compile.codec import SlicerConfig, predict_bits
-from slicer_compile.errors import ArtifactError, ModelError
+from slicer_compile.errors import ArtifactError, ConfigError, ModelError
 from slicer_compile.frontend.onnx_model import concretize, graph_inputs, load_onnx, model_sha256, normalise, tensor_types
 from slicer_compile.graph.codec_nodes import CodecLimits, add_decoders, add_encoders, set_metadata
 from slicer_compile.graph.cuts import Cut, CrossingTensor, GraphOrder, find_cuts, order_graph
@@ -42,6 +43,8 @@ from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, fit_device, ge
 from slicer_compile.profile.measure import Profile, measure_profile, profile_costs
 
 DEFAULT_SERVER_DEVICE = "a100"
+#: The TensorRT timing cache shared by every engine of an artifact.
+TIMING_CACHE = "timing.cache"
 
 #: Progress callback: (stage description, done, total).
 Progress = Callable[[str, int, int], None]
@@ -63,6 +66,14 @@ class CompileOptions:
     warmup: int = 3
     runs: int = 10
     overwrite: bool = False
+    #: "onnxruntime" (ONNX pairs) or "tensorrt" (also edge.plan / server.plan per pair)
+    backend: str = "onnxruntime"
+    #: TensorRT engine precision: fp32, fp16 or int8 (int8: the edge engine, see backends.tensorrt.builder)
+    precision: str = "fp16"
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", calib: str | Path | None = None,
@@ -86,6 +97,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     started = time.perf_counter()
     get_device(opts.server_device)  # fail on a bad name before any work
     edge_spec = get_device(opts.device)
+    engine_options = _engine_options(opts) if opts.backend == "tensorrt" else None  # fails early without TensorRT
 
     source_path, normalised = _front_end(model, example_inputs)
     concrete = concretize(normalised, opts.input_shapes)
@@ -115,7 +127,8 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "source": {"path": str(source_path), "sha256": hashlib.sha256(model_bytes).hexdigest()},
         "device": device_info,
         "server_device": {**server_spec.as_dict(), "latency_source": "roofline model"},
-        "backend": "onnxruntime",
+        "backend": opts.backend,
+        "engine": _engine_manifest(engine_options),
         "inputs": [_value_info(concrete, i.name) for i in graph_inputs(concrete)],
         "outputs": [_value_info(concrete, o.name) for o in concrete.graph.output],
         "codec": {"name": "slicer", "defaults": opts.codec.as_dict(), "limits": asdict(opts.limits),
@@ -134,6 +147,11 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         for done, split_id in enumerate(pareto):
             _materialize_into(artifact, partitioner, split_id)
             progress("materialising split pairs", done + 1, len(pareto))
+        if engine_options is not None:
+            engine_feeds = _int8_feeds(feeds, opts) if opts.precision == "int8" else None
+            for done, split_id in enumerate(pareto):
+                _build_engines(artifact, split_id, _with_cache(engine_options, staging / TIMING_CACHE), engine_feeds)
+                progress("building TensorRT engines", done + 1, len(pareto))
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest)
         from slicer_compile.report import write_report
@@ -290,6 +308,56 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
     return updated
 
 
+def _engine_options(opts: CompileOptions):
+    """TensorRT build options; raises BackendUnavailableError at once where TensorRT,
+    a GPU or the plugin library is missing, before any other work."""
+    from slicer_compile.backends.tensorrt.availability import plugin_library, require_tensorrt
+    from slicer_compile.backends.tensorrt.builder import EngineOptions
+
+    require_tensorrt()
+    plugin_library()
+    return EngineOptions(precision=opts.precision)
+
+
+def _with_cache(options, path: Path):
+    return dataclasses.replace(options, timing_cache=path)
+
+
+def _engine_manifest(options) -> dict | None:
+    if options is None:
+        return None
+    import tensorrt
+
+    return {"tensorrt_version": tensorrt.__version__, "precision": options.precision, "timing_cache": TIMING_CACHE}
+
+
+def _int8_feeds(feeds, opts: CompileOptions):
+    """INT8 calibration batches for edge engines: the calibration inputs, one sample
+    at a time, plus the default knobs."""
+    if feeds is None:
+        raise ConfigError("--precision int8 needs --calib (calibration inputs for the INT8 edge engines)")
+    from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+
+    count = min(len(next(iter(feeds.values()))), opts.calib_samples)
+    knobs = knobs_tensor(opts.codec)
+    return [{**{name: value[i: i + 1] for name, value in feeds.items()}, KNOBS_INPUT: knobs} for i in range(count)]
+
+
+def _build_engines(artifact: Artifact, split_id: str, options, calibration) -> SplitInfo:
+    """edge.plan and server.plan beside a materialised pair, recorded in the manifest."""
+    from slicer_compile.backends.tensorrt.builder import build_pair
+
+    split_dir = artifact.path / "splits" / split_id
+    build_pair(split_dir, options, calibration=calibration)
+    info = artifact.split(split_id)
+    files = {**(info.files or {}), "edge_plan": f"splits/{split_id}/edge.plan",
+             "server_plan": f"splits/{split_id}/server.plan"}
+    updated = SplitInfo(**{**asdict(info), "files": files})
+    artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
+    artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]
+    return updated
+
+
 def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
     """Materialise one more split pair in an existing artifact (``slicer-compile materialize``)."""
     import onnx
@@ -301,6 +369,20 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
     model_path = artifact.path / FULL_MODEL
     if not model_path.is_file():
         raise ArtifactError(f"{out_dir} has no {FULL_MODEL} to cut")
+    engine = artifact.manifest.get("engine") if artifact.manifest.get("backend") == "tensorrt" else None
+    if engine:  # check before writing anything
+        if engine["precision"] == "int8":
+            raise ConfigError("materialising a split of an INT8 TensorRT artifact needs its calibration inputs: "
+                              "recompile with a larger --max-pairs")
+        from slicer_compile.backends.tensorrt.availability import plugin_library, require_tensorrt
+
+        require_tensorrt()
+        plugin_library()
     updated = _materialize_into(artifact, Partitioner(onnx.load(str(model_path))), split_id)
+    if engine:
+        from slicer_compile.backends.tensorrt.builder import EngineOptions
+
+        options = EngineOptions(precision=engine["precision"], timing_cache=artifact.path / TIMING_CACHE)
+        updated = _build_engines(artifact, split_id, options, None)
     write_manifest(artifact.path, artifact.manifest)
     return updated

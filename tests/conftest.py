@@ -24,11 +24,15 @@ def _cuda_device_reason() -> str | None:
 
 @functools.cache
 def _tensorrt_reason() -> str | None:
+    """None if TensorRT (10+), cuda-python and a device are usable, else what is missing."""
+    from slicer_compile.backends.tensorrt.availability import require_tensorrt
+    from slicer_compile.errors import BackendUnavailableError
+
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed"
-    return _cuda_device_reason()
+        require_tensorrt()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
 
 
 def pytest_addoption(parser):

@@ -229,3 +229,13 @@ def test_backend_tensorrt_without_tensorrt_says_what_is_missing(tmp_path, comman
     assert result.returncode != 0
     assert result.stderr.startswith("error: --backend tensorrt needs TensorRT") and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_tensorrt_without_tensorrt_says_what_is_missing(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the missing-TensorRT message does not apply")
+    result = cli("bench", "tensorrt", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --backend tensorrt needs TensorRT") and len(result.stderr.splitlines()) == 1

@@ -67,3 +67,29 @@ class Runner(ABC):
 
     @abstractmethod
     def deactivate_impl(self) -> None: ...
+
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def open_runner(model, backend: str = "onnxruntime", name: str | None = None, **options) -> Runner:
+    """A runner chosen by backend name; the backend's module is imported only here, so
+    callers (the runtime, the benchmarks) depend on this contract alone.
+
+    Args:
+        model: for ``onnxruntime`` an ``onnx.ModelProto`` or serialized bytes; for
+            ``tensorrt`` a ``.plan`` path or its bytes.
+        options: passed to the runner (``optimize``/``threads`` for ONNX Runtime;
+            ``plugins``/``profiler`` for TensorRT).
+    """
+    if backend == "onnxruntime":
+        from slicer_compile.backends.onnxrt import OnnxrtRunner
+
+        return OnnxrtRunner(model, name=name or "onnxrt", **options)
+    if backend == "tensorrt":
+        from slicer_compile.backends.tensorrt.runner import TensorrtRunner
+
+        return TensorrtRunner(model, name=name or "tensorrt", **options)
+    from slicer_compile.errors import ConfigError
+
+    raise ConfigError(f"unknown backend {backend!r}: choose one of {BACKENDS}")

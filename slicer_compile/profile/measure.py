@@ -35,8 +35,19 @@ class NodeProfile:
 
 
 @dataclass(frozen=True)
+class LayerRecord:
+    """One engine layer of a TensorRT profile and the ONNX nodes it ran (several when
+    fused, none for a layer TensorRT added, such as a reformat)."""
+
+    layer: str
+    latency_s: float
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Profile:
-    """Per-node measurements of one model on one device."""
+    """Per-node measurements of one model on one device (TensorRT profiles also keep
+    the per-layer times the node figures were attributed from)."""
 
     model_sha256: str
     device: str
@@ -45,6 +56,8 @@ class Profile:
     runs: int
     total_latency_s: float  # median whole-model run, profiler on
     nodes: tuple[NodeProfile, ...]
+    backend: str = "onnxruntime"
+    layers: tuple[LayerRecord, ...] = ()
 
     def latency_by_node(self) -> dict[str, float]:
         return {n.name: n.latency_s for n in self.nodes}
@@ -66,8 +79,9 @@ class Profile:
             raise ModelError(f"{path}: not a slicer-compile profile of schema version {PROFILE_SCHEMA_VERSION}")
         try:
             nodes = tuple(NodeProfile(**n) for n in data["nodes"])
+            layers = tuple(LayerRecord(r["layer"], r["latency_s"], tuple(r["nodes"])) for r in data.get("layers", ()))
             return Profile(data["model_sha256"], data["device"], data["device_description"], data["warmup"],
-                           data["runs"], data["total_latency_s"], nodes)
+                           data["runs"], data["total_latency_s"], nodes, data.get("backend", "onnxruntime"), layers)
         except KeyError as exc:
             raise ModelError(f"{path}: malformed profile, field {exc} is missing") from None
         except TypeError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import Artifact, load_artifact
+from slicer_compile.backends.base import open_runner
 from slicer_compile.codec import SlicerConfig, encode
 from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name, strip_encoders
@@ -58,11 +59,10 @@ class EdgeClient:
         if runner is None:
             import onnx
 
-            from slicer_compile.backends.onnxrt import OnnxrtRunner
-
             info = self.artifact.split(split_id)
             core = strip_encoders(onnx.load(str(self.artifact.part_path(split_id, "edge"))), list(info.crossing))
-            runner = self._runners[split_id] = OnnxrtRunner(core, name=f"{split_id}/edge", optimize=True).activate()
+            runner = self._runners[split_id] = open_runner(core, "onnxruntime", f"{split_id}/edge",
+                                                                optimize=True).activate()
         return runner
 
     def selector(self):

@@ -30,7 +30,7 @@ import numpy as np
 
 from slicer_compile import __version__
 from slicer_compile.artifact import Artifact, load_artifact
-from slicer_compile.backends.base import Runner
+from slicer_compile.backends.base import Runner, open_runner
 from slicer_compile.codec import PayloadError, decode
 from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name, strip_decoders
@@ -74,14 +74,13 @@ class SplitModel:
     def __init__(self, artifact: Artifact, split_id: str, config: ServerConfig, metrics: Metrics):
         import onnx
 
-        from slicer_compile.backends.onnxrt import OnnxrtRunner
-
         info = artifact.split(split_id)
         self.split_id = split_id
         self.crossing = list(info.crossing)
         self.activations = [t for t in self.crossing if t["kind"] == "activation"]
         core = strip_decoders(onnx.load(str(artifact.part_path(split_id, "server"))), self.crossing)
-        self.runner: Runner = OnnxrtRunner(core, name=f"{split_id}/server", optimize=True, threads=config.threads)
+        self.runner: Runner = open_runner(core, "onnxruntime", f"{split_id}/server", optimize=True,
+                                          threads=config.threads)
         self.runner.activate()
         self.output_names = self.runner.output_names
         self.config = config

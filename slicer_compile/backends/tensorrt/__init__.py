@@ -1,0 +1,12 @@
+"""TensorRT backend: engine pairs with the codec plugins, a runner with the ONNX
+Runtime runner's interface, per-layer profiling. TensorRT and cuda-python are
+imported lazily: every module here imports on a machine without them, and says
+what is missing when it is used (``availability``).
+
+    contract      the codec I/O as an engine carries it (int32 words; pure ONNX/numpy)
+    layers        engine layer names back to ONNX nodes (pure Python)
+    availability  what is needed, and the plugin library's build
+    builder       .plan files from ONNX parts (fp32/fp16/int8, timing cache)
+    calibrator    INT8 entropy calibration from numpy feeds
+    runner        TensorrtRunner
+"""

@@ -1,0 +1,99 @@
+"""What the TensorRT backend needs, and a clear message for each missing piece:
+the ``tensorrt`` Python package (10 or newer: the plugins are IPluginV3), a CUDA
+device, cuda-python for buffers, and the plugin library built from ``plugins/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from slicer_compile.errors import BackendUnavailableError, SlicerCompileError
+
+MIN_TENSORRT_MAJOR = 10
+PLUGIN_SOURCE_DIR = Path(__file__).resolve().parents[3] / "plugins"
+DEFAULT_PLUGIN_BUILD_DIR = Path(__file__).resolve().parents[3] / "build" / "plugins"
+PLUGIN_LIBRARY_NAME = "libslicer_trt_plugins.so"
+#: Where a prebuilt plugin library can be named explicitly.
+PLUGIN_LIBRARY_ENV = "SLICER_TRT_PLUGINS"
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or BackendUnavailableError saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailableError(
+            "--backend tensorrt needs TensorRT, which is not installed here (JetPack ships it on a Jetson; on a "
+            "GPU server install NVIDIA's TensorRT wheel or tar), and a CUDA GPU; --backend onnxruntime runs "
+            "anywhere") from None
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < MIN_TENSORRT_MAJOR:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} is too old: the codec plugins are IPluginV3, "
+                                      f"which needs TensorRT {MIN_TENSORRT_MAJOR} or newer")
+    require_cuda_device()
+    return trt
+
+
+def require_cuda_device() -> None:
+    """BackendUnavailableError unless cuda-python is installed and sees a device."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        raise BackendUnavailableError("the TensorRT backend needs cuda-python for device buffers: "
+                                      "pip install 'slicer-compile[gpu]'") from None
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        raise BackendUnavailableError(f"the TensorRT backend needs a CUDA GPU; none is usable here "
+                                      f"(cudaGetDeviceCount: {err})")
+
+
+def tensorrt_root() -> Path | None:
+    """A TensorRT installation holding NvInferRuntime.h: $TENSORRT_ROOT, JetPack's /usr, or the wheel's
+    headers package if one is installed."""
+    candidates = [os.environ.get("TENSORRT_ROOT"), "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]
+    for root in filter(None, candidates):
+        for include in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(root) / include / "NvInferRuntime.h").is_file():
+                return Path(root)
+    return None
+
+
+def plugin_library(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, build: bool = True) -> Path:
+    """The codec plugin library: $SLICER_TRT_PLUGINS, else ``build_dir``, built there
+    with CMake on first use (needs TensorRT headers, nvcc and cmake)."""
+    explicit = os.environ.get(PLUGIN_LIBRARY_ENV)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise BackendUnavailableError(f"${PLUGIN_LIBRARY_ENV} names {explicit}, which does not exist")
+        return Path(explicit)
+    library = Path(build_dir) / PLUGIN_LIBRARY_NAME
+    if library.is_file() or not build:
+        if not library.is_file():
+            raise BackendUnavailableError(f"no plugin library at {library}: run slicer-compile build-kernels "
+                                          "--plugins, or set $SLICER_TRT_PLUGINS")
+        return library
+    return build_plugins(build_dir)
+
+
+def build_plugins(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, jobs: int = 2) -> Path:
+    """Configure and build ``plugins/`` (and the ``cuda/`` library it links) with CMake."""
+    if not (PLUGIN_SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise BackendUnavailableError(f"no plugin sources at {PLUGIN_SOURCE_DIR}: building the plugins needs a "
+                                      "source checkout (or set $SLICER_TRT_PLUGINS to a prebuilt library)")
+    missing = [tool for tool in ("cmake", "nvcc") if shutil.which(tool) is None]
+    if missing:
+        raise BackendUnavailableError(f"building the TensorRT plugins needs {' and '.join(missing)}")
+    root = tensorrt_root()
+    if root is None:
+        raise BackendUnavailableError("building the TensorRT plugins needs TensorRT's C++ headers "
+                                      "(NvInferRuntime.h): set $TENSORRT_ROOT to the TensorRT installation")
+    build_dir = Path(build_dir)
+    configure = ["cmake", "-S", str(PLUGIN_SOURCE_DIR), "-B", str(build_dir), f"-DTENSORRT_ROOT={root}"]
+    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
+            raise SlicerCompileError("plugin build failed:\n" + "\n".join(tail))
+    return build_dir / PLUGIN_LIBRARY_NAME

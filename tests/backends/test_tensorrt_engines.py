@@ -1,0 +1,106 @@
+"""TensorRT engine pairs against the ONNX Runtime pipeline (needs TensorRT, a GPU,
+and TensorRT's headers to build the plugin library)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tensorrt
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from slicer_compile.compiler import compile_model
+
+    return compile_model(EXAMPLES / "digits_cnn.onnx", device="jetson", calib=EXAMPLES / "digits_calib.npz",
+                         out_dir=tmp_path_factory.mktemp("trt") / "out", backend="tensorrt", precision="fp32")
+
+
+def _deepest_with_activation(artifact):
+    return max((s for s in artifact.splits if s.files and any(t["kind"] == "activation" for t in s.crossing)),
+               key=lambda s: s.position)
+
+
+def test_compile_writes_plan_pairs(artifact):
+    assert artifact.manifest["backend"] == "tensorrt" and artifact.manifest["engine"]["precision"] == "fp32"
+    for split_id in artifact.pareto:
+        files = artifact.split(split_id).files
+        for part in ("edge_plan", "server_plan"):
+            assert (artifact.path / files[part]).stat().st_size > 0
+    assert (artifact.path / "timing.cache").is_file()
+
+
+def test_engine_pair_matches_the_onnx_pipeline(artifact):
+    """Edge engine payload decodes with numpy to the ONNX Runtime activation's top-k;
+    the server engine's answer from that payload matches ONNX Runtime's on 100 digits."""
+    import onnx
+
+    from slicer_compile.backends.base import open_runner
+    from slicer_compile.codec import SlicerConfig, decode, encode
+    from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+    from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_decoders, strip_encoders
+
+    info = _deepest_with_activation(artifact)
+    activation = next(t for t in info.crossing if t["kind"] == "activation")["name"]
+    cfg = SlicerConfig(sparsity=0.75)
+    samples = np.load(EXAMPLES / "digits_calib.npz")
+    name = artifact.manifest["inputs"][0]["name"]
+    images = samples[name][:100]
+    edge_core = strip_encoders(onnx.load(str(artifact.part_path(info.id, "edge"))), list(info.crossing))
+    server_core = strip_decoders(onnx.load(str(artifact.part_path(info.id, "server"))), list(info.crossing))
+    agree = 0
+    with open_runner(artifact.path / info.files["edge_plan"], "tensorrt") as edge, \
+            open_runner(artifact.path / info.files["server_plan"], "tensorrt") as server, \
+            open_runner(edge_core, "onnxruntime") as ort_edge, open_runner(server_core, "onnxruntime") as ort_server:
+        for image in images:
+            feeds = {name: image[None]}
+            out = edge.infer({**feeds, KNOBS_INPUT: knobs_tensor(cfg)})
+            count = int(out[nbytes_name(activation)][0])
+            message = out[payload_name(activation)][:count].tobytes()
+            got, expected_hat = decode(message), decode(encode(ort_edge.infer(feeds)[activation], cfg))
+            # The engine's convolutions round differently from ONNX Runtime's: the kept sets
+            # may differ at the k-th score's boundary, by an element or two at most.
+            both = (got != 0) & (expected_hat != 0)
+            assert np.count_nonzero((got != 0) ^ (expected_hat != 0)) <= 2
+            # ... and block ranges shift a little with them: values agree to a quantisation step or two.
+            np.testing.assert_allclose(got[both], expected_hat[both], atol=0.02 * np.abs(expected_hat).max())
+            answer = server.infer({payload_name(activation): np.frombuffer(message, np.uint8)})
+            expected = ort_server.infer({activation: decode(message)})
+            key = next(iter(expected))
+            np.testing.assert_allclose(answer[key], expected[key], rtol=1e-3, atol=1e-3)
+            agree += int(np.argmax(answer[key]) == np.argmax(expected[key]))
+    assert agree >= 98
+
+
+def test_decoder_plugin_refuses_a_corrupt_payload(artifact):
+    from slicer_compile.backends.base import open_runner
+    from slicer_compile.errors import ModelError
+    from slicer_compile.graph.codec_nodes import payload_name
+
+    info = _deepest_with_activation(artifact)
+    activation = next(t for t in info.crossing if t["kind"] == "activation")["name"]
+    with open_runner(artifact.path / info.files["server_plan"], "tensorrt") as server:
+        with pytest.raises(ModelError):
+            server.infer({payload_name(activation): np.frombuffer(b"SLCR" + b"\x01" * 40, np.uint8)})
+
+
+def test_profile_and_bench_tensorrt(artifact, tmp_path):
+    profile = tmp_path / "p.json"
+    for args in (["profile", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(profile), "--backend", "tensorrt"],
+                 ["bench", "tensorrt", str(artifact.path), "--repeat", "5", "--json", str(tmp_path / "b.json")]):
+        result = subprocess.run([sys.executable, "-m", "slicer_compile.cli", *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    data = json.loads(profile.read_text())
+    assert data["backend"] == "tensorrt" and data["layers"]
+    assert any(n["latency_s"] > 0 for n in data["nodes"] if n["op_type"] == "Conv")
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert rows and all(r["edge_ms"] > 0 and r["server_ms"] > 0 for r in rows)
+    assert all(r["payload_bytes"] < r["raw_bytes"] for r in rows if r["activation_elements"])
