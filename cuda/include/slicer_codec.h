@@ -154,6 +154,13 @@ slicer_status slicer_cuda_decode(const uint8_t* hostPayload, size_t len, const s
     int64_t* hostPositions, float* hostValues, uint64_t hostCapacity, void* workspace, size_t workspaceBytes,
     float* out, uint64_t outCapacity, uint32_t* shape, int* ndim, int* dtypeCode, uint64_t* elements,
     slicer_stream_t stream);
+/*
+ * Mean device time of `iterations` runs of slicer_cuda_select_kept and of a library
+ * baseline (cub::DeviceTopK where the CCCL has it, else a full descending radix
+ * sort) on the same device tensor; `baseline` receives the baseline's name.
+ */
+slicer_status slicer_cuda_bench_select(const float* x, size_t n, uint64_t k, int iterations, float* selectMs,
+    float* baselineMs, char* baseline, size_t baselineCapacity, slicer_stream_t stream);
 int slicer_cuda_device_count(void);
 
 #ifdef __cplusplus
