@@ -375,8 +375,10 @@ def select_command(artifact_dir: Path, bandwidth: str, snr_db: float | None, snr
 @click.option("--max-batch", default=16, show_default=True, type=int, help="Requests batched together at most.")
 @click.option("--max-queue-delay", default="0.5ms", show_default=True, help="Longest wait to fill a batch.")
 @click.option("--max-request-bytes", default="64MiB", show_default=True, help="Larger requests get 413.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]),
+              help="tensorrt: each split's server.plan, decoder inside (one request at a time).")
 def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_queue_delay: str,
-                  max_request_bytes: str) -> None:
+                  max_request_bytes: str, backend: str) -> None:
     """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol)."""
     import signal
 
@@ -385,8 +387,9 @@ def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_
 
     if max_batch < 1:
         raise click.UsageError("--max-batch must be at least 1")
+    _require_backend(backend)
     config = ServerConfig(max_batch=max_batch, max_queue_delay_s=parse_quantity(max_queue_delay, "time"),
-                          max_request_bytes=int(parse_quantity(max_request_bytes, "bytes")))
+                          max_request_bytes=int(parse_quantity(max_request_bytes, "bytes")), backend=backend)
     server = serve(artifact_dir, host, port, config)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
     click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url} "
@@ -409,15 +412,18 @@ def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_
 @click.option("--bandwidth", default="10MHz", show_default=True)
 @click.option("--memory", default="8GB", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the first output .npy.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]),
+              help="tensorrt: the split's edge.plan, encoder inside.")
 def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...], split_id: str | None,
                 sparsity: float | None, snr_db: float | None, deadline: str | None, bandwidth: str, memory: str,
-                output: Path | None) -> None:
+                output: Path | None, backend: str) -> None:
     """Run one input through the split: edge part here, server part on --server."""
     from slicer_compile.runtime.client import EdgeClient
     from slicer_compile.select import Conditions
     from slicer_compile.select.units import parse_quantity
 
-    client = EdgeClient(artifact_dir, server_url)
+    _require_backend(backend)
+    client = EdgeClient(artifact_dir, server_url, backend=backend)
     names = [i["name"] for i in client.artifact.manifest["inputs"]]
     inputs = {}
     for spec in input_paths:

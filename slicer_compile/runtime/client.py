@@ -19,7 +19,8 @@ from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.base import open_runner
 from slicer_compile.codec import SlicerConfig, encode
 from slicer_compile.errors import ArtifactError, SlicerCompileError
-from slicer_compile.graph.codec_nodes import payload_name, strip_encoders
+from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_encoders
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
 
 
@@ -39,8 +40,12 @@ class EdgeResult:
 class EdgeClient:
     """Runs the edge side of an artifact against a server at ``server_url`` ("host:port")."""
 
-    def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0):
+    def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0,
+                 backend: str = "onnxruntime"):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        # onnxruntime: the edge part, then the numpy encoder; tensorrt: edge.plan with
+        # the encoder plugin inside (the knobs are an engine input).
+        self.backend = backend
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
@@ -57,12 +62,18 @@ class EdgeClient:
     def _runner(self, split_id: str):
         runner = self._runners.get(split_id)
         if runner is None:
-            import onnx
-
             info = self.artifact.split(split_id)
-            core = strip_encoders(onnx.load(str(self.artifact.part_path(split_id, "edge"))), list(info.crossing))
-            runner = self._runners[split_id] = open_runner(core, "onnxruntime", f"{split_id}/edge",
-                                                                optimize=True).activate()
+            if self.backend == "tensorrt":
+                plan = (info.files or {}).get("edge_plan")
+                if not plan or not (self.artifact.path / plan).is_file():
+                    raise ArtifactError(f"split {split_id} has no edge.plan: compile with --backend tensorrt")
+                runner = open_runner(self.artifact.path / plan, "tensorrt", f"{split_id}/edge")
+            else:
+                import onnx
+
+                core = strip_encoders(onnx.load(str(self.artifact.part_path(split_id, "edge"))), list(info.crossing))
+                runner = open_runner(core, "onnxruntime", f"{split_id}/edge", optimize=True)
+            runner = self._runners[split_id] = runner.activate()
         return runner
 
     def selector(self):
@@ -102,16 +113,23 @@ class EdgeClient:
         runner = self._runner(split)
 
         start = time.perf_counter()
-        middle = runner.infer({name: inputs[name] for name in runner.input_names})
+        if self.backend == "tensorrt":
+            self._check_engine_knobs(config)
+            feeds = {name: inputs[name] for name in runner.input_names if name != KNOBS_INPUT}
+            middle = runner.infer({**feeds, KNOBS_INPUT: knobs_tensor(config)})
+        else:
+            middle = runner.infer({name: inputs[name] for name in runner.input_names})
         edge_s = time.perf_counter() - start
         tensors = {}
         start = time.perf_counter()
         for t in info.crossing:
-            value = middle[t["name"]]
-            if t["kind"] == "activation":
-                tensors[payload_name(t["name"])] = np.frombuffer(encode(value, config), dtype=np.uint8)
+            if t["kind"] != "activation":
+                tensors[t["name"]] = middle[t["name"]]
+            elif self.backend == "tensorrt":  # encoded inside the engine: edge_s includes it
+                count = int(middle[nbytes_name(t["name"])][0])
+                tensors[payload_name(t["name"])] = middle[payload_name(t["name"])][:count]
             else:
-                tensors[t["name"]] = value
+                tensors[payload_name(t["name"])] = np.frombuffer(encode(middle[t["name"]], config), dtype=np.uint8)
         encode_s = time.perf_counter() - start
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
@@ -126,6 +144,14 @@ class EdgeClient:
                    "server_compute_s": params.get("server_compute_us", 0) * 1e-6,
                    "batch_size": params.get("batch_size"), "round_trip_s": round_trip}
         return EdgeResult(reply.tensors, split, config, timings, decision)
+
+    def _check_engine_knobs(self, config: SlicerConfig) -> None:
+        """The encoder plugin refuses knobs looser than it was sized for; say so here, clearly."""
+        limits = self.artifact.manifest["codec"]["limits"]
+        if (config.sparsity < limits["min_sparsity"] or max(config.blocks) > limits["max_blocks"]
+                or config.q_bits > limits["max_q_bits"]):
+            raise SlicerCompileError(f"codec settings {config.as_dict()} are looser than the edge engine's encoder "
+                                     f"accepts ({limits})")
 
     # --- transport ---------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ import numpy as np
 from slicer_compile import __version__
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.base import Runner, open_runner
-from slicer_compile.codec import PayloadError, decode
+from slicer_compile.codec import PayloadError, SlicerConfig, decode
+from slicer_compile.codec.wire import DEFAULT_LIMITS, read_header
 from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name, strip_decoders
 from slicer_compile.runtime.metrics import Metrics
@@ -54,6 +55,10 @@ class ServerConfig:
     max_request_bytes: int = 64 << 20
     client_timeout_s: float = 10.0
     threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
+    #: "onnxruntime": decode in Python, batch the server part; "tensorrt": run each
+    #: split's server.plan with the decoder plugin inside (one request at a time: the
+    #: decoder's output shape, batch included, is fixed in the engine)
+    backend: str = "onnxruntime"
 
 
 @dataclass
@@ -78,9 +83,16 @@ class SplitModel:
         self.split_id = split_id
         self.crossing = list(info.crossing)
         self.activations = [t for t in self.crossing if t["kind"] == "activation"]
-        core = strip_decoders(onnx.load(str(artifact.part_path(split_id, "server"))), self.crossing)
-        self.runner: Runner = open_runner(core, "onnxruntime", f"{split_id}/server", optimize=True,
-                                          threads=config.threads)
+        self.decodes_in_engine = config.backend == "tensorrt"
+        if self.decodes_in_engine:
+            plan = (info.files or {}).get("server_plan")
+            if not plan or not (artifact.path / plan).is_file():
+                raise ArtifactError(f"split {split_id} has no server.plan: compile with --backend tensorrt")
+            self.runner: Runner = open_runner(artifact.path / plan, "tensorrt", f"{split_id}/server")
+        else:
+            core = strip_decoders(onnx.load(str(artifact.part_path(split_id, "server"))), self.crossing)
+            self.runner = open_runner(core, "onnxruntime", f"{split_id}/server", optimize=True,
+                                      threads=config.threads)
         self.runner.activate()
         self.output_names = self.runner.output_names
         self.config = config
@@ -102,6 +114,17 @@ class SplitModel:
                     raise ProtocolError(f"missing input {name!r}")
                 if payload.dtype != np.uint8 or payload.ndim != 1:
                     raise ProtocolError(f"input {name!r} must be a 1-d UINT8 tensor of payload bytes")
+                if self.decodes_in_engine:
+                    # The engine decodes; the frame (magic, CRC, shape) is checked here so
+                    # that a bad payload is the client's error (400), not the engine's.
+                    header = read_header(payload.tobytes(), DEFAULT_LIMITS)  # raises PayloadError
+                    if header.codec_id != SlicerConfig.codec_id:
+                        raise PayloadError("the TensorRT server part decodes SLICER payloads only")
+                    if list(header.shape) != list(t["shape"]):
+                        raise PayloadError(f"payload for {t['name']} is of shape {header.shape}, expected "
+                                           f"{tuple(t['shape'])}")
+                    feeds[name] = payload
+                    continue
                 value = decode(payload.tobytes())  # raises PayloadError
                 if list(value.shape) != list(t["shape"]):
                     raise PayloadError(f"payload for {t['name']} decodes to {value.shape}, expected {tuple(t['shape'])}")
@@ -134,7 +157,8 @@ class SplitModel:
                 return
             batch = [job]
             deadline = time.perf_counter() + self.config.max_queue_delay_s
-            while len(batch) < self.config.max_batch:
+            max_batch = 1 if self.decodes_in_engine else self.config.max_batch
+            while len(batch) < max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
                     nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()

@@ -104,3 +104,28 @@ def test_profile_and_bench_tensorrt(artifact, tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())
     assert rows and all(r["edge_ms"] > 0 and r["server_ms"] > 0 for r in rows)
     assert all(r["payload_bytes"] < r["raw_bytes"] for r in rows if r["activation_elements"])
+
+
+def test_served_engine_pair_answers_like_onnx_runtime(artifact):
+    """The runtime on engines: edge.plan on the client, server.plan behind the server.
+    A client encoding with numpy talks to the same engine server: the plugin decodes
+    the reference's payloads, and the two agree on the digit."""
+    from slicer_compile.codec import SlicerConfig
+    from slicer_compile.runtime.client import EdgeClient
+    from slicer_compile.runtime.server import ServerConfig, SplitServer
+
+    info = _deepest_with_activation(artifact)
+    name = artifact.manifest["inputs"][0]["name"]
+    images = np.load(EXAMPLES / "digits_calib.npz")[name][:20]
+    cfg = SlicerConfig(sparsity=0.75)
+    agree = 0
+    with SplitServer(artifact.path, port=0, config=ServerConfig(backend="tensorrt"), splits=[info.id]) as server:
+        with EdgeClient(artifact, server.url, backend="tensorrt") as on_engines, \
+                EdgeClient(artifact, server.url) as with_numpy_codec:
+            for image in images:
+                a = on_engines.infer({name: image[None]}, split=info.id, config=cfg)
+                b = with_numpy_codec.infer({name: image[None]}, split=info.id, config=cfg)
+                assert a.timings["batch_size"] == 1
+                key = next(iter(b.outputs))
+                agree += int(np.argmax(a.outputs[key]) == np.argmax(b.outputs[key]))
+    assert agree >= 19

@@ -226,3 +226,16 @@ def test_side_tensors_and_raw_cuts_travel_through_the_server(tmp_path):
                 cosine = float((hidden * expected).sum() / np.linalg.norm(hidden) / np.linalg.norm(expected))
                 assert cosine > 0.9
     assert ("side", "side") in kinds_seen and ("activation", "side") in kinds_seen
+
+
+def test_tensorrt_runtime_without_engines_says_so(artifact):
+    """An artifact compiled for ONNX Runtime has no plans: the TensorRT server and
+    client refuse it by name before touching TensorRT."""
+    from slicer_compile.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="no server.plan: compile with --backend tensorrt"):
+        SplitServer(artifact.path, port=0, config=ServerConfig(backend="tensorrt"))
+    client = EdgeClient(artifact, "127.0.0.1:1", backend="tensorrt")
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    with pytest.raises(ArtifactError, match="no edge.plan"):
+        client.infer({"x": x}, split=deep_split(artifact))
