@@ -328,7 +328,8 @@ def _engine_manifest(options) -> dict | None:
         return None
     import tensorrt
 
-    return {"tensorrt_version": tensorrt.__version__, "precision": options.precision, "timing_cache": TIMING_CACHE}
+    return {"tensorrt_version": tensorrt.__version__, "precision": options.precision, "timing_cache": TIMING_CACHE,
+            "server_core_max_batch": options.server_core_max_batch}
 
 
 def _int8_feeds(feeds, opts: CompileOptions):
@@ -344,14 +345,12 @@ def _int8_feeds(feeds, opts: CompileOptions):
 
 
 def _build_engines(artifact: Artifact, split_id: str, options, calibration) -> SplitInfo:
-    """edge.plan and server.plan beside a materialised pair, recorded in the manifest."""
+    """edge.plan, server.plan and server_core.plan beside a materialised pair, recorded in the manifest."""
     from slicer_compile.backends.tensorrt.builder import build_pair
 
-    split_dir = artifact.path / "splits" / split_id
-    build_pair(split_dir, options, calibration=calibration)
     info = artifact.split(split_id)
-    files = {**(info.files or {}), "edge_plan": f"splits/{split_id}/edge.plan",
-             "server_plan": f"splits/{split_id}/server.plan"}
+    plans = build_pair(artifact.path / "splits" / split_id, list(info.crossing), options, calibration=calibration)
+    files = {**(info.files or {}), **{key: f"splits/{split_id}/{path.name}" for key, path in plans.items()}}
     updated = SplitInfo(**{**asdict(info), "files": files})
     artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
     artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]

@@ -3,8 +3,8 @@
 Per materialised split ``<id>``:
 
     <id>_decode/   Python backend: payload bytes -> activation (slicer_compile.codec)
-    <id>_server/   the server part (onnxruntime backend, or tensorrt_plan when a
-                   plan exists), dynamic batching on
+    <id>_server/   the server part (onnxruntime backend, or tensorrt_plan when the
+                   artifact has server_core.plan), dynamic batching on
     <id>/          an ensemble: the model clients call, with the same inputs and
                    outputs as the embedded server's model <id>
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import Artifact, StagedDirectory, load_artifact
-from slicer_compile.errors import ArtifactError, SlicerCompileError
+from slicer_compile.errors import ArtifactError, ConfigError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name, strip_decoders
 
 _TYPE = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
@@ -114,8 +114,13 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
 
             # Server part: batched, so its dims leave out the batch dimension.
             server_name = f"{info.id}_server"
-            plan = artifact.path / "splits" / info.id / "server.plan"
+            # The batched server core (no decoder inside: the Python models decode).
+            plan = artifact.path / "splits" / info.id / "server_core.plan"
             backend = 'platform: "tensorrt_plan"' if plan.is_file() else 'backend: "onnxruntime"'
+            engine_batch = (artifact.manifest.get("engine") or {}).get("server_core_max_batch", max_batch)
+            if plan.is_file() and max_batch > engine_batch:
+                raise ConfigError(f"--max-batch {max_batch} exceeds the {engine_batch} that server_core.plan of "
+                                  f"{info.id} was built for")
             (staging / server_name / "1").mkdir(parents=True)
             if plan.is_file():
                 shutil.copy(plan, staging / server_name / "1" / "model.plan")

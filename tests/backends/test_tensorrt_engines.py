@@ -33,7 +33,7 @@ def test_compile_writes_plan_pairs(artifact):
     assert artifact.manifest["backend"] == "tensorrt" and artifact.manifest["engine"]["precision"] == "fp32"
     for split_id in artifact.pareto:
         files = artifact.split(split_id).files
-        for part in ("edge_plan", "server_plan"):
+        for part in ("edge_plan", "server_plan", "server_core_plan"):
             assert (artifact.path / files[part]).stat().st_size > 0
     assert (artifact.path / "timing.cache").is_file()
 
@@ -129,3 +129,16 @@ def test_served_engine_pair_answers_like_onnx_runtime(artifact):
                 key = next(iter(b.outputs))
                 agree += int(np.argmax(a.outputs[key]) == np.argmax(b.outputs[key]))
     assert agree >= 19
+
+
+def test_triton_repository_serves_the_batched_core_plan(artifact, tmp_path):
+    from slicer_compile.errors import ConfigError
+    from slicer_compile.runtime.triton import write_repository
+
+    write_repository(artifact.path, tmp_path / "repo")
+    split_id = artifact.pareto[-1]
+    assert (tmp_path / "repo" / f"{split_id}_server" / "1" / "model.plan").is_file()
+    assert 'platform: "tensorrt_plan"' in (tmp_path / "repo" / f"{split_id}_server" / "config.pbtxt").read_text()
+    with pytest.raises(ConfigError, match="exceeds"):
+        write_repository(artifact.path, tmp_path / "repo2", max_batch=64)
+    assert not (tmp_path / "repo2").exists()

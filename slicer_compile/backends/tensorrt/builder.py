@@ -31,6 +31,8 @@ class EngineOptions:
     workspace_bytes: int = 1 << 30
     timing_cache: Path | None = None
     dynamic_dim: tuple[int, int, int] = (1, 1, 1)
+    #: the largest batch server_core.plan takes (Triton's max_batch_size may not exceed it)
+    server_core_max_batch: int = 16
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -147,22 +149,39 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def build_pair(split_dir: str | Path, options: EngineOptions = EngineOptions(), plugins: Path | None = None,
-               calibration=None) -> tuple[Path, Path]:
-    """``edge.plan`` and ``server.plan`` beside a split's ``edge.onnx`` and ``server.onnx``.
+def build_pair(split_dir: str | Path, crossing: list[dict], options: EngineOptions = EngineOptions(),
+               plugins: Path | None = None, calibration=None) -> dict[str, Path]:
+    """The engines of one split, beside its ONNX parts:
+
+    * ``edge.plan``: the edge part with the encoder plugin (knobs an input);
+    * ``server.plan``: the server part with the decoder plugin (one request per run:
+      the decoder's output shape is fixed);
+    * ``server_core.plan``: the server part without decoders, batched (1 to
+      ``options.server_core_max_batch``), for servers that decode outside the engine (Triton's
+      ensemble with its Python decoder).
 
     INT8 applies to the edge engine (where compute and memory are tight; its
-    calibration feeds are the model's inputs plus the knobs); the server engine,
-    whose inputs are payloads, is built FP16 then.
+    calibration feeds are the model's inputs plus the knobs); the server engines,
+    whose inputs are payloads or decoded activations, are built FP16 then.
+
+    Args:
+        crossing: the split's crossing table (manifest ``splits[].crossing``).
     """
     import onnx
+
+    from slicer_compile.graph.codec_nodes import strip_decoders
 
     split_dir = Path(split_dir)
     edge = onnx.load(str(split_dir / "edge.onnx"))
     server = onnx.load(str(split_dir / "server.onnx"))
     sizes = encoder_payload_bytes(edge)
-    edge_plan = build_engine(to_engine_contract(edge), split_dir / "edge.plan", options, plugins, calibration)
     server_options = replace(options, precision="fp16") if options.precision == "int8" else options
-    server_plan = build_engine(to_engine_contract(server, payload_bytes=sizes), split_dir / "server.plan",
-                               server_options, plugins)
-    return edge_plan, server_plan
+    return {
+        "edge_plan": build_engine(to_engine_contract(edge), split_dir / "edge.plan", options, plugins, calibration),
+        "server_plan": build_engine(to_engine_contract(server, payload_bytes=sizes), split_dir / "server.plan",
+                                    server_options, plugins),
+        "server_core_plan": build_engine(strip_decoders(server, crossing), split_dir / "server_core.plan",
+                                         replace(server_options, dynamic_dim=(1, options.server_core_max_batch,
+                                                                       options.server_core_max_batch))),
+    }
+
