@@ -31,6 +31,7 @@ from slicer_compile.artifact import (
     write_manifest,
 )
 from slicer_compile.backends.base import BACKENDS
+from slicer_compile.backends.tensorrt.builder import PRECISIONS
 from slicer_compile.calibrate import DEFAULT_SPARSITY_GRID, calibrate, load_calibration_inputs
 from slicer_compile.codec import SlicerConfig, predict_bits
 from slicer_compile.errors import ArtifactError, ConfigError, ModelError
@@ -66,7 +67,7 @@ class CompileOptions:
     warmup: int = 3
     runs: int = 10
     overwrite: bool = False
-    #: "onnxruntime" (ONNX pairs) or "tensorrt" (also edge.plan / server.plan per pair)
+    #: "onnxruntime" (ONNX pairs) or "tensorrt" (also edge.plan, server.plan, server_core.plan per pair)
     backend: str = "onnxruntime"
     #: TensorRT engine precision: fp32, fp16 or int8 (int8: the edge engine, see backends.tensorrt.builder)
     precision: str = "fp16"
@@ -74,6 +75,10 @@ class CompileOptions:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend == "tensorrt" and self.precision == "int8" and self.calib is None:
+            raise ConfigError("--precision int8 needs --calib (calibration inputs for the INT8 edge engines)")
 
 
 def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", calib: str | Path | None = None,
@@ -332,11 +337,9 @@ def _engine_manifest(options) -> dict | None:
             "server_core_max_batch": options.server_core_max_batch}
 
 
-def _int8_feeds(feeds, opts: CompileOptions):
+def _int8_feeds(feeds: dict, opts: CompileOptions):
     """INT8 calibration batches for edge engines: the calibration inputs, one sample
     at a time, plus the default knobs."""
-    if feeds is None:
-        raise ConfigError("--precision int8 needs --calib (calibration inputs for the INT8 edge engines)")
     from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 
     count = min(len(next(iter(feeds.values()))), opts.calib_samples)

@@ -18,8 +18,8 @@ import numpy as np
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.base import open_runner
 from slicer_compile.codec import SlicerConfig, encode
-from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_encoders
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
 

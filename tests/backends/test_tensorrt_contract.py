@@ -185,3 +185,13 @@ def test_profile_keeps_its_layer_table(tmp_path):
                       (LayerRecord("conv1 + conv1_relu", 6e-4, ("conv1", "conv1_relu")),))
     profile.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json") == profile
+
+
+def test_int8_without_calibration_is_refused_before_any_work(tmp_path):
+    from slicer_compile.compiler import compile_model
+
+    with pytest.raises(ConfigError, match="needs --calib"):
+        compile_model(EXAMPLES / "digits_cnn.onnx", out_dir=tmp_path / "out", backend="tensorrt", precision="int8")
+    with pytest.raises(ConfigError, match="precision"):
+        compile_model(EXAMPLES / "digits_cnn.onnx", out_dir=tmp_path / "out", precision="int4")
+    assert not (tmp_path / "out").exists()
