@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""The C++ host encoder (cuda/src/slicer_host.cpp) against the numpy reference, same run.
+"""The C++ host coders (cuda/src/) against the numpy reference, same run: the whole
+host encoder, and the two host halves the GPU path runs (the encoder after the
+device selection, slicer_encode_from_kept; the decoder's parse before the device
+scatter, slicer_decode_sparse_host), which bound its latency from below.
 
     python tools/bench_native.py [--elements 1048576] [--sparsity 0.9]
 """
@@ -16,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slicer_compile.codec import SlicerConfig, encode  # noqa: E402
+from slicer_compile.codec import SlicerConfig, decode, encode  # noqa: E402
+from slicer_compile.codec.slicer import select_kept  # noqa: E402
 from slicer_compile.codec.native import HostCoder, build_kernels  # noqa: E402
 
 
@@ -39,12 +43,23 @@ def main() -> None:
         coder = HostCoder(build_kernels(Path(tmp), cuda=False)["host"])
         x = np.random.default_rng(0).standard_normal(args.elements).astype(np.float32)
         cfg = SlicerConfig(sparsity=args.sparsity)
-        assert coder.encode_slicer(x, cfg) == encode(x, cfg)
-        numpy_ms = median_ms(lambda: encode(x, cfg))
-        native_ms = median_ms(lambda: coder.encode_slicer(x, cfg))
-    print(f"{args.elements} elements, s={args.sparsity}: numpy {numpy_ms:.2f} ms "
-          f"({args.elements / numpy_ms / 1e3:.0f} Melem/s), C++ host {native_ms:.2f} ms "
-          f"({args.elements / native_ms / 1e3:.0f} Melem/s); C++/numpy time ratio {native_ms / numpy_ms:.2f}")
+        payload = encode(x, cfg)
+        assert coder.encode_slicer(x, cfg) == payload
+        kept = select_kept(x, cfg.kept_count(x.size), cfg.lam)
+        values = x[kept]
+        assert coder.encode_from_kept(kept, values, x.shape, x.dtype, cfg) == payload
+        rows = [
+            ("encode, numpy", median_ms(lambda: encode(x, cfg))),
+            ("encode, C++ host", median_ms(lambda: coder.encode_slicer(x, cfg))),
+            ("encode after selection, C++ host (GPU path's host half)",
+             median_ms(lambda: coder.encode_from_kept(kept, values, x.shape, x.dtype, cfg))),
+            ("decode, numpy", median_ms(lambda: decode(payload))),
+            ("decode, C++ host", median_ms(lambda: coder.decode_slicer(payload))),
+            ("decode parse, C++ host (GPU path's host half)", median_ms(lambda: coder.decode_sparse(payload))),
+        ]
+    print(f"{args.elements} elements, s={args.sparsity}, k={kept.size}, payload {len(payload)} bytes")
+    for what, ms in rows:
+        print(f"  {what:58s} {ms:8.3f} ms  {args.elements / ms / 1e3:7.0f} Melem/s")
 
 
 if __name__ == "__main__":
