@@ -75,16 +75,18 @@ def main() -> None:
         gpu = props.name.decode(errors="replace").rstrip("\x00")
         for n in (int(s) for s in args.sizes.split(",")):
             x = rng.standard_normal(n).astype(np.float32)
-            t = coder.time_round_trip(x, cfg, repeat=args.repeat)
-            fraction = t.counted_bytes / (t.encode_s + t.decode_s) / peak
-            rows.append({"elements": n, "encode_us": t.encode_s * 1e6, "decode_us": t.decode_s * 1e6,
-                         "payload_bytes": t.payload_bytes, "bandwidth_fraction": fraction})
+            for stages in ("device", "host"):
+                t = coder.time_round_trip(x, cfg, repeat=args.repeat, stages=stages)
+                fraction = t.counted_bytes / (t.encode_s + t.decode_s) / peak
+                rows.append({"elements": n, "stages": stages, "encode_us": t.encode_s * 1e6,
+                             "decode_us": t.decode_s * 1e6, "payload_bytes": t.payload_bytes,
+                             "bandwidth_fraction": fraction})
             selects.append(bench_select(coder, library, x, args.sparsity, args.repeat))
     print(f"GPU: {gpu}; peak bandwidth {peak / 1e12:.2f} TB/s ({args.device}); s = {args.sparsity}")
-    print(f"{'elements':>10} {'encode us':>10} {'decode us':>10} {'payload B':>11} {'of HBM':>8}")
+    print(f"{'elements':>10} {'encode stages':>14} {'encode us':>10} {'decode us':>10} {'payload B':>11} {'of HBM':>8}")
     for r in rows:
-        print(f"{r['elements']:>10} {r['encode_us']:>10.1f} {r['decode_us']:>10.1f} {r['payload_bytes']:>11} "
-              f"{r['bandwidth_fraction']:>8.1%}")
+        print(f"{r['elements']:>10} {r['stages']:>14} {r['encode_us']:>10.1f} {r['decode_us']:>10.1f} "
+              f"{r['payload_bytes']:>11} {r['bandwidth_fraction']:>8.1%}")
     print(f"{'elements':>10} {'select ms':>10} {'baseline ms':>12} {'ratio':>6}  baseline")
     for s in selects:
         print(f"{s['elements']:>10} {s['select_ms']:>10.3f} {s['baseline_ms']:>12.3f} {s['ratio']:>6.2f}  {s['baseline']}")

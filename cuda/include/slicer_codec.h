@@ -95,6 +95,17 @@ slicer_status slicer_encode_from_kept(const int64_t* kept, const float* values, 
     const uint32_t* shape, int ndim, int dtypeCode, const slicer_knobs* knobs, uint8_t* out, size_t capacity,
     size_t* written);
 
+/*
+ * The same, as the GPU runs it: data-parallel stages (cuda/src/parallel_encode.h)
+ * on the host executor, inside a caller workspace of
+ * slicer_encode_parallel_workspace_bytes(T) bytes. Byte for byte as the numpy
+ * reference; the CPU check of the device encoder's stages.
+ */
+size_t slicer_encode_parallel_workspace_bytes(uint64_t maxElements);
+slicer_status slicer_encode_from_kept_parallel(const int64_t* kept, const float* values, uint64_t keptCount,
+    const uint32_t* shape, int ndim, int dtypeCode, const slicer_knobs* knobs, void* workspace, size_t workspaceBytes,
+    uint8_t* out, size_t capacity, size_t* written);
+
 typedef struct
 {
     uint64_t maxElements;     /* largest tensor a payload may describe */
@@ -142,6 +153,16 @@ size_t slicer_cuda_encode_workspace_bytes(size_t n);
 slicer_status slicer_cuda_encode(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
     const slicer_knobs* knobs, void* workspace, size_t workspaceBytes, int64_t* hostKept, float* hostValues,
     uint8_t* out, size_t capacity, size_t* written, slicer_stream_t stream);
+size_t slicer_cuda_encode_device_workspace_bytes(size_t n);
+/*
+ * The whole encoder on the device (ATKF, then the data-parallel stages that the CPU
+ * tests run through slicer_encode_from_kept_parallel): the payload is written to
+ * `out` in device memory; `written` (host) receives its size. Synchronises the
+ * stream a few times for counts and the block table.
+ */
+slicer_status slicer_cuda_encode_device(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
+    const slicer_knobs* knobs, void* workspace, size_t workspaceBytes, uint8_t* out, size_t capacity, size_t* written,
+    slicer_stream_t stream);
 /* Device bytes slicer_cuda_decode needs for payloads of up to maxElements elements. */
 size_t slicer_cuda_decode_workspace_bytes(uint64_t maxElements);
 /*

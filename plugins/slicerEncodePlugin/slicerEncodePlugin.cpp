@@ -130,7 +130,7 @@ size_t SlicerEncodePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* input
     DynamicPluginTensorDesc const* /* outputs */, int32_t /* nbOutputs */) const noexcept
 {
     int64_t const maxElements = volume(inputs[kX_TENSOR_IDX].max);
-    return maxElements > 0 ? slicer_cuda_encode_workspace_bytes(static_cast<size_t>(maxElements)) : 0;
+    return maxElements > 0 ? slicer_cuda_encode_device_workspace_bytes(static_cast<size_t>(maxElements)) : 0;
 }
 
 int32_t SlicerEncodePlugin::onShapeChange(
@@ -141,9 +141,7 @@ int32_t SlicerEncodePlugin::onShapeChange(
     {
         return -1;
     }
-    auto const n = static_cast<size_t>(elements);
-    bool const ok = mHostKept.reserve(n * sizeof(int64_t)) && mHostValues.reserve(n * sizeof(float))
-        && mHostPayload.reserve(static_cast<size_t>(mAttributes.payloadBytes)) && mHostScalars.reserve(kSCALAR_BYTES);
+    bool const ok = mHostScalars.reserve(kSCALAR_BYTES);
     if (!ok)
     {
         logError(kPLUGIN_NAME, "cannot allocate pinned host buffers");
@@ -178,8 +176,7 @@ int32_t SlicerEncodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
 {
     Dims const& dims = inputDesc[kX_TENSOR_IDX].dims;
     int64_t const elements = volume(dims);
-    if (elements <= 0 || dims.nbDims > kMAX_RANK || mHostKept.bytes() < static_cast<size_t>(elements) * 8
-        || mHostScalars.bytes() < kSCALAR_BYTES)
+    if (elements <= 0 || dims.nbDims > kMAX_RANK || mHostScalars.bytes() < kSCALAR_BYTES)
     {
         logError(kPLUGIN_NAME, "input shape changed without onShapeChange, or is empty");
         return -1;
@@ -207,12 +204,13 @@ int32_t SlicerEncodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
     {
         shape[d] = static_cast<uint32_t>(dims.d[d]);
     }
+    // Every stage on the device: the payload is written straight into the output.
+    auto* payload = static_cast<uint8_t*>(outputs[kPAYLOAD_TENSOR_IDX]);
     size_t written = 0;
     size_t const capacity = static_cast<size_t>(mAttributes.payloadBytes);
-    slicer_status const status = slicer_cuda_encode(static_cast<float const*>(inputs[kX_TENSOR_IDX]), shape,
+    slicer_status const status = slicer_cuda_encode_device(static_cast<float const*>(inputs[kX_TENSOR_IDX]), shape,
         dims.nbDims, /* dtypeCode float32 */ 1, &knobs, workspace,
-        slicer_cuda_encode_workspace_bytes(static_cast<size_t>(elements)), mHostKept.as<int64_t>(),
-        mHostValues.as<float>(), mHostPayload.as<uint8_t>(), capacity, &written, stream);
+        slicer_cuda_encode_device_workspace_bytes(static_cast<size_t>(elements)), payload, capacity, &written, stream);
     if (status != SLICER_OK)
     {
         std::ostringstream message;
@@ -222,7 +220,7 @@ int32_t SlicerEncodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
         }
         else
         {
-            message << "slicer_cuda_encode failed with status " << status
+            message << "slicer_cuda_encode_device failed with status " << status
                     << (status == SLICER_ERR_ARGUMENT ? " (NaN or Inf in the input?)" : "");
         }
         logError(kPLUGIN_NAME, message.str());
@@ -230,11 +228,8 @@ int32_t SlicerEncodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
     }
     auto* hostNbytes = reinterpret_cast<int32_t*>(mHostScalars.as<uint8_t>() + 32);
     *hostNbytes = static_cast<int32_t>(written);
-    auto* payload = static_cast<uint8_t*>(outputs[kPAYLOAD_TENSOR_IDX]);
     size_t const paddedBytes = 4 * static_cast<size_t>(payloadWords(mAttributes.payloadBytes));
-    bool const copied = cudaMemcpyAsync(payload, mHostPayload.as<uint8_t>(), written, cudaMemcpyHostToDevice, stream)
-            == cudaSuccess
-        && cudaMemsetAsync(payload + written, 0, paddedBytes - written, stream) == cudaSuccess
+    bool const copied = cudaMemsetAsync(payload + written, 0, paddedBytes - written, stream) == cudaSuccess
         && cudaMemcpyAsync(outputs[kNBYTES_TENSOR_IDX], hostNbytes, sizeof(int32_t), cudaMemcpyHostToDevice, stream)
             == cudaSuccess;
     return copied ? 0 : -1;

@@ -9,7 +9,7 @@
  *
  * Attributes (creation fields): payload_bytes, min_sparsity, max_blocks, max_q_bits,
  * the loosest knobs the node was sized for. enqueue validates and calls
- * slicer_cuda_encode (cuda/), whose bytes equal the numpy reference's.
+ * slicer_cuda_encode_device (cuda/), whose bytes equal the numpy reference's.
  */
 #ifndef SLICER_ENCODE_PLUGIN_H
 #define SLICER_ENCODE_PLUGIN_H
@@ -86,11 +86,7 @@ private:
     std::string checkKnobs(float const* knobs) const;
 
     Attributes mAttributes;
-    // Host halves of slicer_cuda_encode: kept indices and values (T each), the
-    // payload, the knobs and the byte count. Sized in onShapeChange.
-    PinnedBuffer mHostKept;
-    PinnedBuffer mHostValues;
-    PinnedBuffer mHostPayload;
+    // The knobs read back and the byte count sent out (pinned: copies on the stream).
     PinnedBuffer mHostScalars;
     std::vector<nvinfer1::PluginField> mSerializedFields;
     nvinfer1::PluginFieldCollection mSerialized{};

@@ -98,6 +98,11 @@ class GpuCoder:
         lib.slicer_cuda_encode.restype = ctypes.c_int
         lib.slicer_cuda_encode.argtypes = [vp, vp, ctypes.c_int, ctypes.c_int, vp, vp, sz, vp, vp, vp, sz,
                                            ctypes.POINTER(sz), vp]
+        lib.slicer_cuda_encode_device_workspace_bytes.restype = sz
+        lib.slicer_cuda_encode_device_workspace_bytes.argtypes = [sz]
+        lib.slicer_cuda_encode_device.restype = ctypes.c_int
+        lib.slicer_cuda_encode_device.argtypes = [vp, vp, ctypes.c_int, ctypes.c_int, vp, vp, sz, vp, sz,
+                                                  ctypes.POINTER(sz), vp]
         lib.slicer_cuda_decode_workspace_bytes.restype = sz
         lib.slicer_cuda_decode_workspace_bytes.argtypes = [u64]
         lib.slicer_cuda_decode.restype = ctypes.c_int
@@ -121,6 +126,8 @@ class GpuCoder:
             "x": DeviceBuffer(self.rt, 4 * n),
             "out": DeviceBuffer(self.rt, 4 * n),
             "encode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_encode_workspace_bytes(n)),
+            "device_encode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_encode_device_workspace_bytes(n)),
+            "payload": DeviceBuffer(self.rt, 16 * n + (1 << 16)),
             "decode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_decode_workspace_bytes(n)),
         }
         # Host halves: kept indices/values (as many as elements) and the payload bound.
@@ -144,6 +151,19 @@ class GpuCoder:
 
     # --- codec -----------------------------------------------------------------------
 
+    def _encode_on_device(self, shape: tuple[int, ...], cfg: SlicerConfig) -> int:
+        """Every stage on the GPU; the payload stays in device memory. Returns its size."""
+        dims = np.array(shape, dtype=np.uint32)
+        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        written = ctypes.c_size_t()
+        ws, payload = self._buffers["device_encode_ws"], self._buffers["payload"]
+        status = self._lib.slicer_cuda_encode_device(self._buffers["x"].ptr, dims.ctypes.data, len(shape), 1,
+                                                     ctypes.byref(knobs), ws.ptr, ws.nbytes, payload.ptr,
+                                                     payload.nbytes, ctypes.byref(written), self.stream)
+        if status != _OK:
+            raise SlicerCompileError(f"slicer_cuda_encode_device failed with status {status}")
+        return written.value
+
     def _encode_device(self, shape: tuple[int, ...], cfg: SlicerConfig) -> bytes:
         dims = np.array(shape, dtype=np.uint32)
         knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
@@ -158,12 +178,21 @@ class GpuCoder:
             raise SlicerCompileError(f"slicer_cuda_encode failed with status {status}")
         return payload[: written.value].tobytes()
 
-    def encode(self, x: np.ndarray, cfg: SlicerConfig) -> bytes:
-        """Upload x (float32), encode on the GPU; the payload bytes (numpy's, byte for byte)."""
+    def encode(self, x: np.ndarray, cfg: SlicerConfig, stages: str = "device") -> bytes:
+        """Upload x (float32), encode on the GPU; the payload bytes (numpy's, byte for byte).
+
+        Args:
+            stages: "device": every stage on the GPU (slicer_cuda_encode_device);
+                "host": ATKF on the GPU, the O(k) coding on the host (slicer_cuda_encode).
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
         self._reserve(x.size)
         self._buffers["x"].upload(x)
-        return self._encode_device(x.shape, cfg)
+        if stages == "host":
+            return self._encode_device(x.shape, cfg)
+        size = self._encode_on_device(x.shape, cfg)
+        _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return self._buffers["payload"].download(np.uint8, size).tobytes()
 
     def _decode_device(self, payload: bytes, max_elements: int) -> tuple[tuple[int, ...], int]:
         data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
@@ -192,19 +221,23 @@ class GpuCoder:
         _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return self._buffers["out"].download(np.float32, elements).reshape(shape)
 
-    def time_round_trip(self, x: np.ndarray, cfg: SlicerConfig, repeat: int = 20) -> KernelTiming:
-        """Median time of encode (device tensor → payload bytes on the host) and
-        decode (host payload → device tensor), after one warm-up of each. CUDA events
+    def time_round_trip(self, x: np.ndarray, cfg: SlicerConfig, repeat: int = 20,
+                        stages: str = "device") -> KernelTiming:
+        """Median time of encode (device tensor → payload: in device memory with
+        stages="device", on the host with stages="host") and decode (host payload →
+        device tensor), after one warm-up of each. CUDA events
         bracket each call, so the host half and the copies count: this is the time a
         caller waits, not the kernels' alone."""
-        payload = self.encode(x, cfg)
+        payload = self.encode(x, cfg, stages)
         self._decode_device(payload, x.size)
+        encode_call = ((lambda: self._encode_device(x.shape, cfg)) if stages == "host"
+                       else (lambda: self._encode_on_device(x.shape, cfg)))
         start = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
         stop = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
         try:
             encode_s, decode_s = [], []
             for _ in range(repeat):
-                for sink, call in ((encode_s, lambda: self._encode_device(x.shape, cfg)),
+                for sink, call in ((encode_s, encode_call),
                                    (decode_s, lambda: self._decode_device(payload, x.size))):
                     self.rt.cudaEventRecord(start, self.stream)
                     call()

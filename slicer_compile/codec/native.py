@@ -89,6 +89,11 @@ class HostCoder:
         self._lib.slicer_encode_from_kept.restype = ctypes.c_int
         self._lib.slicer_encode_from_kept.argtypes = [p, p, u64, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                       ctypes.POINTER(size_t)]
+        self._lib.slicer_encode_parallel_workspace_bytes.restype = size_t
+        self._lib.slicer_encode_parallel_workspace_bytes.argtypes = [u64]
+        self._lib.slicer_encode_from_kept_parallel.restype = ctypes.c_int
+        self._lib.slicer_encode_from_kept_parallel.argtypes = [p, p, u64, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
+                                                               p, size_t, ctypes.POINTER(size_t)]
         self._lib.slicer_encode_host.restype = ctypes.c_int
         self._lib.slicer_encode_host.argtypes = [p, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                  ctypes.POINTER(size_t)]
@@ -175,6 +180,28 @@ class HostCoder:
                                                       2 if np.dtype(dtype) == np.float16 else 1, ctypes.byref(knobs),
                                                       out.ctypes.data, out.size, ctypes.byref(written)),
                     "encode_from_kept")
+        return out[: written.value].tobytes()
+
+    def encode_from_kept_parallel(self, kept: np.ndarray, values: np.ndarray, shape: tuple[int, ...], dtype, cfg,
+                                  workspace_bytes: int | None = None) -> bytes:
+        """The device encoder's data-parallel stages, run on the host executor inside
+        ``workspace_bytes`` (default: the library's bound for this tensor size)."""
+        from slicer_compile.codec import predict_bits
+
+        kept = np.ascontiguousarray(kept, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        dims = np.array(shape, dtype=np.uint32)
+        size = int(np.prod(shape)) if len(shape) else 1
+        if workspace_bytes is None:
+            workspace_bytes = self._lib.slicer_encode_parallel_workspace_bytes(size)
+        workspace = np.zeros(max(workspace_bytes, 1), dtype=np.uint8)
+        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        out = np.zeros(predict_bits(shape, cfg) // 8 + 1, dtype=np.uint8)
+        written = ctypes.c_size_t()
+        self._check(self._lib.slicer_encode_from_kept_parallel(
+            kept.ctypes.data, values.ctypes.data, kept.size, dims.ctypes.data, len(shape),
+            2 if np.dtype(dtype) == np.float16 else 1, ctypes.byref(knobs), workspace.ctypes.data, workspace.size,
+            out.ctypes.data, out.size, ctypes.byref(written)), "encode_from_kept_parallel")
         return out[: written.value].tobytes()
 
     def decode_slicer(self, payload: bytes, max_elements: int = 1 << 28, max_payload_bytes: int = 1 << 31) -> np.ndarray:

@@ -25,5 +25,6 @@ def test_build_kernels_compiles_for_orin_and_hopper(tmp_path):
     symbols = subprocess.run(["nm", "-D", str(library)], capture_output=True, text=True).stdout
     for name in ("slicer_cuda_select_kept", "slicer_cuda_quantize", "slicer_cuda_dequantize_scatter",
                  "slicer_encode_subset", "slicer_crc32", "slicer_cuda_encode", "slicer_cuda_decode",
-                 "slicer_cuda_decode_workspace_bytes", "slicer_decode_sparse_host", "slicer_cuda_bench_select"):
+                 "slicer_cuda_decode_workspace_bytes", "slicer_decode_sparse_host", "slicer_cuda_bench_select",
+                 "slicer_cuda_encode_device", "slicer_encode_from_kept_parallel"):
         assert name in symbols

@@ -191,3 +191,56 @@ def test_sparse_decode_is_the_dense_decode_before_the_scatter(coder, shape, cfg)
     np.testing.assert_array_equal(dense.reshape(shape), decode(payload))
     with pytest.raises(PayloadError):
         coder.decode_sparse(payload[:-1])
+
+
+@given(st.integers(1, 3000), st.sampled_from([np.float32, np.float16]), st.floats(0.0, 0.999),
+       st.floats(-0.9, 0.9), st.integers(1, 64), st.integers(1, 64), st.integers(1, 16), st.floats(0.0, 4.0),
+       st.sampled_from(["normal", "relu", "ties", "constant"]), st.integers(0, 2**32 - 1))
+@settings(max_examples=300, deadline=None)
+def test_parallel_stages_match_numpy_byte_for_byte(coder, n, dtype, sparsity, lam, mp, mn, q_bits, delta, data,
+                                                   seed):
+    """The GPU encoder's data-parallel stages (cuda/src/parallel_encode.h), run by the
+    host executor inside the workspace bound, give numpy's bytes: every position
+    method (bitmap, fixed, Golomb, complement), every block count, DS trial and tie."""
+    from slicer_compile.codec import SlicerConfig, encode
+    from slicer_compile.codec.slicer import select_kept
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    if data == "relu":
+        x = np.maximum(x, 0)
+    elif data == "ties":
+        x = np.round(x * 2) / 2
+    elif data == "constant":
+        x = np.where(rng.random(n) < 0.5, 1.5, -1.5)
+    x = x.astype(dtype)
+    cfg = SlicerConfig(sparsity=sparsity, lam=lam, blocks=(mp, mn), q_bits=q_bits, q_min=max(1, q_bits // 3),
+                       delta=delta)
+    flat = x.ravel()
+    kept = select_kept(flat, cfg.kept_count(flat.size), cfg.lam)
+    values = flat[kept].astype(np.float32)
+    assert coder.encode_from_kept_parallel(kept, values, x.shape, dtype, cfg) == encode(x, cfg)
+
+
+@pytest.mark.parametrize("shape, sparsity", [((64, 56, 56), 0.9), ((256, 1024), 0.3), ((1 << 18,), 0.99),
+                                             ((3, 7), 0.0)])
+def test_parallel_stages_on_feature_maps_within_the_workspace_bound(coder, shape, sparsity):
+    from slicer_compile.codec import SlicerConfig, encode
+    from slicer_compile.codec.slicer import select_kept
+
+    x = np.maximum(np.random.default_rng(2).standard_normal(shape), -0.3).astype(np.float32)
+    cfg = SlicerConfig(sparsity=sparsity, blocks=(8, 4), delta=0.5)
+    kept = select_kept(x.ravel(), cfg.kept_count(x.size), cfg.lam)
+    assert coder.encode_from_kept_parallel(kept, x.ravel()[kept], x.shape, x.dtype, cfg) == encode(x, cfg)
+
+
+def test_parallel_stages_refuse_a_workspace_too_small(coder):
+    from slicer_compile.codec import SlicerConfig
+    from slicer_compile.codec.slicer import select_kept
+    from slicer_compile.errors import SlicerCompileError
+
+    x = np.random.default_rng(0).standard_normal(10000).astype(np.float32)
+    cfg = SlicerConfig(sparsity=0.5)
+    kept = select_kept(x, cfg.kept_count(x.size), cfg.lam)
+    with pytest.raises(SlicerCompileError, match="status 2"):
+        coder.encode_from_kept_parallel(kept, x[kept], x.shape, x.dtype, cfg, workspace_bytes=4096)

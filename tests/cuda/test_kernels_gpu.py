@@ -144,15 +144,17 @@ def gpu_coder(tmp_path_factory):
     ((4099,), dict(sparsity=0.99, lam=-0.2, blocks=(1, 1), q_bits=4)),
     ((3, 5), dict(sparsity=0.0, q_bits=16, q_min=16)),
 ])
-def test_gpu_round_trip_is_numpy_byte_for_byte(gpu_coder, shape, knobs):
-    """Encode on the GPU gives numpy's bytes; decode on the GPU gives numpy's tensor."""
+@pytest.mark.parametrize("stages", ["device", "host"])
+def test_gpu_round_trip_is_numpy_byte_for_byte(gpu_coder, shape, knobs, stages):
+    """Encode on the GPU (every stage there, or ATKF there and the coding on the host)
+    gives numpy's bytes; decode on the GPU gives numpy's tensor."""
     from slicer_compile.codec import SlicerConfig, decode, encode
 
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     x.ravel()[rng.integers(0, x.size, x.size // 7)] = 0.5  # ties
     cfg = SlicerConfig(**knobs)
-    payload = gpu_coder.encode(x, cfg)
+    payload = gpu_coder.encode(x, cfg, stages)
     assert payload == encode(x, cfg)
     np.testing.assert_array_equal(gpu_coder.decode(payload, x.size), decode(payload))
 

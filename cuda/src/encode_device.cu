@@ -1,0 +1,125 @@
+// A whole SLICER payload on the device: ATKF (kernels.cu's select), then the
+// data-parallel stages of parallel_encode.h on the GPU executor, the payload
+// written to device memory (an engine output stays on the device). The same stages
+// run on the host executor in the CPU tests, byte for byte with numpy.
+
+#include "exec_cuda.cuh"
+#include "slicer_codec.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+namespace
+{
+
+size_t align(size_t bytes)
+{
+    return slicer::par::Arena::align(bytes);
+}
+
+__global__ void gatherKeptKernel(float const* x, int64_t const* kept, uint64_t count, float* out)
+{
+    for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    {
+        out[i] = x[kept[i]];
+    }
+}
+
+__global__ void anyNonFiniteKernel(float const* x, uint64_t n, unsigned int* flag)
+{
+    for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    {
+        if (!isfinite(x[i]))
+        {
+            atomicOr(flag, 1U);
+        }
+    }
+}
+
+unsigned gridFor(uint64_t n)
+{
+    uint64_t const blocks = (n + 255) / 256;
+    return static_cast<unsigned>(blocks == 0 ? 1 : (blocks < 65535ULL * 32 ? blocks : 65535ULL * 32));
+}
+
+} // namespace
+
+extern "C" size_t slicer_cuda_encode_device_workspace_bytes(size_t n)
+{
+    return slicer_cuda_select_workspace_bytes(n) + align(n * sizeof(int64_t)) + align(n * sizeof(float))
+        + 2 * align(sizeof(int64_t)) + slicer::par::workspaceBound(n) + slicer::par::CudaExec::cubTempBytes(n);
+}
+
+/*
+ * Encode T = prod(shape) float32 values on the device into `out` (device memory,
+ * `capacity` bytes), byte for byte as the numpy reference. Synchronises the stream
+ * a few times (counts and the per-block table come back to the host). `written`
+ * (host) receives the payload size, also when the capacity is too small.
+ */
+extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t const* shape, int ndim, int dtypeCode,
+    slicer_knobs const* knobs, void* workspace, size_t workspaceBytes, uint8_t* out, size_t capacity, size_t* written,
+    cudaStream_t stream)
+{
+    if (!x || !shape || !knobs || !workspace || !written || ndim < 0 || ndim > 8 || (dtypeCode != 1 && dtypeCode != 2)
+        || knobs->blocksPos < 1 || knobs->blocksPos > 64 || knobs->blocksNeg < 1 || knobs->blocksNeg > 64
+        || knobs->qBits < 1 || knobs->qBits > 16 || knobs->qMin < 1 || knobs->qMin > knobs->qBits
+        || !(knobs->sparsity >= 0.0f) || !(knobs->sparsity < 1.0f) || !(knobs->lam > -1.0f) || !(knobs->lam < 1.0f)
+        || !(knobs->delta >= 0.0f))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    uint64_t n = 1;
+    for (int d = 0; d < ndim; ++d)
+    {
+        n *= shape[d];
+    }
+    if (n == 0 || n > 0x7fffffffU || workspaceBytes < slicer_cuda_encode_device_workspace_bytes(n))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    auto* base = static_cast<uint8_t*>(workspace);
+    size_t const selectBytes = slicer_cuda_select_workspace_bytes(n);
+    void* selectWorkspace = base;
+    base += selectBytes;
+    auto* kept = reinterpret_cast<int64_t*>(base);
+    base += align(n * sizeof(int64_t));
+    auto* values = reinterpret_cast<float*>(base);
+    base += align(n * sizeof(float));
+    auto* count = reinterpret_cast<int64_t*>(base);
+    base += align(sizeof(int64_t));
+    auto* nonFinite = reinterpret_cast<unsigned int*>(base);
+    base += align(sizeof(int64_t));
+    size_t const used = static_cast<size_t>(base - static_cast<uint8_t*>(workspace));
+
+    cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
+    anyNonFiniteKernel<<<gridFor(n), 256, 0, stream>>>(x, n, nonFinite);
+    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
+    slicer_status const status
+        = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    int64_t keptCount = 0;
+    unsigned int bad = 0;
+    cudaMemcpyAsync(&keptCount, count, sizeof(keptCount), cudaMemcpyDeviceToHost, stream);
+    cudaMemcpyAsync(&bad, nonFinite, sizeof(bad), cudaMemcpyDeviceToHost, stream);
+    if (cudaStreamSynchronize(stream) != cudaSuccess)
+    {
+        return SLICER_ERR_CUDA;
+    }
+    if (bad)
+    {
+        return SLICER_ERR_ARGUMENT; // NaN or Inf in the input
+    }
+    if (keptCount > 0)
+    {
+        gatherKeptKernel<<<gridFor(keptCount), 256, 0, stream>>>(x, kept, static_cast<uint64_t>(keptCount), values);
+    }
+    slicer::par::CudaExec exec(base, workspaceBytes - used, stream);
+    return slicer::par::encodeFromKept(
+        exec, kept, values, static_cast<uint64_t>(keptCount), shape, ndim, dtypeCode, *knobs, out, capacity, written);
+}
