@@ -132,6 +132,16 @@ slicer_status slicer_decode_sparse_host(const uint8_t* payload, size_t len, cons
     int64_t* positions, float* values, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
     uint64_t* elements, uint64_t* keptCount);
 
+/*
+ * The decoder as the GPU runs it (cuda/src/parallel_decode.h), on the host executor
+ * inside slicer_decode_parallel_workspace_bytes(T, len) bytes: the numpy decoder's
+ * values and refusals. `elements` receives T also when `capacity` is too small.
+ */
+size_t slicer_decode_parallel_workspace_bytes(uint64_t maxElements, uint64_t maxPayloadBytes);
+slicer_status slicer_decode_parallel_host(const uint8_t* payload, size_t len, const slicer_limits* limits,
+    void* workspace, size_t workspaceBytes, float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements);
+
 /* --- device launchers (libslicer_cuda.so) ----------------------------------------
  * Pointers are device memory unless named host*; every launcher is asynchronous on
  * `stream` unless it says otherwise. slicer_stream_t is cudaStream_t.
@@ -163,6 +173,15 @@ size_t slicer_cuda_encode_device_workspace_bytes(size_t n);
 slicer_status slicer_cuda_encode_device(const float* x, const uint32_t* shape, int ndim, int dtypeCode,
     const slicer_knobs* knobs, void* workspace, size_t workspaceBytes, uint8_t* out, size_t capacity, size_t* written,
     slicer_stream_t stream);
+size_t slicer_cuda_decode_device_workspace_bytes(uint64_t maxElements, uint64_t maxPayloadBytes);
+/*
+ * The whole decoder on the device, from a payload in device memory (the stages the
+ * CPU tests run through slicer_decode_parallel_host): numpy's values and refusals;
+ * `out` is written only once every check has passed.
+ */
+slicer_status slicer_cuda_decode_device(const uint8_t* payload, size_t len, const slicer_limits* limits,
+    void* workspace, size_t workspaceBytes, float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements, slicer_stream_t stream);
 /* Device bytes slicer_cuda_decode needs for payloads of up to maxElements elements. */
 size_t slicer_cuda_decode_workspace_bytes(uint64_t maxElements);
 /*

@@ -91,9 +91,16 @@ public:
         }
     }
 
+    // sum and segmentedSum take from the arena what the GPU executor takes (its terms
+    // and segment tables), so that a CPU run inside the workspace bound proves the bound.
     template <typename F>
     uint64_t sum(uint64_t n, F const& f)
     {
+        Arena::Scope temporaries(mArena);
+        if (n > 0 && (!mArena.take<unsigned long long>(n) || !mArena.take<unsigned long long>(1)))
+        {
+            return 0;
+        }
         uint64_t acc = 0;
         for (uint64_t i = 0; i < n; ++i)
         {
@@ -105,6 +112,13 @@ public:
     template <typename F>
     void segmentedSum(uint32_t segments, uint64_t const* begin, uint64_t const* end, uint64_t* out, F const& f)
     {
+        Arena::Scope temporaries(mArena);
+        if (segments > 0
+            && (!mArena.take<uint64_t>(segments) || !mArena.take<uint64_t>(segments)
+                || !mArena.take<unsigned long long>(segments)))
+        {
+            return;
+        }
         for (uint32_t s = 0; s < segments; ++s)
         {
             uint64_t acc = 0;
@@ -133,7 +147,7 @@ public:
 
     bool ok() const
     {
-        return true;
+        return !mArena.failed();
     }
 
 private:

@@ -139,10 +139,12 @@ int32_t SlicerDecodePlugin::configurePlugin(DynamicPluginTensorDesc const* in, i
     return 0;
 }
 
-size_t SlicerDecodePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /* inputs */, int32_t /* nbInputs */,
+size_t SlicerDecodePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /* nbInputs */,
     DynamicPluginTensorDesc const* /* outputs */, int32_t /* nbOutputs */) const noexcept
 {
-    return slicer_cuda_decode_workspace_bytes(elements());
+    int64_t const maxWords = volume(inputs[kPAYLOAD_TENSOR_IDX].max);
+    uint64_t const maxBytes = 4 * static_cast<uint64_t>(maxWords > 0 ? maxWords : 0);
+    return slicer_cuda_decode_device_workspace_bytes(elements(), maxBytes);
 }
 
 int32_t SlicerDecodePlugin::onShapeChange(
@@ -153,9 +155,7 @@ int32_t SlicerDecodePlugin::onShapeChange(
     {
         return -1;
     }
-    uint64_t const n = elements();
-    bool const ok = mHostPayload.reserve(4 * static_cast<size_t>(words)) && mHostPositions.reserve(8 * n)
-        && mHostValues.reserve(4 * n) && mHostNbytes.reserve(sizeof(int32_t));
+    bool const ok = mHostNbytes.reserve(sizeof(int32_t));
     if (!ok)
     {
         logError(kPLUGIN_NAME, "cannot allocate pinned host buffers");
@@ -169,23 +169,18 @@ int32_t SlicerDecodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
     int64_t const words = volume(inputDesc[kPAYLOAD_TENSOR_IDX].dims);
     size_t const capacityBytes = 4 * static_cast<size_t>(words > 0 ? words : 0);
     uint64_t const n = elements();
-    if (words <= 0 || mHostPayload.bytes() < capacityBytes || mHostValues.bytes() < 4 * n)
+    if (words <= 0 || mHostNbytes.bytes() < sizeof(int32_t))
     {
         logError(kPLUGIN_NAME, "payload shape changed without onShapeChange, or is empty");
         return -1;
     }
-    // The parse runs on the host: the message comes back first (it is small by design).
+    // Only the byte count comes back; the payload is decoded where it is, on the device.
     auto* hostNbytes = mHostNbytes.as<int32_t>();
-    bool const copied = cudaMemcpyAsync(hostNbytes, inputs[kNBYTES_TENSOR_IDX], sizeof(int32_t),
-                            cudaMemcpyDeviceToHost, stream)
-            == cudaSuccess
-        && cudaMemcpyAsync(mHostPayload.as<uint8_t>(), inputs[kPAYLOAD_TENSOR_IDX], capacityBytes,
-               cudaMemcpyDeviceToHost, stream)
-            == cudaSuccess
-        && cudaStreamSynchronize(stream) == cudaSuccess;
-    if (!copied)
+    if (cudaMemcpyAsync(hostNbytes, inputs[kNBYTES_TENSOR_IDX], sizeof(int32_t), cudaMemcpyDeviceToHost, stream)
+            != cudaSuccess
+        || cudaStreamSynchronize(stream) != cudaSuccess)
     {
-        logError(kPLUGIN_NAME, "cannot read the payload");
+        logError(kPLUGIN_NAME, "cannot read the byte count");
         return -1;
     }
     int32_t const nbytes = *hostNbytes;
@@ -201,8 +196,8 @@ int32_t SlicerDecodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
     int ndim = 0;
     int dtypeCode = 0;
     uint64_t decoded = 0;
-    slicer_status const status = slicer_cuda_decode(mHostPayload.as<uint8_t>(), static_cast<size_t>(nbytes), &limits,
-        mHostPositions.as<int64_t>(), mHostValues.as<float>(), n, workspace, slicer_cuda_decode_workspace_bytes(n),
+    slicer_status const status = slicer_cuda_decode_device(static_cast<uint8_t const*>(inputs[kPAYLOAD_TENSOR_IDX]),
+        static_cast<size_t>(nbytes), &limits, workspace, slicer_cuda_decode_device_workspace_bytes(n, capacityBytes),
         static_cast<float*>(outputs[kOUTPUT_TENSOR_IDX]), n, shape, &ndim, &dtypeCode, &decoded, stream);
     bool sameShape = status == SLICER_OK && static_cast<size_t>(ndim) == mDims.size();
     for (size_t d = 0; sameShape && d < mDims.size(); ++d)
@@ -218,7 +213,7 @@ int32_t SlicerDecodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
         }
         else if (status != SLICER_OK)
         {
-            message << "slicer_cuda_decode failed with status " << status;
+            message << "slicer_cuda_decode_device failed with status " << status;
         }
         else
         {

@@ -7,8 +7,8 @@
  *   outputs  0  x̂        float32 of the `shape` attribute
  *
  * Attribute (creation field): shape, comma-separated dimensions ("1,64,28,28").
- * enqueue validates and calls slicer_cuda_decode (cuda/): the host parse refuses
- * every payload the numpy decoder refuses before the output is touched.
+ * enqueue validates and calls slicer_cuda_decode_device (cuda/): every check of the
+ * numpy decoder runs on the device before the output is touched.
  */
 #ifndef SLICER_DECODE_PLUGIN_H
 #define SLICER_DECODE_PLUGIN_H
@@ -78,10 +78,7 @@ private:
 
     std::string mShape;
     std::vector<int64_t> mDims;
-    // Host halves of slicer_cuda_decode: the payload, kept positions and values, nbytes.
-    PinnedBuffer mHostPayload;
-    PinnedBuffer mHostPositions;
-    PinnedBuffer mHostValues;
+    // The byte count read back (pinned: the copy runs on the stream).
     PinnedBuffer mHostNbytes;
     std::vector<nvinfer1::PluginField> mSerializedFields;
     nvinfer1::PluginFieldCollection mSerialized{};

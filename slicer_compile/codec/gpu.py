@@ -103,6 +103,11 @@ class GpuCoder:
         lib.slicer_cuda_encode_device.restype = ctypes.c_int
         lib.slicer_cuda_encode_device.argtypes = [vp, vp, ctypes.c_int, ctypes.c_int, vp, vp, sz, vp, sz,
                                                   ctypes.POINTER(sz), vp]
+        lib.slicer_cuda_decode_device_workspace_bytes.restype = sz
+        lib.slicer_cuda_decode_device_workspace_bytes.argtypes = [u64, u64]
+        lib.slicer_cuda_decode_device.restype = ctypes.c_int
+        lib.slicer_cuda_decode_device.argtypes = [vp, sz, vp, vp, sz, vp, u64, vp, ctypes.POINTER(ctypes.c_int),
+                                                  ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64), vp]
         lib.slicer_cuda_decode_workspace_bytes.restype = sz
         lib.slicer_cuda_decode_workspace_bytes.argtypes = [u64]
         lib.slicer_cuda_decode.restype = ctypes.c_int
@@ -127,13 +132,20 @@ class GpuCoder:
             "out": DeviceBuffer(self.rt, 4 * n),
             "encode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_encode_workspace_bytes(n)),
             "device_encode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_encode_device_workspace_bytes(n)),
-            "payload": DeviceBuffer(self.rt, 16 * n + (1 << 16)),
+            "payload": DeviceBuffer(self.rt, self._payload_capacity(n)),
+            "device_decode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_decode_device_workspace_bytes(
+                n, self._payload_capacity(n))),
             "decode_ws": DeviceBuffer(self.rt, self._lib.slicer_cuda_decode_workspace_bytes(n)),
         }
         # Host halves: kept indices/values (as many as elements) and the payload bound.
         self._host = {"kept": np.zeros(n, np.int64), "values": np.zeros(n, np.float32),
-                      "payload": np.zeros(16 * n + (1 << 16), np.uint8)}
+                      "payload": np.zeros(self._payload_capacity(n), np.uint8)}
         self._capacity = n
+
+    @staticmethod
+    def _payload_capacity(elements: int) -> int:
+        # Above any SLICER payload of this many elements (predict_bits is at most ~34 bits each).
+        return 16 * elements + (1 << 16)
 
     def close(self) -> None:
         for buffer in self._buffers.values():
@@ -151,7 +163,7 @@ class GpuCoder:
 
     # --- codec -----------------------------------------------------------------------
 
-    def _encode_on_device(self, shape: tuple[int, ...], cfg: SlicerConfig) -> int:
+    def _encode_device_stages(self, shape: tuple[int, ...], cfg: SlicerConfig) -> int:
         """Every stage on the GPU; the payload stays in device memory. Returns its size."""
         dims = np.array(shape, dtype=np.uint32)
         knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
@@ -164,7 +176,7 @@ class GpuCoder:
             raise SlicerCompileError(f"slicer_cuda_encode_device failed with status {status}")
         return written.value
 
-    def _encode_device(self, shape: tuple[int, ...], cfg: SlicerConfig) -> bytes:
+    def _encode_host_stages(self, shape: tuple[int, ...], cfg: SlicerConfig) -> bytes:
         dims = np.array(shape, dtype=np.uint32)
         knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
         written = ctypes.c_size_t()
@@ -189,12 +201,12 @@ class GpuCoder:
         self._reserve(x.size)
         self._buffers["x"].upload(x)
         if stages == "host":
-            return self._encode_device(x.shape, cfg)
-        size = self._encode_on_device(x.shape, cfg)
+            return self._encode_host_stages(x.shape, cfg)
+        size = self._encode_device_stages(x.shape, cfg)
         _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return self._buffers["payload"].download(np.uint8, size).tobytes()
 
-    def _decode_device(self, payload: bytes, max_elements: int) -> tuple[tuple[int, ...], int]:
+    def _decode_host_stages(self, payload: bytes, max_elements: int) -> tuple[tuple[int, ...], int]:
         data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
         limits = _Limits(max_elements, 1 << 31)
         shape = np.zeros(8, dtype=np.uint32)
@@ -214,31 +226,66 @@ class GpuCoder:
             raise SlicerCompileError(f"slicer_cuda_decode failed with status {status}")
         return tuple(int(d) for d in shape[: ndim.value]), int(elements.value)
 
-    def decode(self, payload: bytes, max_elements: int) -> np.ndarray:
-        """Decode on the GPU into a device tensor and download it (float32)."""
+    def _decode_device_stages(self, size: int, max_elements: int) -> tuple[tuple[int, ...], int]:
+        """Every stage on the GPU, from the payload already in the device buffer."""
+        limits = _Limits(max_elements, size)
+        shape = np.zeros(8, dtype=np.uint32)
+        ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
+        ws = self._buffers["device_decode_ws"]
+        status = self._lib.slicer_cuda_decode_device(self._buffers["payload"].ptr, size, ctypes.byref(limits), ws.ptr,
+                                                     ws.nbytes, self._buffers["out"].ptr, self._capacity,
+                                                     shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code),
+                                                     ctypes.byref(elements), self.stream)
+        if status == _ERR_PAYLOAD:
+            raise PayloadError("malformed SLICER payload (the CUDA decoder refused it)")
+        if status == _ERR_CAPACITY:
+            raise PayloadError(f"payload describes {elements.value} elements, more than the {self._capacity} "
+                               "this decoder holds")
+        if status != _OK:
+            raise SlicerCompileError(f"slicer_cuda_decode_device failed with status {status}")
+        return tuple(int(d) for d in shape[: ndim.value]), int(elements.value)
+
+    def decode(self, payload: bytes, max_elements: int, stages: str = "device") -> np.ndarray:
+        """Decode on the GPU into a device tensor and download it (float32).
+
+        Args:
+            stages: "device": the payload goes to the GPU and every stage runs there
+                (slicer_cuda_decode_device); "host": parsed on the host, scattered on
+                the GPU (slicer_cuda_decode).
+        """
         self._reserve(max_elements)
-        shape, elements = self._decode_device(payload, max_elements)
+        if stages == "host":
+            shape, elements = self._decode_host_stages(payload, max_elements)
+        else:
+            if len(payload) > self._buffers["payload"].nbytes:
+                raise PayloadError(f"payload of {len(payload)} bytes is larger than any of {max_elements} elements")
+            self._buffers["payload"].upload(np.frombuffer(payload, dtype=np.uint8))
+            shape, elements = self._decode_device_stages(len(payload), max_elements)
         _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return self._buffers["out"].download(np.float32, elements).reshape(shape)
 
     def time_round_trip(self, x: np.ndarray, cfg: SlicerConfig, repeat: int = 20,
                         stages: str = "device") -> KernelTiming:
-        """Median time of encode (device tensor → payload: in device memory with
-        stages="device", on the host with stages="host") and decode (host payload →
-        device tensor), after one warm-up of each. CUDA events
+        """Median time of encode (device tensor → payload) and decode (payload →
+        device tensor), after one warm-up of each; with stages="device" the payload
+        stays in device memory, with "host" it is on the host. CUDA events
         bracket each call, so the host half and the copies count: this is the time a
         caller waits, not the kernels' alone."""
         payload = self.encode(x, cfg, stages)
-        self._decode_device(payload, x.size)
-        encode_call = ((lambda: self._encode_device(x.shape, cfg)) if stages == "host"
-                       else (lambda: self._encode_on_device(x.shape, cfg)))
+        self.decode(payload, x.size, stages)
+        if stages == "host":
+            encode_call = lambda: self._encode_host_stages(x.shape, cfg)  # noqa: E731
+            decode_call = lambda: self._decode_host_stages(payload, x.size)  # noqa: E731
+        else:  # the payload stays in device memory between the two
+            encode_call = lambda: self._encode_device_stages(x.shape, cfg)  # noqa: E731
+            decode_call = lambda: self._decode_device_stages(len(payload), x.size)  # noqa: E731
         start = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
         stop = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
         try:
             encode_s, decode_s = [], []
             for _ in range(repeat):
                 for sink, call in ((encode_s, encode_call),
-                                   (decode_s, lambda: self._decode_device(payload, x.size))):
+                                   (decode_s, decode_call)):
                     self.rt.cudaEventRecord(start, self.stream)
                     call()
                     self.rt.cudaEventRecord(stop, self.stream)

@@ -94,6 +94,12 @@ class HostCoder:
         self._lib.slicer_encode_from_kept_parallel.restype = ctypes.c_int
         self._lib.slicer_encode_from_kept_parallel.argtypes = [p, p, u64, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                                p, size_t, ctypes.POINTER(size_t)]
+        self._lib.slicer_decode_parallel_workspace_bytes.restype = size_t
+        self._lib.slicer_decode_parallel_workspace_bytes.argtypes = [u64, u64]
+        self._lib.slicer_decode_parallel_host.restype = ctypes.c_int
+        self._lib.slicer_decode_parallel_host.argtypes = [p, size_t, p, p, size_t, p, u64, p,
+                                                          ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
+                                                          ctypes.POINTER(u64)]
         self._lib.slicer_encode_host.restype = ctypes.c_int
         self._lib.slicer_encode_host.argtypes = [p, p, ctypes.c_int, ctypes.c_int, p, p, size_t,
                                                  ctypes.POINTER(size_t)]
@@ -219,6 +225,26 @@ class HostCoder:
             self._check(status, "decode_slicer")
         out = np.zeros(max(elements.value, 1), dtype=np.float32)
         self._check(self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail), "decode_slicer")
+        dtype = np.float16 if dtype_code.value == 2 else np.float32
+        return out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value])).astype(dtype)
+
+    def decode_parallel(self, payload: bytes, max_elements: int = 1 << 20,
+                        max_payload_bytes: int = 1 << 31) -> np.ndarray:
+        """The GPU decoder's data-parallel stages on the host executor, inside the
+        library's workspace bound; raises PayloadError wherever numpy's decoder does."""
+        data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
+        limits = _Limits(max_elements, max_payload_bytes)
+        workspace = np.zeros(self._lib.slicer_decode_parallel_workspace_bytes(max_elements, len(payload)), np.uint8)
+        out = np.zeros(max(max_elements, 1), dtype=np.float32)
+        shape = np.zeros(8, dtype=np.uint32)
+        ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
+        status = self._lib.slicer_decode_parallel_host(data.ctypes.data, len(payload), ctypes.byref(limits),
+                                                       workspace.ctypes.data, workspace.size, out.ctypes.data,
+                                                       out.size, shape.ctypes.data, ctypes.byref(ndim),
+                                                       ctypes.byref(dtype_code), ctypes.byref(elements))
+        if status == _ERR_ARGUMENT:
+            raise SlicerCompileError("the parallel decoder reads SLICER payloads (codec id 1) only")
+        self._check(status, "decode_parallel")
         dtype = np.float16 if dtype_code.value == 2 else np.float32
         return out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value])).astype(dtype)
 

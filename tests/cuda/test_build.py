@@ -26,5 +26,6 @@ def test_build_kernels_compiles_for_orin_and_hopper(tmp_path):
     for name in ("slicer_cuda_select_kept", "slicer_cuda_quantize", "slicer_cuda_dequantize_scatter",
                  "slicer_encode_subset", "slicer_crc32", "slicer_cuda_encode", "slicer_cuda_decode",
                  "slicer_cuda_decode_workspace_bytes", "slicer_decode_sparse_host", "slicer_cuda_bench_select",
-                 "slicer_cuda_encode_device", "slicer_encode_from_kept_parallel"):
+                 "slicer_cuda_encode_device", "slicer_encode_from_kept_parallel", "slicer_cuda_decode_device",
+                 "slicer_decode_parallel_host"):
         assert name in symbols

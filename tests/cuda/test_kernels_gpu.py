@@ -156,10 +156,11 @@ def test_gpu_round_trip_is_numpy_byte_for_byte(gpu_coder, shape, knobs, stages):
     cfg = SlicerConfig(**knobs)
     payload = gpu_coder.encode(x, cfg, stages)
     assert payload == encode(x, cfg)
-    np.testing.assert_array_equal(gpu_coder.decode(payload, x.size), decode(payload))
+    np.testing.assert_array_equal(gpu_coder.decode(payload, x.size, stages), decode(payload))
 
 
-def test_gpu_decoder_refuses_what_numpy_refuses(gpu_coder):
+@pytest.mark.parametrize("stages", ["device", "host"])
+def test_gpu_decoder_refuses_what_numpy_refuses(gpu_coder, stages):
     from slicer_compile.codec import SlicerConfig, decode, encode
     from slicer_compile.codec.fuzz import mutated_payloads
     from slicer_compile.errors import PayloadError
@@ -172,7 +173,7 @@ def test_gpu_decoder_refuses_what_numpy_refuses(gpu_coder):
         except PayloadError:
             expected = None
         try:
-            got = gpu_coder.decode(payload, 1 << 16)
+            got = gpu_coder.decode(payload, 1 << 16, stages)
         except PayloadError:
             got = None
         if expected is None:

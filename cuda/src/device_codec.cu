@@ -1,9 +1,11 @@
-// A whole SLICER payload on the device: ATKF (kernels.cu's select), then the
-// data-parallel stages of parallel_encode.h on the GPU executor, the payload
-// written to device memory (an engine output stays on the device). The same stages
-// run on the host executor in the CPU tests, byte for byte with numpy.
+// The SLICER codec wholly on the device. Encode: ATKF (kernels.cu's select), then
+// the data-parallel stages of parallel_encode.h on the GPU executor, the payload
+// written to device memory (an engine output stays on the device). Decode: the
+// stages of parallel_decode.h, from a payload in device memory. The same stages run
+// on the host executor in the CPU tests: numpy's bytes, values and refusals.
 
 #include "exec_cuda.cuh"
+#include "parallel_decode.h"
 #include "slicer_codec.h"
 
 #include <cuda_runtime.h>
@@ -122,4 +124,28 @@ extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t cons
     slicer::par::CudaExec exec(base, workspaceBytes - used, stream);
     return slicer::par::encodeFromKept(
         exec, kept, values, static_cast<uint64_t>(keptCount), shape, ndim, dtypeCode, *knobs, out, capacity, written);
+}
+
+extern "C" size_t slicer_cuda_decode_device_workspace_bytes(uint64_t maxElements, uint64_t maxPayloadBytes)
+{
+    return slicer::par::decodeWorkspaceBound(maxElements, maxPayloadBytes)
+        + slicer::par::CudaExec::cubTempBytes(maxElements > maxPayloadBytes * 8 ? maxElements : maxPayloadBytes * 8);
+}
+
+/*
+ * Decode a SLICER payload held in device memory into `out` (device, `capacity`
+ * floats). Every check of the numpy decoder runs first (SLICER_ERR_PAYLOAD for a
+ * payload it refuses); `out` is written only after all have passed. Shape, dtype and
+ * element count go to host memory. Synchronises the stream a few times.
+ */
+extern "C" slicer_status slicer_cuda_decode_device(uint8_t const* payload, size_t len, slicer_limits const* limits,
+    void* workspace, size_t workspaceBytes, float* out, uint64_t capacity, uint32_t* shape, int* ndim, int* dtypeCode,
+    uint64_t* elements, cudaStream_t stream)
+{
+    if (!payload || !limits || !workspace || !shape || !ndim || !dtypeCode || !elements)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    slicer::par::CudaExec exec(workspace, workspaceBytes, stream);
+    return slicer::par::decodePayload(exec, payload, len, *limits, out, capacity, shape, ndim, dtypeCode, elements);
 }
