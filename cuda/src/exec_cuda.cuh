@@ -46,6 +46,29 @@ __global__ void segmentedSumKernel(uint64_t const* begin, uint64_t const* end, u
     }
 }
 
+//! K grid-wide sums in one pass: per-thread accumulators, a block reduction each, one atomic add each.
+template <int K, typename F>
+__global__ void sumsKernel(uint64_t n, unsigned long long* out, F f)
+{
+    using Reduce = cub::BlockReduce<unsigned long long, kEXEC_THREADS>;
+    __shared__ typename Reduce::TempStorage temp;
+    uint64_t acc[K] = {};
+    for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+    {
+        f(i, acc);
+    }
+    for (int j = 0; j < K; ++j)
+    {
+        unsigned long long const total = Reduce(temp).Sum(static_cast<unsigned long long>(acc[j]));
+        if (threadIdx.x == 0)
+        {
+            atomicAdd(&out[j], total);
+        }
+        __syncthreads(); // the temp storage is reused by the next reduction
+    }
+}
+
 class CudaExec
 {
 public:
@@ -126,6 +149,26 @@ public:
         unsigned long long result = 0;
         toHost(&result, total, sizeof(result));
         return result;
+    }
+
+    template <int K, typename F>
+    void sums(uint64_t n, uint64_t* hostOut, F f)
+    {
+        Arena::Scope temporaries(mArena);
+        unsigned long long* dOut = mArena.take<unsigned long long>(K);
+        if (mArena.failed())
+        {
+            return;
+        }
+        zero(dOut, K * sizeof(unsigned long long));
+        if (n > 0)
+        {
+            uint64_t const blocks = (n + kEXEC_THREADS - 1) / kEXEC_THREADS;
+            unsigned const grid = static_cast<unsigned>(blocks < 1024 ? blocks : 1024);
+            sumsKernel<K><<<grid, kEXEC_THREADS, 0, mStream>>>(n, dOut, f);
+            check(cudaGetLastError());
+        }
+        toHost(hostOut, dOut, K * sizeof(unsigned long long));
     }
 
     template <typename F>

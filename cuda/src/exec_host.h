@@ -109,6 +109,26 @@ public:
         return acc;
     }
 
+    //! K sums in one pass: f(i, acc) adds into acc[0..K).
+    template <int K, typename F>
+    void sums(uint64_t n, uint64_t* hostOut, F const& f)
+    {
+        Arena::Scope temporaries(mArena);
+        if (!mArena.take<unsigned long long>(K))
+        {
+            return;
+        }
+        uint64_t acc[K] = {};
+        for (uint64_t i = 0; i < n; ++i)
+        {
+            f(i, acc);
+        }
+        for (int j = 0; j < K; ++j)
+        {
+            hostOut[j] = acc[j];
+        }
+    }
+
     template <typename F>
     void segmentedSum(uint32_t segments, uint64_t const* begin, uint64_t const* end, uint64_t* out, F const& f)
     {

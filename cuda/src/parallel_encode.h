@@ -373,6 +373,7 @@ SubsetPlan planSubset(Exec& ex, int64_t const* indices, uint64_t count, uint64_t
     Arena& arena = ex.arena();
     uint64_t const gapCount = plan.complement ? space - count : count;
     uint64_t* gaps = arena.template take<uint64_t>(gapCount);
+    uint64_t* lastComplement = arena.template take<uint64_t>(1);
     if (arena.failed())
     {
         return plan;
@@ -406,6 +407,10 @@ SubsetPlan planSubset(Exec& ex, int64_t const* indices, uint64_t count, uint64_t
         ex.forEach(gapCount, [=] SLICER_HD(uint64_t j) {
             int64_t const previous = j == 0 ? -1 : static_cast<int64_t>(positions[j - 1]);
             gaps[j] = static_cast<uint64_t>(static_cast<int64_t>(positions[j]) - previous - 1);
+            if (j + 1 == gapCount)
+            {
+                *lastComplement = positions[j];
+            }
         });
     }
     else
@@ -415,7 +420,11 @@ SubsetPlan planSubset(Exec& ex, int64_t const* indices, uint64_t count, uint64_t
             gaps[j] = static_cast<uint64_t>(indices[j] - previous - 1);
         });
     }
-    uint64_t const gapSum = ex.sum(gapCount, [=] SLICER_HD(uint64_t j) { return gaps[j]; });
+    // The gaps sum to (last coded position + 1) - gapCount: no reduction needed.
+    int64_t lastCoded = 0;
+    ex.toHost(&lastCoded, plan.complement ? reinterpret_cast<int64_t const*>(lastComplement) : indices + count - 1,
+        sizeof(int64_t));
+    uint64_t const gapSum = static_cast<uint64_t>(lastCoded + 1) - gapCount;
     // The modulus near the geometric optimum with the fewest bytes (positions.cpp bestModulus).
     double const mean = static_cast<double>(gapSum) / static_cast<double>(gapCount);
     double const q = mean / (mean + 1.0);
@@ -424,11 +433,22 @@ SubsetPlan planSubset(Exec& ex, int64_t const* indices, uint64_t count, uint64_t
     {
         guess = std::max<uint64_t>(1, static_cast<uint64_t>(std::ceil(std::log(1.0 + q) / -std::log(q))));
     }
+    uint64_t const lowest = std::max<uint64_t>(1, guess - 1);
+    // For the (up to) three candidate moduli at once: the quotient sum and the long-code count.
+    uint64_t candidate[6] = {0, 0, 0, 0, 0, 0};
+    ex.template sums<6>(gapCount, candidate, [=] SLICER_HD(uint64_t j, uint64_t* acc) {
+        for (int c = 0; c < 3; ++c)
+        {
+            uint64_t const m = lowest + c;
+            acc[2 * c] += gaps[j] / m;
+            acc[2 * c + 1] += gaps[j] % m >= golombShape(m).u ? 1U : 0U;
+        }
+    });
     uint64_t bestM = 0;
     uint64_t bestBytes = 0;
     uint64_t bestUnary = 0;
     uint64_t bestExtra = 0;
-    for (uint64_t m = std::max<uint64_t>(1, guess - 1); m <= guess + 1; ++m)
+    for (uint64_t m = lowest; m <= guess + 1; ++m)
     {
         GolombShape const shape = golombShape(m);
         uint64_t unary = gapCount;
@@ -439,8 +459,8 @@ SubsetPlan planSubset(Exec& ex, int64_t const* indices, uint64_t count, uint64_t
         }
         else
         {
-            unary += ex.sum(gapCount, [=] SLICER_HD(uint64_t j) { return gaps[j] / m; });
-            extra = ex.sum(gapCount, [=] SLICER_HD(uint64_t j) { return gaps[j] % m >= shape.u ? 1ULL : 0ULL; });
+            unary += candidate[2 * (m - lowest)];
+            extra = candidate[2 * (m - lowest) + 1];
         }
         uint64_t const bytes = 1 + 8 + packedBytes(unary, 1) + packedBytes(gapCount, shape.width)
             + packedBytes(extra, 1);
@@ -622,10 +642,12 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
     uint64_t negCount = 0;
     if (k > 0)
     {
-        uint32_t last[2];
-        ex.toHost(&last[0], negRank + k - 1, 4);
-        ex.toHost(&last[1], negFlag + k - 1, 4);
-        negCount = uint64_t{last[0]} + last[1];
+        // The last rank plus the last flag; both sit at the end of their arrays.
+        uint32_t lastRank = 0;
+        uint32_t lastFlag = 0;
+        ex.toHost(&lastRank, negRank + k - 1, 4);
+        ex.toHost(&lastFlag, negFlag + k - 1, 4);
+        negCount = uint64_t{lastRank} + lastFlag;
     }
     uint64_t const posCount = k - negCount;
     int64_t* negSel = arena.template take<int64_t>(negCount);
@@ -710,8 +732,10 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
             dLoHi[B] = sorted[dEnds[nb + B] - 1]; // the smallest magnitude of the block
             dLoHi[nb + B] = sorted[dEnds[B]];     // the largest
         });
-        ex.toHost(lo.data(), dLoHi, nb * 4);
-        ex.toHost(hi.data(), dLoHi + nb, nb * 4);
+        std::vector<float> loHi(2 * nb);
+        ex.toHost(loHi.data(), dLoHi, 2 * nb * 4);
+        std::copy(loHi.begin(), loHi.begin() + nb, lo.begin());
+        std::copy(loHi.begin() + nb, loHi.end(), hi.begin());
     }
 
     // --- 3 DS-guided bit choice ----------------------------------------------------------
