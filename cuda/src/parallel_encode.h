@@ -6,18 +6,21 @@
 // test checks every offset, rank and bit the GPU computes; what only the GPU run
 // checks is the executor itself.
 //
-// Stages (k kept values, ascending flat indices):
+// Stages (k kept values, ascending flat indices), in the order they run:
 //   1 sign split         scan of the negative flags; sign-local magnitudes
 //   2 magnitude blocks   stable sort by magnitude (descending) per sign; a rank's
 //                        block is closed-form; block lo/hi are the sorted ends
 //   3 DS bit choice      per (block, trial q) mismatch sums, one segment each;
 //                        the q rule itself runs on the host (<= 128 blocks)
-//   4 values             stable sort by block gives each value's place; every
+//   4 plan               every section's size (position methods chosen by sizes
+//                        from one multi-sum pass), so that nothing is written twice
+//   5 frame              header, length prefixes, meta and block table from the host
+//   6 positions          bitmap / fixed / Golomb (or of the complement) by gathers;
+//                        Golomb's unary stream from a scan and binary searches
+//   7 labels             mixed-radix words, then a gather
+//   8 values             stable sort by block gives each value's place; every
 //                        output byte gathers its bits (no atomics)
-//   5 positions          bitmap / fixed / Golomb (or of the complement), chosen
-//                        by sizes from reductions; Golomb streams by scans
-//   6 labels             mixed-radix words, then a gather
-//   7 frame              header and small sections from the host, CRC-32
+//   9 CRC-32             per-1 KiB CRCs, folded by zlib's crc32_combine algebra
 #ifndef SLICER_PARALLEL_ENCODE_H
 #define SLICER_PARALLEL_ENCODE_H
 
@@ -807,7 +810,7 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
         step[B] = stepOf(lo[B], hi[B], q[B]);
     }
 
-    // --- section sizes (everything is planned before anything is written) -------------
+    // --- 4 plan: every section's size before anything is written ---------------------
     std::vector<uint64_t> valueOffset(nb + 1, 0);
     for (uint64_t B = 0; B < nb; ++B)
     {
@@ -848,7 +851,7 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
         return SLICER_ERR_CAPACITY;
     }
 
-    // --- 7 frame: header, length prefixes, meta and block table from the host ---------
+    // --- 5 frame: header, length prefixes, meta and block table from the host ---------
     std::vector<uint8_t> head(headerBytes);
     std::memcpy(head.data(), "SLCR", 4);
     head[4] = 1; // format version
@@ -893,11 +896,11 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
         ex.toDevice(out + sectionAt[5], table.data(), 9 * nb);
     }
 
-    // --- 5 positions ------------------------------------------------------------------
+    // --- 6 positions ------------------------------------------------------------------
     writeSubset(ex, keptPlan, kept, out + sectionAt[1]);
     writeSubset(ex, negPlan, negSel, out + sectionAt[2]);
 
-    // --- 6 labels ------------------------------------------------------------------------
+    // --- 7 labels ------------------------------------------------------------------------
     for (int s = 0; s < 2; ++s)
     {
         if (labelBytes[s] == 0)
@@ -930,7 +933,7 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
         });
     }
 
-    // --- 4 values: block b's codes in index order, q_b bits each ------------------------
+    // --- 8 values: block b's codes in index order, q_b bits each ------------------------
     if (k > 0 && valueOffset[nb] > 0)
     {
         uint8_t* blockOf = arena.template take<uint8_t>(k);
@@ -983,7 +986,7 @@ slicer_status encodeFromKept(Exec& ex, int64_t const* kept, float const* values,
         });
     }
 
-    // --- CRC-32 of everything before it ------------------------------------------------------
+    // --- 9 CRC-32 of everything before it ----------------------------------------------------
     uint8_t crc[4];
     putU32(crc, chunkedCrc32(ex, out, total - 4));
     ex.toDevice(out + total - 4, crc, 4);

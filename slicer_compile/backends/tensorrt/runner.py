@@ -14,7 +14,7 @@ import numpy as np
 
 from slicer_compile.backends.base import Runner
 from slicer_compile.backends.tensorrt.contract import NBYTES_SUFFIX, PAYLOAD_SUFFIX, message_to_words, words_to_message
-from slicer_compile.errors import ModelError, TensorError
+from slicer_compile.errors import BackendUnavailableError, ModelError, TensorError
 
 
 class TensorrtRunner(Runner):
@@ -43,12 +43,21 @@ class TensorrtRunner(Runner):
         from slicer_compile.codec.gpu import cuda_runtime
 
         trt = require_tensorrt()
-        load_plugins(trt, self._plugins)
+        # Engines with codec nodes need the plugins registered before they load; an
+        # engine without them (server_core.plan, a profiling engine) does not.
+        plugins_missing = None
+        try:
+            load_plugins(trt, self._plugins)
+        except BackendUnavailableError as exc:
+            plugins_missing = exc
         self._rt = cuda_runtime()
         data = self._plan if isinstance(self._plan, bytes) else Path(self._plan).read_bytes()
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
+            if plugins_missing is not None:
+                raise BackendUnavailableError(f"{self.name}: the engine could not load, and the codec plugins "
+                                              f"it may need are missing: {plugins_missing}")
             raise ModelError(f"{self.name}: TensorRT could not load the engine (built by another TensorRT "
                              "version or for another GPU?)")
         self._context = self._engine.create_execution_context()
