@@ -5,6 +5,7 @@
 // on the host executor in the CPU tests: numpy's bytes, values and refusals.
 
 #include "exec_cuda.cuh"
+#include "launchers.h"
 #include "parallel_decode.h"
 #include "slicer_codec.h"
 
@@ -18,33 +19,6 @@ namespace
 size_t align(size_t bytes)
 {
     return slicer::par::Arena::align(bytes);
-}
-
-__global__ void gatherKeptKernel(float const* x, int64_t const* kept, uint64_t count, float* out)
-{
-    for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < count;
-         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
-    {
-        out[i] = x[kept[i]];
-    }
-}
-
-__global__ void anyNonFiniteKernel(float const* x, uint64_t n, unsigned int* flag)
-{
-    for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
-    {
-        if (!isfinite(x[i]))
-        {
-            atomicOr(flag, 1U);
-        }
-    }
-}
-
-unsigned gridFor(uint64_t n)
-{
-    uint64_t const blocks = (n + 255) / 256;
-    return static_cast<unsigned>(blocks == 0 ? 1 : (blocks < 65535ULL * 32 ? blocks : 65535ULL * 32));
 }
 
 } // namespace
@@ -97,7 +71,7 @@ extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t cons
     size_t const used = static_cast<size_t>(base - static_cast<uint8_t*>(workspace));
 
     cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
-    anyNonFiniteKernel<<<gridFor(n), 256, 0, stream>>>(x, n, nonFinite);
+    slicer::launchAnyNonFinite(x, n, nonFinite, stream);
     uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
     slicer_status const status
         = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
@@ -119,7 +93,7 @@ extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t cons
     }
     if (keptCount > 0)
     {
-        gatherKeptKernel<<<gridFor(keptCount), 256, 0, stream>>>(x, kept, static_cast<uint64_t>(keptCount), values);
+        slicer::launchGather(x, kept, count, static_cast<uint64_t>(keptCount), values, stream);
     }
     slicer::par::CudaExec exec(base, workspaceBytes - used, stream);
     return slicer::par::encodeFromKept(

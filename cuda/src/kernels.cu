@@ -17,6 +17,7 @@
 // device in the development workplace). The numpy reference is the spec these
 // must match bit for bit.
 
+#include "launchers.h"
 #include "slicer_codec.h"
 
 #include <cub/cub.cuh>
@@ -216,6 +217,18 @@ size_t cubTempBytes(size_t n)
 }
 
 } // namespace
+
+void launchAnyNonFinite(float const* x, uint64_t n, unsigned int* flag, cudaStream_t stream)
+{
+    nonFiniteKernel<<<blocksFor(n), kTHREADS, 0, stream>>>(x, n, flag);
+}
+
+void launchGather(
+    float const* x, int64_t const* kept, int64_t const* count, uint64_t maxCount, float* out, cudaStream_t stream)
+{
+    gatherKernel<<<blocksFor(maxCount), kTHREADS, 0, stream>>>(x, kept, count, out);
+}
+
 } // namespace slicer
 
 extern "C" size_t slicer_cuda_select_workspace_bytes(size_t n)
@@ -332,7 +345,7 @@ extern "C" slicer_status slicer_cuda_encode(float const* x, uint32_t const* shap
     auto* nonFinite = reinterpret_cast<unsigned int*>(base);
 
     cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
-    slicer::nonFiniteKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(x, n, nonFinite);
+    slicer::launchAnyNonFinite(x, n, nonFinite, stream);
     uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
     slicer_status status
         = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
@@ -340,7 +353,7 @@ extern "C" slicer_status slicer_cuda_encode(float const* x, uint32_t const* shap
     {
         return status;
     }
-    slicer::gatherKernel<<<slicer::blocksFor(n), slicer::kTHREADS, 0, stream>>>(x, kept, count, values);
+    slicer::launchGather(x, kept, count, n, values, stream);
     int64_t keptCount = 0;
     unsigned int bad = 0;
     cudaMemcpyAsync(&keptCount, count, sizeof(keptCount), cudaMemcpyDeviceToHost, stream);

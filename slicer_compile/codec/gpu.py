@@ -217,13 +217,17 @@ class GpuCoder:
                                               self._capacity, ws.ptr, ws.nbytes, self._buffers["out"].ptr,
                                               self._capacity, shape.ctypes.data, ctypes.byref(ndim),
                                               ctypes.byref(dtype_code), ctypes.byref(elements), self.stream)
+        return self._decoded(status, "slicer_cuda_decode", shape, ndim, elements)
+
+    def _decoded(self, status: int, what: str, shape, ndim, elements) -> tuple[tuple[int, ...], int]:
+        """A decoder's status as (shape, element count), or the error it stands for."""
         if status == _ERR_PAYLOAD:
             raise PayloadError("malformed SLICER payload (the CUDA decoder refused it)")
         if status == _ERR_CAPACITY:
             raise PayloadError(f"payload describes {elements.value} elements, more than the {self._capacity} "
                                "this decoder holds")
         if status != _OK:
-            raise SlicerCompileError(f"slicer_cuda_decode failed with status {status}")
+            raise SlicerCompileError(f"{what} failed with status {status}")
         return tuple(int(d) for d in shape[: ndim.value]), int(elements.value)
 
     def _decode_device_stages(self, size: int, max_elements: int) -> tuple[tuple[int, ...], int]:
@@ -236,14 +240,7 @@ class GpuCoder:
                                                      ws.nbytes, self._buffers["out"].ptr, self._capacity,
                                                      shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code),
                                                      ctypes.byref(elements), self.stream)
-        if status == _ERR_PAYLOAD:
-            raise PayloadError("malformed SLICER payload (the CUDA decoder refused it)")
-        if status == _ERR_CAPACITY:
-            raise PayloadError(f"payload describes {elements.value} elements, more than the {self._capacity} "
-                               "this decoder holds")
-        if status != _OK:
-            raise SlicerCompileError(f"slicer_cuda_decode_device failed with status {status}")
-        return tuple(int(d) for d in shape[: ndim.value]), int(elements.value)
+        return self._decoded(status, "slicer_cuda_decode_device", shape, ndim, elements)
 
     def decode(self, payload: bytes, max_elements: int, stages: str = "device") -> np.ndarray:
         """Decode on the GPU into a device tensor and download it (float32).

@@ -39,6 +39,16 @@ class _Knobs(ctypes.Structure):
                 ("qMin", ctypes.c_int)]
 
 
+def cmake_build(source: Path, build_dir: Path, defines: dict[str, str], jobs: int, what: str) -> None:
+    """Configure and build a CMake project; SlicerCompileError with the log's tail if either step fails."""
+    configure = ["cmake", "-S", str(source), "-B", str(build_dir), *(f"-D{k}={v}" for k, v in defines.items())]
+    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
+            raise SlicerCompileError(f"{what} build failed:\n" + "\n".join(tail))
+
+
 def build_kernels(build_dir: str | Path = DEFAULT_BUILD_DIR, cuda: bool = True, jobs: int = 2) -> dict[str, Path]:
     """Configure and build the library; returns {"host": path, "cuda": path or absent}."""
     if not (SOURCE_DIR / "CMakeLists.txt").is_file():
@@ -46,12 +56,7 @@ def build_kernels(build_dir: str | Path = DEFAULT_BUILD_DIR, cuda: bool = True, 
     if shutil.which("cmake") is None:
         raise BackendUnavailableError("build-kernels needs cmake (apt-get install cmake)")
     build_dir = Path(build_dir)
-    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DSLICER_BUILD_CUDA={'ON' if cuda else 'OFF'}"]
-    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
-            raise SlicerCompileError("kernel build failed:\n" + "\n".join(tail))
+    cmake_build(SOURCE_DIR, build_dir, {"SLICER_BUILD_CUDA": "ON" if cuda else "OFF"}, jobs, "kernel")
     libraries = {"host": build_dir / "libslicer_host.so"}
     if (build_dir / "libslicer_cuda.so").is_file():
         libraries["cuda"] = build_dir / "libslicer_cuda.so"

@@ -193,6 +193,19 @@ def test_sparse_decode_is_the_dense_decode_before_the_scatter(coder, shape, cfg)
         coder.decode_sparse(payload[:-1])
 
 
+def _sample(n: int, dtype, data: str, seed: int) -> np.ndarray:
+    """n values of a kind: normal, ReLU'd (many zeros), ties (few distinct values), constant magnitude."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    if data == "relu":
+        x = np.maximum(x, 0)
+    elif data == "ties":
+        x = np.round(x * 2) / 2
+    elif data == "constant":
+        x = np.where(rng.random(n) < 0.5, 1.5, -1.5)
+    return x.astype(dtype)
+
+
 @given(st.integers(1, 3000), st.sampled_from([np.float32, np.float16]), st.floats(0.0, 0.999),
        st.floats(-0.9, 0.9), st.integers(1, 64), st.integers(1, 64), st.integers(1, 16), st.floats(0.0, 4.0),
        st.sampled_from(["normal", "relu", "ties", "constant"]), st.integers(0, 2**32 - 1))
@@ -205,15 +218,7 @@ def test_parallel_stages_match_numpy_byte_for_byte(coder, n, dtype, sparsity, la
     from slicer_compile.codec import SlicerConfig, encode
     from slicer_compile.codec.slicer import select_kept
 
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(n)
-    if data == "relu":
-        x = np.maximum(x, 0)
-    elif data == "ties":
-        x = np.round(x * 2) / 2
-    elif data == "constant":
-        x = np.where(rng.random(n) < 0.5, 1.5, -1.5)
-    x = x.astype(dtype)
+    x = _sample(n, dtype, data, seed)
     cfg = SlicerConfig(sparsity=sparsity, lam=lam, blocks=(mp, mn), q_bits=q_bits, q_min=max(1, q_bits // 3),
                        delta=delta)
     flat = x.ravel()
@@ -253,16 +258,9 @@ def test_parallel_stages_refuse_a_workspace_too_small(coder):
 def test_parallel_decoder_matches_numpy(coder, n, dtype, sparsity, lam, mp, mn, q_bits, delta, data, seed):
     from slicer_compile.codec import SlicerConfig, decode, encode
 
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(n)
-    if data == "relu":
-        x = np.maximum(x, 0)
-    elif data == "ties":
-        x = np.round(x * 2) / 2
-    elif data == "constant":
-        x = np.where(rng.random(n) < 0.5, 1.5, -1.5)
-    payload = encode(x.astype(dtype), SlicerConfig(sparsity=sparsity, lam=lam, blocks=(mp, mn), q_bits=q_bits,
-                                                   q_min=max(1, q_bits // 3), delta=delta))
+    cfg = SlicerConfig(sparsity=sparsity, lam=lam, blocks=(mp, mn), q_bits=q_bits, q_min=max(1, q_bits // 3),
+                       delta=delta)
+    payload = encode(_sample(n, dtype, data, seed), cfg)
     expected = decode(payload)
     got = coder.decode_parallel(payload, max_elements=4096)
     assert got.dtype == expected.dtype and got.shape == expected.shape

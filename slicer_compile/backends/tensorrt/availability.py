@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from slicer_compile.errors import BackendUnavailableError, SlicerCompileError
+from slicer_compile.errors import BackendUnavailableError
 
 MIN_TENSORRT_MAJOR = 10
 PLUGIN_SOURCE_DIR = Path(__file__).resolve().parents[3] / "plugins"
@@ -89,11 +88,8 @@ def build_plugins(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, jobs: int = 
     if root is None:
         raise BackendUnavailableError("building the TensorRT plugins needs TensorRT's C++ headers "
                                       "(NvInferRuntime.h): set $TENSORRT_ROOT to the TensorRT installation")
+    from slicer_compile.codec.native import cmake_build
+
     build_dir = Path(build_dir)
-    configure = ["cmake", "-S", str(PLUGIN_SOURCE_DIR), "-B", str(build_dir), f"-DTENSORRT_ROOT={root}"]
-    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
-            raise SlicerCompileError("plugin build failed:\n" + "\n".join(tail))
+    cmake_build(PLUGIN_SOURCE_DIR, build_dir, {"TENSORRT_ROOT": str(root)}, jobs, "plugin")
     return build_dir / PLUGIN_LIBRARY_NAME
