@@ -160,6 +160,25 @@ def _require_backend(backend: str) -> None:
         require_tensorrt()
 
 
+@cli.command("backends")
+def backends_command() -> None:
+    """What each backend needs on this machine: what is there, what is missing."""
+    import onnxruntime
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from slicer_compile.backends.tensorrt.availability import report
+
+    table = Table(title="backends on this machine")
+    for column in ("component", "usable", "detail"):
+        table.add_column(column)
+    table.add_row("onnxruntime (CPU)", "yes", onnxruntime.__version__)
+    for component, usable, detail in report():
+        table.add_row(component, "yes" if usable else "no", escape(detail))  # "[gpu]" is not markup
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
 @cli.command("devices")
 def devices_command() -> None:
     """List the device profiles known to --device."""

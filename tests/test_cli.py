@@ -92,3 +92,17 @@ def test_bad_input_gives_one_line_error(tmp_path, args, fragment):
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "out.slcr").exists() and not (tmp_path / "y.npy").exists()
     assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_backends_says_what_is_there_and_what_is_missing():
+    import importlib.util
+
+    result = run("backends")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 3}
+    assert "yes" in rows["onnxruntime (CPU)"]
+    assert set(rows) >= {"TensorRT", "CUDA device", "nvcc", "TensorRT headers", "plugin library"}
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "no" in rows["TensorRT"] and "not installed" in rows["TensorRT"]
+    if importlib.util.find_spec("cuda") is None:
+        assert "slicer-compile[gpu]" in rows["CUDA device"]  # the extra's name survives the table markup

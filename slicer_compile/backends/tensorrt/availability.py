@@ -93,3 +93,36 @@ def build_plugins(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, jobs: int = 
     build_dir = Path(build_dir)
     cmake_build(PLUGIN_SOURCE_DIR, build_dir, {"TENSORRT_ROOT": str(root)}, jobs, "plugin")
     return build_dir / PLUGIN_LIBRARY_NAME
+
+
+
+def report() -> list[tuple[str, bool, str]]:
+    """(component, usable, detail) for everything the GPU path needs, for
+    ``slicer-compile backends``: each line says what is there or what is missing."""
+    from slicer_compile.codec.gpu import cuda_runtime
+
+    rows = []
+    try:
+        import tensorrt
+
+        version = str(tensorrt.__version__)
+        new_enough = int(version.split(".")[0] or 0) >= MIN_TENSORRT_MAJOR
+        rows.append(("TensorRT", new_enough, version if new_enough else
+                     f"{version}: the codec plugins need TensorRT {MIN_TENSORRT_MAJOR} or newer"))
+    except ImportError:
+        rows.append(("TensorRT", False, "not installed (JetPack on a Jetson; NVIDIA's wheel or tar on a server)"))
+    try:
+        _, props = cuda_runtime().cudaGetDeviceProperties(0)
+        rows.append(("CUDA device", True, props.name.decode(errors="replace").rstrip("\x00")))
+    except BackendUnavailableError as exc:
+        rows.append(("CUDA device", False, str(exc)))
+    nvcc = shutil.which("nvcc")
+    rows.append(("nvcc", nvcc is not None, nvcc or "not found: the CUDA kernels cannot be built here"))
+    root = tensorrt_root()
+    rows.append(("TensorRT headers", root is not None,
+                 str(root) if root else "NvInferRuntime.h not found: set $TENSORRT_ROOT to build the plugins"))
+    try:
+        rows.append(("plugin library", True, str(plugin_library(build=False))))
+    except BackendUnavailableError as exc:
+        rows.append(("plugin library", False, str(exc)))
+    return rows
