@@ -13,20 +13,9 @@
 
 #include <cmath>
 
-namespace
-{
-
-size_t align(size_t bytes)
-{
-    return slicer::par::Arena::align(bytes);
-}
-
-} // namespace
-
 extern "C" size_t slicer_cuda_encode_device_workspace_bytes(size_t n)
 {
-    return slicer_cuda_select_workspace_bytes(n) + align(n * sizeof(int64_t)) + align(n * sizeof(float))
-        + 2 * align(sizeof(int64_t)) + slicer::par::workspaceBound(n) + slicer::par::CudaExec::cubTempBytes(n);
+    return slicer::keptSelectionBytes(n) + slicer::par::workspaceBound(n) + slicer::par::CudaExec::cubTempBytes(n);
 }
 
 /*
@@ -40,10 +29,7 @@ extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t cons
     cudaStream_t stream)
 {
     if (!x || !shape || !knobs || !workspace || !written || ndim < 0 || ndim > 8 || (dtypeCode != 1 && dtypeCode != 2)
-        || knobs->blocksPos < 1 || knobs->blocksPos > 64 || knobs->blocksNeg < 1 || knobs->blocksNeg > 64
-        || knobs->qBits < 1 || knobs->qBits > 16 || knobs->qMin < 1 || knobs->qMin > knobs->qBits
-        || !(knobs->sparsity >= 0.0f) || !(knobs->sparsity < 1.0f) || !(knobs->lam > -1.0f) || !(knobs->lam < 1.0f)
-        || !(knobs->delta >= 0.0f))
+        || !slicer::par::knobsValid(*knobs))
     {
         return SLICER_ERR_ARGUMENT;
     }
@@ -56,48 +42,19 @@ extern "C" slicer_status slicer_cuda_encode_device(float const* x, uint32_t cons
     {
         return SLICER_ERR_ARGUMENT;
     }
-    auto* base = static_cast<uint8_t*>(workspace);
-    size_t const selectBytes = slicer_cuda_select_workspace_bytes(n);
-    void* selectWorkspace = base;
-    base += selectBytes;
-    auto* kept = reinterpret_cast<int64_t*>(base);
-    base += align(n * sizeof(int64_t));
-    auto* values = reinterpret_cast<float*>(base);
-    base += align(n * sizeof(float));
-    auto* count = reinterpret_cast<int64_t*>(base);
-    base += align(sizeof(int64_t));
-    auto* nonFinite = reinterpret_cast<unsigned int*>(base);
-    base += align(sizeof(int64_t));
-    size_t const used = static_cast<size_t>(base - static_cast<uint8_t*>(workspace));
-
-    cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
-    slicer::launchAnyNonFinite(x, n, nonFinite, stream);
-    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
+    int64_t* kept = nullptr;
+    float* values = nullptr;
+    uint64_t keptCount = 0;
     slicer_status const status
-        = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
+        = slicer::selectKeptValues(x, n, *knobs, workspace, &kept, &values, &keptCount, stream);
     if (status != SLICER_OK)
     {
         return status;
     }
-    int64_t keptCount = 0;
-    unsigned int bad = 0;
-    cudaMemcpyAsync(&keptCount, count, sizeof(keptCount), cudaMemcpyDeviceToHost, stream);
-    cudaMemcpyAsync(&bad, nonFinite, sizeof(bad), cudaMemcpyDeviceToHost, stream);
-    if (cudaStreamSynchronize(stream) != cudaSuccess)
-    {
-        return SLICER_ERR_CUDA;
-    }
-    if (bad)
-    {
-        return SLICER_ERR_ARGUMENT; // NaN or Inf in the input
-    }
-    if (keptCount > 0)
-    {
-        slicer::launchGather(x, kept, count, static_cast<uint64_t>(keptCount), values, stream);
-    }
-    slicer::par::CudaExec exec(base, workspaceBytes - used, stream);
+    size_t const used = slicer::keptSelectionBytes(n);
+    slicer::par::CudaExec exec(static_cast<uint8_t*>(workspace) + used, workspaceBytes - used, stream);
     return slicer::par::encodeFromKept(
-        exec, kept, values, static_cast<uint64_t>(keptCount), shape, ndim, dtypeCode, *knobs, out, capacity, written);
+        exec, kept, values, keptCount, shape, ndim, dtypeCode, *knobs, out, capacity, written);
 }
 
 extern "C" size_t slicer_cuda_decode_device_workspace_bytes(uint64_t maxElements, uint64_t maxPayloadBytes)

@@ -14,9 +14,7 @@ extern "C" slicer_status slicer_encode_from_kept_parallel(int64_t const* kept, f
     size_t workspaceBytes, uint8_t* out, size_t capacity, size_t* written)
 {
     if (!shape || !knobs || !written || !workspace || ndim < 0 || ndim > 8 || (dtypeCode != 1 && dtypeCode != 2)
-        || (keptCount > 0 && (!kept || !values)) || knobs->blocksPos < 1 || knobs->blocksPos > 64
-        || knobs->blocksNeg < 1 || knobs->blocksNeg > 64 || knobs->qBits < 1 || knobs->qBits > 16 || knobs->qMin < 1
-        || knobs->qMin > knobs->qBits)
+        || (keptCount > 0 && (!kept || !values)) || !slicer::par::knobsValid(*knobs))
     {
         return SLICER_ERR_ARGUMENT;
     }

@@ -40,24 +40,12 @@ public:
 
     void exclusiveScanU32(uint32_t const* in, uint32_t* out, uint64_t n)
     {
-        uint32_t acc = 0;
-        for (uint64_t i = 0; i < n; ++i)
-        {
-            uint32_t const v = in[i];
-            out[i] = acc;
-            acc += v;
-        }
+        exclusiveScan(in, out, n);
     }
 
     void exclusiveScanU64(uint64_t const* in, uint64_t* out, uint64_t n)
     {
-        uint64_t acc = 0;
-        for (uint64_t i = 0; i < n; ++i)
-        {
-            uint64_t const v = in[i];
-            out[i] = acc;
-            acc += v;
-        }
+        exclusiveScan(in, out, n);
     }
 
     //! Stable: equal keys keep their order (as CUB's radix sort does).
@@ -171,6 +159,18 @@ public:
     }
 
 private:
+    template <typename T>
+    static void exclusiveScan(T const* in, T* out, uint64_t n)
+    {
+        T acc = 0;
+        for (uint64_t i = 0; i < n; ++i)
+        {
+            T const v = in[i]; // in and out may be the same array
+            out[i] = acc;
+            acc += v;
+        }
+    }
+
     Arena mArena;
 };
 

@@ -229,6 +229,49 @@ void launchGather(
     gatherKernel<<<blocksFor(maxCount), kTHREADS, 0, stream>>>(x, kept, count, out);
 }
 
+size_t keptSelectionBytes(uint64_t n)
+{
+    return slicer_cuda_select_workspace_bytes(n) + KeptWorkspace::align(n * sizeof(int64_t))
+        + KeptWorkspace::align(n * sizeof(float)) + 2 * KeptWorkspace::align(sizeof(int64_t));
+}
+
+slicer_status selectKeptValues(float const* x, uint64_t n, slicer_knobs const& knobs, void* workspace,
+    int64_t** kept, float** values, uint64_t* keptCount, cudaStream_t stream)
+{
+    auto* base = static_cast<uint8_t*>(workspace);
+    size_t const selectBytes = slicer_cuda_select_workspace_bytes(n);
+    void* selectWorkspace = base;
+    base += selectBytes;
+    *kept = reinterpret_cast<int64_t*>(base);
+    base += KeptWorkspace::align(n * sizeof(int64_t));
+    *values = reinterpret_cast<float*>(base);
+    base += KeptWorkspace::align(n * sizeof(float));
+    auto* count = reinterpret_cast<int64_t*>(base);
+    base += KeptWorkspace::align(sizeof(int64_t));
+    auto* nonFinite = reinterpret_cast<unsigned int*>(base);
+
+    cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
+    launchAnyNonFinite(x, n, nonFinite, stream);
+    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs.sparsity)) * n));
+    slicer_status const status
+        = slicer_cuda_select_kept(x, n, k, knobs.lam, selectWorkspace, selectBytes, *kept, count, stream);
+    if (status != SLICER_OK)
+    {
+        return status;
+    }
+    launchGather(x, *kept, count, n, *values, stream);
+    int64_t selected = 0;
+    unsigned int bad = 0;
+    cudaMemcpyAsync(&selected, count, sizeof(selected), cudaMemcpyDeviceToHost, stream);
+    cudaMemcpyAsync(&bad, nonFinite, sizeof(bad), cudaMemcpyDeviceToHost, stream);
+    if (cudaStreamSynchronize(stream) != cudaSuccess)
+    {
+        return SLICER_ERR_CUDA;
+    }
+    *keptCount = static_cast<uint64_t>(selected);
+    return bad ? SLICER_ERR_ARGUMENT : SLICER_OK; // NaN or Inf in the input
+}
+
 } // namespace slicer
 
 extern "C" size_t slicer_cuda_select_workspace_bytes(size_t n)
@@ -301,9 +344,7 @@ extern "C" slicer_status slicer_cuda_select_kept(float const* x, size_t n, uint6
 
 extern "C" size_t slicer_cuda_encode_workspace_bytes(size_t n)
 {
-    using slicer::KeptWorkspace;
-    return slicer_cuda_select_workspace_bytes(n) + KeptWorkspace::align(n * sizeof(int64_t))
-        + KeptWorkspace::align(n * sizeof(float)) + 2 * KeptWorkspace::align(sizeof(int64_t));
+    return slicer::keptSelectionBytes(n);
 }
 
 /*
@@ -332,39 +373,14 @@ extern "C" slicer_status slicer_cuda_encode(float const* x, uint32_t const* shap
                                                 written)
                       : SLICER_ERR_ARGUMENT;
     }
-    auto* base = static_cast<uint8_t*>(workspace);
-    size_t const selectBytes = slicer_cuda_select_workspace_bytes(n);
-    void* selectWorkspace = base;
-    base += selectBytes;
-    auto* kept = reinterpret_cast<int64_t*>(base);
-    base += KeptWorkspace::align(n * sizeof(int64_t));
-    auto* values = reinterpret_cast<float*>(base);
-    base += KeptWorkspace::align(n * sizeof(float));
-    auto* count = reinterpret_cast<int64_t*>(base);
-    base += KeptWorkspace::align(sizeof(int64_t));
-    auto* nonFinite = reinterpret_cast<unsigned int*>(base);
-
-    cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
-    slicer::launchAnyNonFinite(x, n, nonFinite, stream);
-    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * n));
-    slicer_status status
-        = slicer_cuda_select_kept(x, n, k, knobs->lam, selectWorkspace, selectBytes, kept, count, stream);
+    int64_t* kept = nullptr;
+    float* values = nullptr;
+    uint64_t keptCount = 0;
+    slicer_status const status
+        = slicer::selectKeptValues(x, n, *knobs, workspace, &kept, &values, &keptCount, stream);
     if (status != SLICER_OK)
     {
         return status;
-    }
-    slicer::launchGather(x, kept, count, n, values, stream);
-    int64_t keptCount = 0;
-    unsigned int bad = 0;
-    cudaMemcpyAsync(&keptCount, count, sizeof(keptCount), cudaMemcpyDeviceToHost, stream);
-    cudaMemcpyAsync(&bad, nonFinite, sizeof(bad), cudaMemcpyDeviceToHost, stream);
-    if (cudaStreamSynchronize(stream) != cudaSuccess)
-    {
-        return SLICER_ERR_CUDA;
-    }
-    if (bad)
-    {
-        return SLICER_ERR_ARGUMENT; // NaN or Inf in the input
     }
     cudaMemcpyAsync(hostKept, kept, keptCount * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
     cudaMemcpyAsync(hostValues, values, keptCount * sizeof(float), cudaMemcpyDeviceToHost, stream);
@@ -372,8 +388,8 @@ extern "C" slicer_status slicer_cuda_encode(float const* x, uint32_t const* shap
     {
         return SLICER_ERR_CUDA;
     }
-    return slicer_encode_from_kept(hostKept, hostValues, static_cast<uint64_t>(keptCount), shape, ndim, dtypeCode,
-        knobs, out, capacity, written);
+    return slicer_encode_from_kept(hostKept, hostValues, keptCount, shape, ndim, dtypeCode, knobs, out, capacity,
+        written);
 }
 
 extern "C" slicer_status slicer_cuda_quantize(float const* magnitudes, uint32_t const* groupOf, float const* lo,

@@ -508,7 +508,7 @@ slicer_status decodePayload(Exec& ex, uint8_t const* payload, uint64_t len, slic
         {
             return SLICER_ERR_PAYLOAD;
         }
-        step[B] = q[B] > 0 ? (hi - lo[B]) / static_cast<float>((int64_t{1} << q[B]) - 1) : 0.0f;
+        step[B] = stepOf(lo[B], hi, q[B]);
         blockStart[B + 1] = blockStart[B] + size[B];
         valueOffset[B + 1] = valueOffset[B] + packedBytes(size[B], q[B]);
     }

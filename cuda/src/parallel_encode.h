@@ -24,6 +24,7 @@
 #ifndef SLICER_PARALLEL_ENCODE_H
 #define SLICER_PARALLEL_ENCODE_H
 
+#include "codec_math.h"
 #include "slicer_codec.h"
 
 #include <algorithm>
@@ -31,12 +32,6 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-
-#if defined(__CUDACC__)
-#define SLICER_HD __host__ __device__
-#else
-#define SLICER_HD
-#endif
 
 namespace slicer
 {
@@ -109,76 +104,7 @@ private:
     bool mFailed{false};
 };
 
-// --- per-element arithmetic, shared by host and device -----------------------------
-
-SLICER_HD inline int bitLength(uint64_t v)
-{
-    int bits = 0;
-    while (v)
-    {
-        ++bits;
-        v >>= 1;
-    }
-    return bits;
-}
-
-SLICER_HD inline uint64_t packedBytes(uint64_t count, int width)
-{
-    return (count * static_cast<uint64_t>(width) + 7) / 8;
-}
-
-//! Block of sorted rank r among n values in nb equal-cardinality blocks (the last takes the rest).
-SLICER_HD inline uint32_t blockOfRank(uint64_t r, uint64_t n, uint64_t nb)
-{
-    uint64_t const base = n / nb;
-    uint64_t const b = r / base;
-    return static_cast<uint32_t>(b < nb ? b : nb - 1);
-}
-
-SLICER_HD inline float fsub(float a, float b)
-{
-#if defined(__CUDA_ARCH__)
-    return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-}
-
-SLICER_HD inline float fdiv(float a, float b)
-{
-#if defined(__CUDA_ARCH__)
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-
-SLICER_HD inline float roundEven(float v)
-{
-#if defined(__CUDA_ARCH__)
-    return rintf(v);
-#else
-    return std::nearbyint(v); // the default rounding mode: ties to even, as np.rint
-#endif
-}
-
-//! AIQ step of a block with bounds [lo, hi] at q bits (0 for q = 0).
-SLICER_HD inline float stepOf(float lo, float hi, int q)
-{
-    if (q <= 0)
-    {
-        return 0.0f;
-    }
-    return fdiv(fsub(hi, lo), static_cast<float>((int64_t{1} << q) - 1));
-}
-
-SLICER_HD inline uint32_t quantizeCode(float v, float lo, float step, int q)
-{
-    float const safeStep = step > 0.0f ? step : 1.0f;
-    float const code = roundEven(fdiv(fsub(v, lo), safeStep));
-    float const levels = static_cast<float>((int64_t{1} << q) - 1);
-    return static_cast<uint32_t>(code < levels ? code : levels);
-}
+// --- per-element arithmetic: codec_math.h, shared with the host coders ---------------
 
 //! Byte B of a stream of `count` fields of `width` bits (MSB first); field(e) gives field e.
 template <typename Field>
@@ -201,23 +127,6 @@ SLICER_HD inline uint8_t gatherByte(uint64_t B, int width, uint64_t count, Field
         }
     }
     return static_cast<uint8_t>(byte);
-}
-
-//! Golomb field width and short-code bound of modulus m (positions.cpp golombShape).
-struct GolombShape
-{
-    int width;
-    uint64_t u;
-};
-
-SLICER_HD inline GolombShape golombShape(uint64_t m)
-{
-    if (m == 1)
-    {
-        return {0, 0};
-    }
-    int const b = bitLength(m - 1);
-    return {b - 1, (uint64_t{1} << b) - m};
 }
 
 // --- CRC-32 (zlib's) in chunks: each chunk's CRC, then combined ----------------------
@@ -316,6 +225,14 @@ uint32_t chunkedCrc32(Exec& ex, uint8_t const* data, uint64_t len)
 }
 
 // --- host-side helpers ---------------------------------------------------------------
+
+//! The knob ranges every encoder entry point accepts (SlicerConfig's).
+inline bool knobsValid(slicer_knobs const& k)
+{
+    return k.blocksPos >= 1 && k.blocksPos <= 64 && k.blocksNeg >= 1 && k.blocksNeg <= 64 && k.qBits >= 1
+        && k.qBits <= 16 && k.qMin >= 1 && k.qMin <= k.qBits && k.sparsity >= 0.0f && k.sparsity < 1.0f
+        && k.lam > -1.0f && k.lam < 1.0f && k.delta >= 0.0f;
+}
 
 inline void putU32(uint8_t* p, uint32_t v)
 {

@@ -3,6 +3,7 @@
 // its complement's), whichever is smallest; block labels as mixed-radix words.
 
 #include "bitstream.h"
+#include "codec_math.h"
 #include "slicer_codec.h"
 
 #include <algorithm>
@@ -17,38 +18,6 @@ namespace
 
 constexpr double kGOLOMB_MAX_DENSITY = 0.4; // past it a bitmap is never larger
 constexpr size_t kGOLOMB_HEADER_BYTES = 8;   // m, unary bit count (uint32 each)
-
-int bitLength(uint64_t v)
-{
-    int bits = 0;
-    while (v)
-    {
-        ++bits;
-        v >>= 1;
-    }
-    return bits;
-}
-
-int indexWidth(uint64_t space)
-{
-    return std::max(1, bitLength(space - 1));
-}
-
-struct GolombShape
-{
-    int width; // bits of the truncated-binary field
-    uint64_t u; // remainders below u use the short code
-};
-
-GolombShape golombShape(uint64_t m)
-{
-    if (m == 1)
-    {
-        return {0, 0};
-    }
-    int const b = bitLength(m - 1);
-    return {b - 1, (uint64_t{1} << b) - m};
-}
 
 size_t golombNbytes(std::vector<uint64_t> const& gaps, uint64_t gapSum, uint64_t m)
 {

@@ -5,6 +5,7 @@
 // decoder (slicer_cuda_decode) scatters them on the device.
 
 #include "bitstream.h"
+#include "codec_math.h"
 #include "slicer_codec.h"
 
 #include <algorithm>
@@ -75,17 +76,6 @@ private:
     size_t mPos;
     size_t mEnd;
 };
-
-std::vector<int64_t> blockSizes(int64_t count, int maxBlocks)
-{
-    int64_t const nblocks = count < maxBlocks ? count : maxBlocks;
-    std::vector<int64_t> sizes(static_cast<size_t>(nblocks > 0 ? nblocks : 0), count > 0 ? count / nblocks : 0);
-    if (nblocks > 0)
-    {
-        sizes.back() = count - (count / nblocks) * (nblocks - 1);
-    }
-    return sizes;
-}
 
 bool readLabels(uint8_t const* buf, size_t len, std::vector<int64_t> const& sizes, std::vector<uint8_t>* labels)
 {
@@ -236,7 +226,7 @@ slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits con
         {
             return SLICER_ERR_PAYLOAD;
         }
-        step[b] = q[b] > 0 ? (hi - lo[b]) / static_cast<float>((int64_t{1} << q[b]) - 1) : 0.0f;
+        step[b] = stepOf(lo[b], hi, q[b]);
     }
     // --- values ---
     if (!sections.next(&sec, &secLen) || !sections.finished())

@@ -5,6 +5,7 @@
 // sums never fused (the library builds with -ffp-contract=off).
 
 #include "bitstream.h"
+#include "codec_math.h"
 #include "slicer_codec.h"
 
 #include <algorithm>
@@ -64,19 +65,6 @@ public:
 
     std::vector<uint8_t> mBytes;
 };
-
-std::vector<int64_t> blockSizes(int64_t count, int maxBlocks)
-{
-    int64_t const nblocks = std::min<int64_t>(maxBlocks, count);
-    std::vector<int64_t> sizes(static_cast<size_t>(std::max<int64_t>(nblocks, 0)), 0);
-    if (nblocks == 0)
-    {
-        return sizes;
-    }
-    std::fill(sizes.begin(), sizes.end(), count / nblocks);
-    sizes.back() = count - (count / nblocks) * (nblocks - 1);
-    return sizes;
-}
 
 //! Flat indices (ascending) of the min(k, nnz) highest scores, ties to the lower index.
 std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
@@ -143,24 +131,6 @@ std::vector<uint8_t> splitBlocks(std::vector<float> const& magnitudes, int maxBl
         }
     }
     return labels;
-}
-
-float blockStep(float lo, float hi, int q)
-{
-    if (q <= 0)
-    {
-        return 0.0f;
-    }
-    float const levels = static_cast<float>((int64_t{1} << q) - 1);
-    return (hi - lo) / levels;
-}
-
-int32_t quantize(float v, float lo, float step, int q)
-{
-    float const safeStep = step > 0.0f ? step : 1.0f;
-    float const code = std::nearbyint((v - lo) / safeStep); // ties to even, as np.rint
-    float const levels = static_cast<float>((int64_t{1} << q) - 1);
-    return static_cast<int32_t>(std::min(code, levels));
 }
 
 std::vector<uint8_t> subset(std::vector<int64_t> const& indices, uint64_t space)
@@ -299,21 +269,21 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
         std::vector<int32_t> codes(g.size(), 0);
         if (q > 0)
         {
-            float const step = blockStep(lo, hi, q);
+            float const step = stepOf(lo, hi, q);
             std::vector<int32_t> reference(g.size());
             for (size_t i = 0; i < g.size(); ++i)
             {
-                reference[i] = quantize(g[i], lo, step, q);
+                reference[i] = static_cast<int32_t>(quantizeCode(g[i], lo, step, q));
             }
             codes = reference;
             for (int trial = knobs->qBits - 1; trial >= knobs->qMin; --trial)
             {
-                float const trialStep = blockStep(lo, hi, trial);
+                float const trialStep = stepOf(lo, hi, trial);
                 std::vector<int32_t> trialCodes(g.size());
                 int64_t mismatch = 0;
                 for (size_t i = 0; i < g.size(); ++i)
                 {
-                    trialCodes[i] = quantize(g[i], lo, trialStep, trial);
+                    trialCodes[i] = static_cast<int32_t>(quantizeCode(g[i], lo, trialStep, trial));
                     mismatch += std::llabs(static_cast<int64_t>(reference[i] >> (knobs->qBits - trial)) - trialCodes[i]);
                 }
                 double const ds = static_cast<double>(mismatch) / static_cast<double>(g.size());
