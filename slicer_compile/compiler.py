@@ -102,7 +102,8 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     started = time.perf_counter()
     get_device(opts.server_device)  # fail on a bad name before any work
     edge_spec = get_device(opts.device)
-    engine_options = _engine_options(opts) if opts.backend == "tensorrt" else None  # fails early without TensorRT
+    # Fails at once without TensorRT, a GPU or the plugin library, before any other work.
+    engine_options = _engine_options(opts.precision) if opts.backend == "tensorrt" else None
 
     source_path, normalised = _front_end(model, example_inputs)
     concrete = concretize(normalised, opts.input_shapes)
@@ -313,15 +314,15 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
     return updated
 
 
-def _engine_options(opts: CompileOptions):
-    """TensorRT build options; raises BackendUnavailableError at once where TensorRT,
-    a GPU or the plugin library is missing, before any other work."""
+def _engine_options(precision: str, timing_cache: Path | None = None):
+    """TensorRT build options; raises BackendUnavailableError where TensorRT, a GPU or
+    the plugin library is missing."""
     from slicer_compile.backends.tensorrt.availability import plugin_library, require_tensorrt
     from slicer_compile.backends.tensorrt.builder import EngineOptions
 
     require_tensorrt()
     plugin_library()
-    return EngineOptions(precision=opts.precision)
+    return EngineOptions(precision=precision, timing_cache=timing_cache)
 
 
 def _with_cache(options, path: Path):
@@ -372,19 +373,14 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
     if not model_path.is_file():
         raise ArtifactError(f"{out_dir} has no {FULL_MODEL} to cut")
     engine = artifact.manifest.get("engine") if artifact.manifest.get("backend") == "tensorrt" else None
+    options = None
     if engine:  # check before writing anything
         if engine["precision"] == "int8":
             raise ConfigError("materialising a split of an INT8 TensorRT artifact needs its calibration inputs: "
                               "recompile with a larger --max-pairs")
-        from slicer_compile.backends.tensorrt.availability import plugin_library, require_tensorrt
-
-        require_tensorrt()
-        plugin_library()
+        options = _engine_options(engine["precision"], artifact.path / TIMING_CACHE)
     updated = _materialize_into(artifact, Partitioner(onnx.load(str(model_path))), split_id)
-    if engine:
-        from slicer_compile.backends.tensorrt.builder import EngineOptions
-
-        options = EngineOptions(precision=engine["precision"], timing_cache=artifact.path / TIMING_CACHE)
+    if options is not None:
         updated = _build_engines(artifact, split_id, options, None)
     write_manifest(artifact.path, artifact.manifest)
     return updated

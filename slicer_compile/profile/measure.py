@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from slicer_compile.backends.tensorrt.layers import LayerTime
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import example_feeds, graph_inputs, model_sha256, tensor_types
 from slicer_compile.profile.costs import NodeCost, node_costs
@@ -35,16 +36,6 @@ class NodeProfile:
 
 
 @dataclass(frozen=True)
-class LayerRecord:
-    """One engine layer of a TensorRT profile and the ONNX nodes it ran (several when
-    fused, none for a layer TensorRT added, such as a reformat)."""
-
-    layer: str
-    latency_s: float
-    nodes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Profile:
     """Per-node measurements of one model on one device (TensorRT profiles also keep
     the per-layer times the node figures were attributed from)."""
@@ -57,7 +48,7 @@ class Profile:
     total_latency_s: float  # median whole-model run, profiler on
     nodes: tuple[NodeProfile, ...]
     backend: str = "onnxruntime"
-    layers: tuple[LayerRecord, ...] = ()
+    layers: tuple[LayerTime, ...] = ()
 
     def latency_by_node(self) -> dict[str, float]:
         return {n.name: n.latency_s for n in self.nodes}
@@ -79,7 +70,7 @@ class Profile:
             raise ModelError(f"{path}: not a slicer-compile profile of schema version {PROFILE_SCHEMA_VERSION}")
         try:
             nodes = tuple(NodeProfile(**n) for n in data["nodes"])
-            layers = tuple(LayerRecord(r["layer"], r["latency_s"], tuple(r["nodes"])) for r in data.get("layers", ()))
+            layers = tuple(LayerTime(r["layer"], r["latency_s"], tuple(r["nodes"])) for r in data.get("layers", ()))
             return Profile(data["model_sha256"], data["device"], data["device_description"], data["warmup"],
                            data["runs"], data["total_latency_s"], nodes, data.get("backend", "onnxruntime"), layers)
         except KeyError as exc:

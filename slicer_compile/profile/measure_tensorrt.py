@@ -13,7 +13,7 @@ import numpy as np
 
 from slicer_compile.frontend.onnx_model import model_sha256
 from slicer_compile.profile.costs import node_costs
-from slicer_compile.profile.measure import LayerRecord, NodeProfile, Profile, example_inputs
+from slicer_compile.profile.measure import NodeProfile, Profile, example_inputs
 
 
 def make_layer_profiler(trt):
@@ -59,9 +59,8 @@ def measure_profile_tensorrt(concrete_model, device_name: str, device_descriptio
     per_node, layers = attribute_layer_times(layer_times, [c.name for c in costs], weight)
     nodes = tuple(NodeProfile(c.name, c.op_type, per_node.get(c.name, 0.0), c.flops, c.bytes_moved, c.output_bytes,
                               c.weight_bytes) for c in costs)
-    records = tuple(LayerRecord(layer.layer, layer.latency_s, layer.nodes) for layer in layers)
     return Profile(model_sha256(concrete_model), device_name, device_description, warmup, runs,
-                   float(np.median(run_times[warmup:])), nodes, "tensorrt", records)
+                   float(np.median(run_times[warmup:])), nodes, "tensorrt", tuple(layers))
 
 
 def local_gpu_description() -> str:

@@ -64,10 +64,7 @@ class EdgeClient:
         if runner is None:
             info = self.artifact.split(split_id)
             if self.backend == "tensorrt":
-                plan = (info.files or {}).get("edge_plan")
-                if not plan or not (self.artifact.path / plan).is_file():
-                    raise ArtifactError(f"split {split_id} has no edge.plan: compile with --backend tensorrt")
-                runner = open_runner(self.artifact.path / plan, "tensorrt", f"{split_id}/edge")
+                runner = open_runner(self.artifact.engine_path(split_id, "edge"), "tensorrt", f"{split_id}/edge")
             else:
                 import onnx
 

@@ -68,7 +68,7 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
     with GpuCoder(library) as coder:
         for info in with_plans:
             edge_feeds = {**inputs, KNOBS_INPUT: knobs_tensor(cfg)}
-            with open_runner(artifact.path / info.files["edge_plan"], "tensorrt", f"{info.id}/edge") as edge:
+            with open_runner(artifact.engine_path(info.id, "edge"), "tensorrt", f"{info.id}/edge") as edge:
                 edge_feeds = {k: v for k, v in edge_feeds.items() if k in edge.input_names}
                 edge_out = edge.infer(edge_feeds)
                 edge_ms = _median_ms(edge.time_execution(edge_feeds, repeat))
@@ -81,7 +81,7 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
                     payload_bytes += count
                 else:
                     server_feeds[t["name"]] = edge_out[t["name"]]
-            with open_runner(artifact.path / info.files["server_plan"], "tensorrt", f"{info.id}/server") as server:
+            with open_runner(artifact.engine_path(info.id, "server"), "tensorrt", f"{info.id}/server") as server:
                 server_ms = _median_ms(server.time_execution(server_feeds, repeat))
             encode_ms = decode_ms = None
             elements = 0

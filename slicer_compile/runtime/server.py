@@ -85,10 +85,8 @@ class SplitModel:
         self.activations = [t for t in self.crossing if t["kind"] == "activation"]
         self.decodes_in_engine = config.backend == "tensorrt"
         if self.decodes_in_engine:
-            plan = (info.files or {}).get("server_plan")
-            if not plan or not (artifact.path / plan).is_file():
-                raise ArtifactError(f"split {split_id} has no server.plan: compile with --backend tensorrt")
-            self.runner: Runner = open_runner(artifact.path / plan, "tensorrt", f"{split_id}/server")
+            self.runner: Runner = open_runner(artifact.engine_path(split_id, "server"), "tensorrt",
+                                              f"{split_id}/server")
         else:
             core = strip_decoders(onnx.load(str(artifact.part_path(split_id, "server"))), self.crossing)
             self.runner = open_runner(core, "onnxruntime", f"{split_id}/server", optimize=True,

@@ -178,11 +178,12 @@ def test_compile_with_an_unknown_backend_is_refused(tmp_path):
 
 
 def test_profile_keeps_its_layer_table(tmp_path):
-    from slicer_compile.profile.measure import LayerRecord, NodeProfile, Profile
+    from slicer_compile.backends.tensorrt.layers import LayerTime
+    from slicer_compile.profile.measure import NodeProfile, Profile
 
     profile = Profile("sha", "gpu", "H100, TensorRT 10.9", 3, 10, 1e-3,
                       (NodeProfile("conv1", "Conv", 6e-4, 1e6, 1000, 400, 100),), "tensorrt",
-                      (LayerRecord("conv1 + conv1_relu", 6e-4, ("conv1", "conv1_relu")),))
+                      (LayerTime("conv1 + conv1_relu", 6e-4, ("conv1", "conv1_relu")),))
     profile.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json") == profile
 

@@ -20,7 +20,8 @@ _NAME_CHAR = re.compile(r"[A-Za-z0-9_./:\-]")
 
 @dataclass(frozen=True)
 class LayerTime:
-    """One engine layer: its median time and the ONNX nodes it ran."""
+    """One engine layer: its median time and the ONNX nodes it ran (several when fused,
+    none for a layer TensorRT added, such as a reformat). Profiles keep a table of them."""
 
     layer: str
     latency_s: float
