@@ -16,13 +16,11 @@ refuses a payload from another artifact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slicer_compile.errors import ArtifactError
+from slicer_compile.storage import write_text_atomically
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,7 +87,11 @@ class Artifact:
         info = self.split(split_id)
         if not info.files:
             raise ArtifactError(f"split {split_id} is not materialised: run slicer-compile materialize {self.path} --split {split_id}")
-        return self.path / info.files[part]
+        path = self.path / info.files[part]
+        if not path.is_file():
+            raise ArtifactError(f"split {split_id}'s {part} part is missing: {path} (run slicer-compile materialize "
+                                f"{self.path} --split {split_id}, or recompile)")
+        return path
 
     def engine_path(self, split_id: str, part: str) -> Path:
         """Path of a split's TensorRT engine ("edge", "server" or "server_core")."""
@@ -125,37 +127,14 @@ def load_artifact(path: str | Path) -> Artifact:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    """Write manifest.json atomically: a crash leaves the old manifest or the new one."""
+    write_text_atomically(Path(path) / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
-class StagedDirectory:
-    """Build a directory beside its destination and move it into place only when
-    complete: a failed compile never leaves a directory that looks finished."""
-
-    def __init__(self, destination: str | Path, overwrite: bool = False):
-        self.destination = Path(destination)
-        self.overwrite = overwrite
-        self.staging: Path | None = None
-
-    def __enter__(self) -> Path:
-        parent = self.destination.parent
-        if self.destination.exists() and not self.overwrite:
-            if not self.destination.is_dir() or any(self.destination.iterdir()):
-                raise ArtifactError(f"{self.destination} exists and is not empty (use --force to replace it)")
-        if not parent.is_dir():
-            raise ArtifactError(f"output directory's parent does not exist: {parent}")
-        if not os.access(parent, os.W_OK):
-            raise ArtifactError(f"cannot write to {parent}: permission denied")
-        try:
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.staging-", dir=parent))
-        except OSError as exc:
-            raise ArtifactError(f"cannot write to {parent}: {exc.strerror or exc}") from None
-        return self.staging
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return
-        if self.destination.exists():
-            shutil.rmtree(self.destination)
-        os.replace(self.staging, self.destination)
+def is_artifact_dir(path: Path) -> bool:
+    """True for a directory slicer-compile wrote as an artifact (what ``--force`` may replace)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "artifact_id" in manifest and "schema_version" in manifest

@@ -10,6 +10,7 @@ with the uncompressed model: top-1 agreement for classifiers (a single
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +22,8 @@ from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs
 from slicer_compile.graph.cuts import Cut
 from slicer_compile.graph.partition import Partitioner
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_SPARSITY_GRID = (0.5, 0.75, 0.9, 0.95, 0.99)
 TOP1 = "top1_agreement"
@@ -40,22 +43,72 @@ class Calibration:
 
 
 def load_calibration_inputs(path: str | Path, model) -> dict[str, np.ndarray]:
-    """Arrays from an .npz, keyed by input name (a single unnamed array is the single input)."""
+    """Arrays from an .npz, one per model input, named after it; samples on the first axis.
+
+    Every array is checked against its input before any work: rank, the fixed
+    dimensions after the sample axis, and dtype. float64 (what numpy makes by
+    default) is cast to a float32 input with a note, and a narrower integer to a
+    wider one; anything else is refused. Arrays that name no input (labels, say)
+    are ignored.
+
+    Raises:
+        ModelError: not an .npz, an input without its array, a 0-d or empty array,
+            another rank, shape or dtype, or inputs with different sample counts.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"no such calibration file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ModelError(f"{path} is a .npy file; --calib takes an .npz with one array per model input, named after "
+                         "it (np.savez('calib.npz', x=samples))")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise ModelError(f"{path} is not an .npz of arrays: {exc}") from None
-    names = [i.name for i in graph_inputs(model)]
-    if all(n in arrays for n in names):
-        return {n: arrays[n] for n in names}
-    if len(names) == 1 and len(arrays) >= 1:
-        key = "x" if "x" in arrays else sorted(arrays)[0]
-        return {names[0]: arrays[key]}
-    raise ModelError(f"{path} must hold arrays named after the model inputs {names}, has {sorted(arrays)}")
+    inputs = {i.name: i for i in graph_inputs(model)}
+    missing = [n for n in inputs if n not in arrays]
+    if missing:
+        raise ModelError(f"{path} has no array for input(s) {', '.join(missing)} (it holds "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}); name each array after its model input")
+    feeds = {name: _checked_samples(path, name, arrays[name], inputs[name]) for name in inputs}
+    counts = {name: len(v) for name, v in feeds.items()}
+    if len(set(counts.values())) > 1:
+        raise ModelError(f"{path}: the inputs have different sample counts: "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return feeds
+
+
+def _checked_samples(path: Path, name: str, value: np.ndarray, value_info) -> np.ndarray:
+    import onnx
+
+    tensor_type = value_info.type.tensor_type
+    expected_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    wanted = "x".join("?" if d is None else str(d) for d in dims)
+    if value.ndim == 0:
+        raise ModelError(f"{path}: array {name!r} is 0-d; it needs a first axis of samples ({expected_dtype} {wanted})")
+    if len(value) == 0:
+        raise ModelError(f"{path}: array {name!r} has 0 samples")
+    if value.ndim != len(dims):
+        raise ModelError(f"{path}: array {name!r} has shape {'x'.join(map(str, value.shape))}; input {name} is "
+                         f"{expected_dtype} {wanted} (samples on the first axis)")
+    for axis, (have, want) in enumerate(zip(value.shape[1:], dims[1:]), start=1):
+        if want is not None and have != want:
+            raise ModelError(f"{path}: array {name!r} has size {have} on axis {axis}; input {name} is "
+                             f"{expected_dtype} {wanted}")
+    if value.dtype != expected_dtype:
+        same_family = value.dtype.kind == expected_dtype.kind or (value.dtype.kind in "iu" and expected_dtype.kind in "iu")
+        if not same_family:
+            raise ModelError(f"{path}: array {name!r} is {value.dtype}; input {name} is {expected_dtype}")
+        cast = value.astype(expected_dtype)
+        if value.dtype.kind in "iu" and not np.array_equal(cast, value):
+            raise ModelError(f"{path}: array {name!r} ({value.dtype}) has values outside {expected_dtype}")
+        _log.warning("calibration input %s: %s cast to %s", name, value.dtype, expected_dtype)
+        value = cast
+    return value
 
 
 def _run(model, feeds: dict[str, np.ndarray], outputs: Sequence[str], batched: bool) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from slicer_compile.artifact import (
     SPLIT_ID_KEY,
     Artifact,
     SplitInfo,
-    StagedDirectory,
+    is_artifact_dir,
     load_artifact,
     write_manifest,
 )
@@ -42,6 +42,7 @@ from slicer_compile.graph.partition import Partitioner
 from slicer_compile.profile.costs import NodeCost, node_costs
 from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, fit_device, get_device
 from slicer_compile.profile.measure import Profile, measure_profile, profile_costs
+from slicer_compile.storage import StagedDirectory, save_onnx_atomically
 
 DEFAULT_SERVER_DEVICE = "a100"
 #: The TensorRT timing cache shared by every engine of an artifact.
@@ -146,7 +147,9 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "compile_seconds": None,
     }
 
-    with StagedDirectory(out_dir, overwrite=opts.overwrite) as staging:
+    inputs = [p for p in (model, opts.calib, opts.profile) if isinstance(p, (str, Path))]
+    with StagedDirectory(out_dir, overwrite=opts.overwrite, owned=is_artifact_dir, what="artifact",
+                         inputs=inputs) as staging:
         (staging / FULL_MODEL).write_bytes(model_bytes)
         artifact = Artifact(staging, manifest, table)
         partitioner = Partitioner(normalised)
@@ -307,7 +310,7 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
         set_metadata(model, **{ARTIFACT_ID_KEY: artifact.id, SPLIT_ID_KEY: split_id})
         onnx.checker.check_model(model)
         files[part] = f"splits/{split_id}/{part}.onnx"
-        onnx.save(model, str(artifact.path / files[part]))
+        save_onnx_atomically(model, artifact.path / files[part])
     updated = SplitInfo(**{**asdict(info), "files": files})
     artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
     artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]

@@ -27,6 +27,10 @@ class TensorError(SlicerCompileError, ValueError):
     """A tensor handed to an encoder cannot be encoded (NaN/Inf, bad dtype, too large)."""
 
 
+class InputError(SlicerCompileError, ValueError):
+    """An input array does not match what the model expects (name, rank, shape, dtype)."""
+
+
 class ModelError(SlicerCompileError, ValueError):
     """A model file cannot be loaded, normalised or split (not ONNX, truncated, no valid cut)."""
 

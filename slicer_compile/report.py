@@ -20,9 +20,32 @@ def _kib(nbytes: float) -> str:
     return f"{nbytes / 1024:.1f}"
 
 
-def split_table_rows(artifact: Artifact) -> list[list[str]]:
-    """Rows of the split table, the same in report.md and ``slicer-compile inspect``."""
-    default_s = f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+def latency_label(artifact: Artifact) -> str:
+    """Where the edge latencies come from, in a word: measured, profile or roofline."""
+    source = artifact.manifest["device"].get("latency_source", "")
+    if source.startswith("measured profile"):
+        return "profile"
+    return "measured" if source.startswith("measured") else "roofline"
+
+
+def fidelity_label(artifact: Artifact) -> str:
+    calibration = artifact.manifest["calibration"]
+    if calibration.get("status") != "measured":
+        return "fidelity (not measured)"
+    return f"fidelity ({calibration['metric']}, s={default_sparsity(artifact)})"
+
+
+def default_sparsity(artifact: Artifact) -> str:
+    return f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+
+
+def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[str]]]:
+    """The split table, the same in report.md and ``slicer-compile inspect``: a list of
+    (header, keep) — keep ranks what a narrow terminal shows longest — and the rows."""
+    default_s = default_sparsity(artifact)
+    header = [("split", 100), ("edge FLOPs", 40), ("activations", 20), ("IF shape", 30), ("IF KiB", 50),
+              (f"payload bound KiB (s={default_s})", 85), (f"edge ms ({latency_label(artifact)})", 90),
+              ("server ms (roofline)", 60), ("edge MiB", 70), (fidelity_label(artifact), 80)]
     rows = []
     pareto = set(artifact.pareto)
     for s in artifact.splits:
@@ -41,17 +64,22 @@ def split_table_rows(artifact: Artifact) -> list[list[str]]:
             f"{s.edge_memory_bytes / 2**20:.2f}",
             "" if fidelity is None else f"{fidelity:.4f}",
         ])
-    return rows
+    return header, rows
 
 
-TABLE_HEADER = ["split", "edge FLOPs", "activations", "IF shape", "IF KiB", "payload bound KiB",
-                "edge ms", "server ms", "edge MiB", "fidelity"]
+def split_table_notes(artifact: Artifact) -> str:
+    """What the table's columns mean, where a reader would otherwise guess."""
+    m = artifact.manifest
+    return (f"* = materialised. edge ms: {m['device'].get('latency_source', 'unknown')}; server ms: roofline "
+            f"prediction on {m['server_device'].get('description', m['server_device'].get('name', '?'))}; "
+            f"payload bound and fidelity at the default sparsity {default_sparsity(artifact)}.")
 
 
 def write_report(artifact: Artifact) -> Path:
     """Write report.md and plots/*.png into the artifact directory."""
     m = artifact.manifest
     plots = write_plots(artifact)
+    header, rows = split_table(artifact)
     default_s = f"{m['codec']['defaults']['sparsity']:g}"
     lines = [
         f"# Split report: {Path(m['source']['path']).name}",
@@ -64,11 +92,12 @@ def write_report(artifact: Artifact) -> Path:
         + (f"{m['calibration']['metric']} on {m['calibration']['samples']} calibration samples"
            if m["calibration"]["status"] == "measured" else "not measured (compile with --calib inputs.npz)"),
         "",
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "---|" * len(TABLE_HEADER),
+        "| " + " | ".join(h for h, _ in header) + " |",
+        "|" + "---|" * len(header),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in split_table_rows(artifact)]
-    lines += ["", "Edge and server latency are per-node sums without the codec; edge memory is edge weights +",
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", split_table_notes(artifact),
+              "Edge and server latency are per-node sums without the codec; edge memory is edge weights +",
               "peak live activations + the codec buffer (payload + a copy of the feature).", ""]
     for plot in plots:
         lines.append(f"![{plot.stem}]({PLOTS}/{plot.name})")

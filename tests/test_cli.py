@@ -53,18 +53,18 @@ def test_codec_round_trip(tmp_path):
     assert y.shape == x.shape and np.count_nonzero(y) == 64
 
 
-def test_bench_codec_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    result = run("bench", "codec", "--sizes", "4096", "--sparsities", "0.9", "--repeat", "1", "--json", str(out))
+def test_bench_codec_prints_json():
+    result = run("bench", "codec", "--sizes", "4096", "--sparsities", "0.9", "--repeat", "1", "--json")
     assert result.returncode == 0, result.stderr
-    rows = json.loads(out.read_text())
+    rows = json.loads(result.stdout)  # --json: JSON on stdout instead of the table, on every command
     codecs = [r["codec"] for r in rows]
     assert codecs == ["slicer", "tabq", "float16", "int8", "zstd"]
     slicer = rows[0]
     assert slicer["sparsity"] == pytest.approx(0.9)
     assert slicer["position_bits"] > 0 and slicer["encode_melem_s"] > 0
     assert slicer["bits_per_element"] < rows[2]["bits_per_element"]  # beats float16
-    assert "slicer" in result.stdout
+    table = run("bench", "codec", "--sizes", "4096", "--sparsities", "0.9", "--repeat", "1")
+    assert "slicer" in table.stdout and "framing overhead" in table.stdout
 
 
 @pytest.mark.parametrize(
@@ -79,8 +79,11 @@ def test_bench_codec_writes_json(tmp_path):
         (["codec", "encode", "x.npy", "-o", "nodir/out.slcr"], "output directory does not exist"),
         (["codec", "decode", "garbage.slcr", "-o", "y.npy"], "not a slicer payload"),
         (["codec", "info", "missing.slcr"], "no such file"),
-        (["bench", "codec", "--sparsities", "1.2"], "sparsity must be in [0, 1)"),
+        (["bench", "codec", "--sparsities", "1.2"], "Invalid value for '--sparsities': 1.2 must be below 1"),
         (["bench", "codec", "--sizes", "abc"], "comma-separated"),
+        (["bench", "codec", "--sizes", "0"], "Invalid value for '--sizes'"),
+        (["bench", "codec", "--repeat", "0"], "Invalid value for '--repeat'"),
+        (["inpsect", "out/"], "no such command 'inpsect' (did you mean inspect?)"),
         (["nosuchcommand"], "no such model file: nosuchcommand"),
     ],
 )
@@ -105,4 +108,4 @@ def test_backends_says_what_is_there_and_what_is_missing():
     if importlib.util.find_spec("tensorrt") is None:
         assert "no" in rows["TensorRT"] and "not installed" in rows["TensorRT"]
     if importlib.util.find_spec("cuda") is None:
-        assert "slicer-compile[gpu]" in rows["CUDA device"]  # the extra's name survives the table markup
+        assert ".[gpu]" in rows["CUDA device"]  # the extra's name survives the table markup

@@ -33,7 +33,7 @@ def test_no_heavy_import_at_module_level():
 
 def test_lower_layers_never_import_the_cli():
     for name in all_modules():
-        if name == "slicer_compile.cli":
+        if name == "slicer_compile.cli" or name.startswith("slicer_compile.cli."):
             continue
         source = importlib.import_module(name).__file__
         with open(source) as f:

@@ -24,7 +24,7 @@ def cuda_runtime():
     try:
         from cuda.bindings import runtime
     except ImportError:
-        raise BackendUnavailableError("the CUDA path needs cuda-python: pip install 'slicer-compile[gpu]'") from None
+        raise BackendUnavailableError("the CUDA path needs cuda-python: pip install '.[gpu]' in the slicer-compile source tree") from None
     err, count = runtime.cudaGetDeviceCount()
     if int(err) != 0 or count == 0:
         raise BackendUnavailableError(f"no CUDA device is usable here (cudaGetDeviceCount: {err})")

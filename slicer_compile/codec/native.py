@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
+from slicer_compile.locations import build_root, source_root
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
-DEFAULT_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "cuda"
 
 _OK, _ERR_ARGUMENT, _ERR_CAPACITY, _ERR_PAYLOAD = 0, 1, 2, 3
 
@@ -49,14 +48,22 @@ def cmake_build(source: Path, build_dir: Path, defines: dict[str, str], jobs: in
             raise SlicerCompileError(f"{what} build failed:\n" + "\n".join(tail))
 
 
-def build_kernels(build_dir: str | Path = DEFAULT_BUILD_DIR, cuda: bool = True, jobs: int = 2) -> dict[str, Path]:
+def default_build_dir(source: str | Path | None = None) -> Path:
+    """Where ``build-kernels`` writes the kernel libraries (see ``slicer_compile.locations``)."""
+    return build_root(source) / "cuda"
+
+
+def build_kernels(build_dir: str | Path | None = None, cuda: bool = True, jobs: int = 2,
+                  source: str | Path | None = None) -> dict[str, Path]:
     """Configure and build the library; returns {"host": path, "cuda": path or absent}."""
-    if not (SOURCE_DIR / "CMakeLists.txt").is_file():
-        raise BackendUnavailableError(f"no CUDA sources at {SOURCE_DIR}: build-kernels needs a source checkout")
+    root = source_root(source)
+    if root is None:
+        raise BackendUnavailableError("build-kernels needs the slicer-compile source tree (cuda/): use an editable "
+                                      "install (pip install -e .), or pass --source DIR / set $SLICER_SOURCE")
     if shutil.which("cmake") is None:
         raise BackendUnavailableError("build-kernels needs cmake (apt-get install cmake)")
-    build_dir = Path(build_dir)
-    cmake_build(SOURCE_DIR, build_dir, {"SLICER_BUILD_CUDA": "ON" if cuda else "OFF"}, jobs, "kernel")
+    build_dir = Path(build_dir) if build_dir is not None else default_build_dir(root)
+    cmake_build(root / "cuda", build_dir, {"SLICER_BUILD_CUDA": "ON" if cuda else "OFF"}, jobs, "kernel")
     libraries = {"host": build_dir / "libslicer_host.so"}
     if (build_dir / "libslicer_cuda.so").is_file():
         libraries["cuda"] = build_dir / "libslicer_cuda.so"

@@ -121,6 +121,14 @@ def concretize(model, input_shapes: dict[str, tuple[int, ...]] | None = None, de
     model = onnx.ModelProto.FromString(model.SerializeToString())
     input_shapes = input_shapes or {}
     initializers = {i.name for i in model.graph.initializer}
+    names = [inp.name for inp in model.graph.input if inp.name not in initializers]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise ModelError(f"input shape given for {', '.join(map(repr, unknown))}, which is not an input of the model "
+                         f"(inputs: {', '.join(names)})")
+    for name, wanted in input_shapes.items():
+        if any(int(d) < 1 for d in wanted):
+            raise ModelError(f"input shape {'x'.join(map(str, wanted))} for {name!r} has a dimension below 1")
     for inp in model.graph.input:
         if inp.name in initializers:
             continue
@@ -129,6 +137,9 @@ def concretize(model, input_shapes: dict[str, tuple[int, ...]] | None = None, de
         if wanted is not None and len(wanted) != len(dims):
             raise ModelError(f"input {inp.name} has {len(dims)} dimensions, the given shape {tuple(wanted)} has {len(wanted)}")
         for i, dim in enumerate(dims):
+            if wanted is not None and dim.HasField("dim_value") and dim.dim_value != wanted[i]:
+                raise ModelError(f"input {inp.name} has a fixed size {dim.dim_value} on axis {i}; the given shape "
+                                 f"{'x'.join(map(str, wanted))} asks for {wanted[i]}")
             value = wanted[i] if wanted is not None else (dim.dim_value if dim.HasField("dim_value") else default_dim)
             dim.Clear()
             dim.dim_value = int(value)

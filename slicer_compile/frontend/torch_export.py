@@ -23,7 +23,7 @@ def export_torch(module, example_inputs: Sequence, input_names: Sequence[str] | 
     try:
         import torch
     except ImportError:
-        raise ModelError("exporting a torch module needs torch: pip install 'slicer-compile[torch]'") from None
+        raise ModelError("exporting a torch module needs torch: pip install '.[torch]' in the slicer-compile source tree") from None
     module = module.eval()
     try:
         with torch.no_grad():

@@ -8,6 +8,7 @@ model per split named by its split id.
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,80 @@ from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.base import open_runner
 from slicer_compile.codec import SlicerConfig, encode
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
-from slicer_compile.errors import ArtifactError, SlicerCompileError
+from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_encoders
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
 
 
+#: The port ``slicer-compile serve`` listens on by default (and what "host" alone means).
+DEFAULT_PORT = 8700
+
+_log = logging.getLogger(__name__)
+
+
 class ServerError(SlicerCompileError, RuntimeError):
     """The server answered with an error, or could not be reached."""
+
+
+def parse_server_address(address: str) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` (port 8700), ``"http://host:port/"`` or ``"[::1]:8700"`` -> (host, port).
+
+    Raises:
+        InputError: an empty host or a port that is not an integer in 1..65535.
+    """
+    text = address.strip()
+    text = text.removeprefix("http://").rstrip("/")
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") > 1:  # a bare IPv6 address, no port
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise InputError(f"no host in server address {address!r} (give host:port, e.g. 127.0.0.1:{DEFAULT_PORT})")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InputError(f"port in server address {address!r} must be an integer in 1..65535")
+    return host, int(port_text)
+
+
+def check_inputs(expected: list[dict], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs checked against the model's (the manifest's ``inputs``: name, shape,
+    dtype), before anything runs. float64 arrays (numpy's default) are cast to a float32
+    input, and narrower integers to wider ones, with a note; anything else is refused.
+
+    Raises:
+        InputError: a missing or unknown input, another rank or shape, another dtype.
+    """
+    names = [i["name"] for i in expected]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise InputError(f"unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(names)}")
+    checked = {}
+    for spec in expected:
+        name, want_dtype = spec["name"], np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"] or ())
+        wanted = f"{want_dtype} {'x'.join(str(d) for d in shape)}"
+        if name not in inputs:
+            raise InputError(f"missing input {name!r} ({wanted})")
+        value = np.asarray(inputs[name])
+        if value.ndim != len(shape):
+            hint = (" (it lacks the batch axis: np.expand_dims(x, 0))"
+                    if value.ndim == len(shape) - 1 and tuple(value.shape) == shape[1:] else "")
+            raise InputError(f"input {name!r} must be {wanted}, got {value.dtype} "
+                             f"{'x'.join(map(str, value.shape))}{hint}")
+        if any(d is not None and have != d for have, d in zip(value.shape, shape)):
+            raise InputError(f"input {name!r} must be {wanted}, got {value.dtype} {'x'.join(map(str, value.shape))}")
+        if value.dtype != want_dtype:
+            widening_int = value.dtype.kind in "iub" and want_dtype.kind in "iu" and np.can_cast(value.dtype, want_dtype)
+            if not (value.dtype == np.float64 and want_dtype.kind == "f") and not widening_int:
+                raise InputError(f"input {name!r} must be {wanted}, got {value.dtype}")
+            _log.warning("input %s: %s cast to %s", name, value.dtype, want_dtype)
+            value = value.astype(want_dtype)
+        checked[name] = value
+    return checked
 
 
 @dataclass
@@ -49,8 +117,7 @@ class EdgeClient:
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
-        host, _, port = server_url.replace("http://", "").rstrip("/").partition(":")
-        self.host, self.port = host, int(port or 80)
+        self.host, self.port = parse_server_address(server_url)
         self.timeout_s = timeout_s
         self._connection: http.client.HTTPConnection | None = None
         self._runners: dict = {}
@@ -85,6 +152,12 @@ class EdgeClient:
                                       calibrated=m["calibration"]["status"] == "measured")
         return self._selector
 
+    def default_choice(self, accuracy_budget: float = 0.01):
+        """The split and knobs used without conditions or a given split: the deepest
+        materialised split at the highest sparsity whose calibrated fidelity stays
+        within ``accuracy_budget`` (``Selector.choose_within_budget``)."""
+        return self.selector().choose_within_budget(accuracy_budget)
+
     def infer(self, inputs: dict[str, np.ndarray], conditions=None, split: str | None = None,
               config: SlicerConfig | None = None) -> EdgeResult:
         """Run one sample end to end.
@@ -92,9 +165,10 @@ class EdgeClient:
         Args:
             inputs: the model's inputs, batch of one.
             conditions: ``select.Conditions``; the selector picks split and knobs.
-            split / config: a fixed split and codec config (default: the deepest
-                materialised split and the artifact's codec defaults).
+            split / config: a fixed split and codec config (default: the selector's
+                choice without a channel, :meth:`default_choice`).
         Raises:
+            InputError: an input of another name, rank, shape or dtype than the model's.
             ServerError: the server refused the request or is unreachable.
             SlicerCompileError: no feasible split for the conditions.
         """
@@ -104,8 +178,11 @@ class EdgeClient:
             if not decision.feasible:
                 raise SlicerCompileError(f"no feasible split: {decision.reason}")
             split, config = decision.split_id, decision.config
-        split = split or max(self.materialised, key=lambda s: s.position).id
+        elif split is None:
+            decision = self.default_choice()
+            split, config = decision.split_id, config or decision.config
         config = config or self.default_config
+        inputs = check_inputs(self.artifact.manifest["inputs"], inputs)
         info = self.artifact.split(split)
         runner = self._runner(split)
 

@@ -18,6 +18,7 @@ answers new ones with 503.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import socket
 import threading
@@ -48,6 +49,10 @@ from slicer_compile.runtime.protocol import (
 )
 
 
+#: One line per request at INFO (``slicer-compile serve --log-level info``).
+_access_log = logging.getLogger("slicer_compile.access")
+
+
 @dataclass
 class ServerConfig:
     max_batch: int = 16
@@ -59,6 +64,10 @@ class ServerConfig:
     #: split's server.plan with the decoder plugin inside (one request at a time: the
     #: decoder's output shape, batch included, is fixed in the engine)
     backend: str = "onnxruntime"
+
+
+#: Queued to wake a batcher that waits to fill a batch (a drain has begun).
+_FLUSH = object()
 
 
 @dataclass
@@ -96,6 +105,9 @@ class SplitModel:
         self.config = config
         self.metrics = metrics
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        self._draining = False
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{split_id}", daemon=True)
         self._thread.start()
 
@@ -141,9 +153,13 @@ class SplitModel:
             raise ProtocolError(f"unknown input(s) {sorted(extra)}")
         return feeds
 
-    def submit(self, feeds: dict[str, np.ndarray]) -> _Job:
+    def submit(self, feeds: dict[str, np.ndarray]) -> _Job | None:
+        """Queue one sample; None once the model is closed (the caller answers 503)."""
         job = _Job(feeds)
-        self._queue.put(job)
+        with self._submit_lock:
+            if self._closed:
+                return None
+            self._queue.put(job)
         return job
 
     # --- batcher -------------------------------------------------------------------
@@ -153,8 +169,10 @@ class SplitModel:
             job = self._queue.get()
             if job is None:
                 return
+            if job is _FLUSH:
+                continue
             batch = [job]
-            deadline = time.perf_counter() + self.config.max_queue_delay_s
+            deadline = time.perf_counter() + (0.0 if self._draining else self.config.max_queue_delay_s)
             max_batch = 1 if self.decodes_in_engine else self.config.max_batch
             while len(batch) < max_batch:
                 remaining = deadline - time.perf_counter()
@@ -164,6 +182,8 @@ class SplitModel:
                     break
                 if nxt is None:
                     self._queue.put(None)  # stop after this batch
+                    break
+                if nxt is _FLUSH:
                     break
                 batch.append(nxt)
             self._run(batch)
@@ -189,8 +209,20 @@ class SplitModel:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def drain(self) -> None:
+        """From now on run every batch at once, without waiting out the queue delay."""
+        self._draining = True
+        self._queue.put(_FLUSH)
+
+    def close(self) -> None:
+        """Take no more samples; what is queued runs now, without waiting out the queue delay."""
+        with self._submit_lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+
     def stop(self) -> None:
-        self._queue.put(None)
+        self.close()
         self._thread.join(timeout=30)
         self.runner.deactivate()
 
@@ -220,9 +252,14 @@ class SplitServer:
         self.models = {sid: SplitModel(self.artifact, sid, self.config, self.metrics) for sid in chosen}
         self.accepting = True
         self._inflight = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         handler = type("Handler", (_Handler,), {"server_state": self, "timeout": self.config.client_timeout_s})
-        self.httpd = _HTTPServer((host, port), handler)
+        try:
+            self.httpd = _HTTPServer((host, port), handler)
+        except OSError as exc:
+            for model in self.models.values():
+                model.stop()
+            raise SlicerCompileError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.httpd.daemon_threads = False  # server_close() waits for in-flight requests
         self._thread: threading.Thread | None = None
 
@@ -244,14 +281,13 @@ class SplitServer:
 
     def stop(self) -> None:
         """Graceful shutdown: refuse new requests, finish in-flight ones, release."""
-        self.accepting = False
+        with self._lock:
+            self.accepting = False
         self.httpd.shutdown()
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with self._lock:
-                if self._inflight == 0:
-                    break
-            time.sleep(0.005)
+        for model in self.models.values():
+            model.drain()  # what is queued runs now, without waiting out the queue delay
+        with self._lock:  # in-flight requests finish (each gets its answer) before the models stop
+            self._lock.wait_for(lambda: self._inflight == 0, timeout=60)
         self.httpd.server_close()
         for model in self.models.values():
             model.stop()
@@ -262,9 +298,24 @@ class SplitServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def admit(self) -> bool:
+        """Count a request in flight, unless the server is stopping (then it gets 503)."""
+        with self._lock:
+            if not self.accepting:
+                return False
+            self._inflight += 1
+            self._lock.notify_all()
+            return True
+
     def track(self, delta: int) -> None:
         with self._lock:
             self._inflight += delta
+            self._lock.notify_all()
+
+    def wait_for_inflight(self, count: int, timeout_s: float | None = None) -> bool:
+        """Block until at least ``count`` requests are in flight (for tests and drains)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._inflight >= count, timeout_s)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -281,8 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay on replies
 
-    def log_message(self, format, *args):  # requests are counted in /metrics, not logged
-        pass
+    def log_message(self, format, *args):
+        # The access log: off unless the logger is at INFO (serve --log-level info).
+        if _access_log.isEnabledFor(logging.INFO):
+            _access_log.info("%s %s", self.address_string(), format % args)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -331,15 +384,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         state = self.server_state
-        state.track(+1)
+        admitted = state.admit()  # in flight from here on: stop() finishes it
         try:
-            self._infer(state)
+            self._infer(state, admitted)
         except (ConnectionError, TimeoutError, OSError):
             self.close_connection = True  # the client vanished or stalled: drop it
         finally:
-            state.track(-1)
+            if admitted:
+                state.track(-1)
 
-    def _infer(self, state: SplitServer) -> None:
+    def _infer(self, state: SplitServer, admitted: bool) -> None:
         parts = self.path.rstrip("/").split("/")
         # /v2/models/<name>[/versions/<v>]/infer
         if len(parts) < 5 or parts[1:3] != ["v2", "models"] or parts[-1] != "infer":
@@ -359,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) != length:
             self.close_connection = True  # the client went away mid-body
             return
-        if not state.accepting:
+        if not admitted:
             self._error(503, "the server is shutting down", "shutting_down", model_name, close=True)
             return
         model = state.models.get(model_name)
@@ -379,6 +433,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         received = time.perf_counter()
         job = model.submit(feeds)
+        if job is None:
+            self._error(503, "the server is shutting down", "shutting_down", model_name, close=True)
+            return
         job.done.wait()
         if job.error is not None:
             self._error(500, job.error, "server_failure", model_name)
@@ -396,7 +453,4 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(artifact_dir: str | Path, host: str, port: int, config: ServerConfig) -> SplitServer:
     """Build a server (models loaded, socket bound) ready to ``serve_forever``."""
-    try:
-        return SplitServer(artifact_dir, host, port, config)
-    except OSError as exc:
-        raise SlicerCompileError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return SplitServer(artifact_dir, host, port, config)

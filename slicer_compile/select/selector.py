@@ -84,6 +84,8 @@ class LatencyBreakdown:
     edge_s: float
     codec_s: float
     transmit_s: float
+    #: transmissions the ε-outage target budgets for (transmit_s counts all of them)
+    transmissions: int = 1
 
     @property
     def total_s(self) -> float:
@@ -91,7 +93,7 @@ class LatencyBreakdown:
 
     def as_dict(self) -> dict:
         return {"edge_s": self.edge_s, "codec_s": self.codec_s, "transmit_s": self.transmit_s,
-                "total_s": self.total_s}
+                "transmissions": self.transmissions, "total_s": self.total_s}
 
 
 @dataclass
@@ -107,6 +109,10 @@ class Decision:
     binding: str  # "none", "deadline", "memory", "accuracy" or "channel"
     reason: str
     _trace_source: tuple | None = field(default=None, repr=False)
+    #: splits deeper than the chosen one (all of them when infeasible) ruled out, per constraint
+    excluded: dict = field(default_factory=dict)
+    #: calibrated fidelity of the chosen split and sparsity (None where not measured)
+    fidelity: float | None = None
 
     @property
     def trace(self) -> list[dict]:
@@ -121,7 +127,8 @@ class Decision:
             "feasible": self.feasible, "split_id": self.split_id,
             "config": None if self.config is None else self.config.as_dict(),
             "rate_bps": self.rate_bps, "latency": None if self.latency is None else self.latency.as_dict(),
-            "payload_bits": self.payload_bits, "binding": self.binding, "reason": self.reason, "trace": self.trace,
+            "payload_bits": self.payload_bits, "binding": self.binding, "excluded": dict(self.excluded),
+            "fidelity": self.fidelity, "reason": self.reason, "trace": self.trace,
         }
 
 
@@ -132,6 +139,7 @@ class _Query:
     ok_accuracy: np.ndarray  # (splits, sparsities)
     seconds_per_bit: float
     deadline_s: float
+    transmissions: int
 
 
 class Selector:
@@ -174,6 +182,7 @@ class Selector:
                         self.fidelity[i, j] = value
         # Without calibration the fidelity is unknown: sparsities up to the codec's
         # default (or the given cap) are allowed, and decisions say so.
+        self._defaults = dict(codec_defaults)
         cap = uncalibrated_max_sparsity if uncalibrated_max_sparsity is not None else base.sparsity
         self.uncalibrated_ok = self.sparsities <= cap + 1e-9
 
@@ -203,7 +212,8 @@ class Selector:
         else:
             rate_max = c.rate_max_bps or c.bandwidth_hz * math.log2(1.0 + 1000.0 * snr)
             rate, _ = _cached_best_rate(c.bandwidth_hz, snr, c.epsilon, c.rate_min_bps, rate_max)
-        spb = transmissions(rate, c.bandwidth_hz, snr, c.epsilon) / rate
+        count = transmissions(rate, c.bandwidth_hz, snr, c.epsilon)
+        spb = count / rate
         latency = self.edge_s[:, None, None] + self.codec_s[:, :, None] + self.bits * spb
         ok_memory = self.memory <= c.memory_bytes
         if self.calibrated:
@@ -214,7 +224,8 @@ class Selector:
             ok_accuracy = np.logical_and.accumulate(within, axis=1)
         else:
             ok_accuracy = np.broadcast_to(self.uncalibrated_ok, self.fidelity.shape)
-        return _Query(latency, ok_memory, ok_accuracy, spb, c.deadline_s), rate
+        count = int(count) if math.isfinite(count) else 0
+        return _Query(latency, ok_memory, ok_accuracy, spb, c.deadline_s, count), rate
 
     def select(self, c: Conditions) -> Decision:
         """The deepest feasible split and its knobs, or why there is none."""
@@ -222,16 +233,69 @@ class Selector:
         ok = (q.latency <= c.deadline_s) & q.ok_accuracy[:, :, None] & q.ok_memory[:, None, None]
         any_ok = ok.reshape(len(self.ids), -1).any(axis=1)
         if not any_ok.any():
-            binding, why = self._why_not(q, c, len(self.ids) - 1)
+            excluded = self._exclusions(q, len(self.ids))
+            binding = _binding(excluded)
+            _, why = self._why_not(q, c, len(self.ids) - 1)
             return Decision(False, None, None, rate, None, None, binding,
-                            f"no split meets the constraints: {why}", (self, q))
+                            f"no split meets the constraints: {_counts_text(excluded)} "
+                            f"(shallowest, {self.ids[-1]}: {why})", (self, q), excluded)
         i = int(np.argmax(any_ok))  # deepest feasible (splits are deepest first)
         j, k = (int(v) for v in np.argwhere(ok[i])[0])  # lowest sparsity, then most blocks
-        binding, why = ("none", "the deepest split fits") if i == 0 else self._why_not(q, c, i - 1)
+        excluded = self._exclusions(q, i)
+        if i == 0:
+            binding, why = "none", "the deepest split fits"
+        else:
+            binding = _binding(excluded)
+            _, deeper = self._why_not(q, c, i - 1)
+            why = f"{_counts_text(excluded)} deeper split(s); {self.ids[i - 1]} (next deeper): {deeper}"
         breakdown = LatencyBreakdown(float(self.edge_s[i]), float(self.codec_s[i, j]),
-                                     float(self.bits[i, j, k] * q.seconds_per_bit))
+                                     float(self.bits[i, j, k] * q.seconds_per_bit), q.transmissions)
+        fidelity = float(self.fidelity[i, j]) if np.isfinite(self.fidelity[i, j]) else None
         return Decision(True, self.ids[i], self.configs[j][k], rate, breakdown, int(self.bits[i, j, k]), binding,
-                        why if i == 0 else f"{self.ids[i - 1]} (deeper) fails: {why}", (self, q))
+                        why, (self, q), excluded, fidelity)
+
+    def choose_within_budget(self, accuracy_budget: float = 0.01) -> Decision:
+        """Without a channel or deadline: the deepest split, at the highest sparsity whose
+        calibrated fidelity stays within ``accuracy_budget`` (the fewest bytes at the
+        stated fidelity). Uncalibrated: the deepest split at the codec's default sparsity.
+        Where nothing is within the budget, the most faithful (split, sparsity) measured."""
+        default = int(np.argmin(np.abs(self.sparsities - SlicerConfig.from_dict(self._defaults).sparsity)))
+        k = 0  # most blocks
+        if not self.calibrated or np.isnan(self.fidelity).all():
+            return Decision(True, self.ids[0], self.configs[default][k], 0.0, None, int(self.bits[0, default, k]),
+                            "none", "the deepest split at the default sparsity; fidelity unknown (compiled "
+                            "without --calib)", None)
+        within = np.logical_and.accumulate(self.fidelity >= 1.0 - accuracy_budget - 1e-12, axis=1)
+        for i in range(len(self.ids)):
+            allowed = np.flatnonzero(within[i])
+            if allowed.size:
+                j = int(allowed[-1])
+                return Decision(True, self.ids[i], self.configs[j][k], 0.0, None, int(self.bits[i, j, k]), "accuracy",
+                                f"the deepest split within the accuracy budget {accuracy_budget:g}, at the highest "
+                                "sparsity that stays within it", None, fidelity=float(self.fidelity[i, j]))
+        i, j = np.unravel_index(int(np.nanargmax(self.fidelity)), self.fidelity.shape)
+        return Decision(True, self.ids[i], self.configs[j][k], 0.0, None, int(self.bits[i, j, k]), "accuracy",
+                        f"no split stays within the accuracy budget {accuracy_budget:g}: the most faithful one "
+                        "measured", None, fidelity=float(self.fidelity[i, j]))
+
+    def _exclusions(self, q: _Query, upto: int) -> dict[str, int]:
+        """How many of the first ``upto`` splits (deepest first) each constraint rules out:
+        memory first (no knob helps), then accuracy (a knob fast enough exists, but only
+        beyond the accuracy budget), else the deadline."""
+        if not math.isfinite(q.seconds_per_bit):
+            return {"channel": upto} if upto else {}
+        counts: dict[str, int] = {}
+        for i in range(upto):
+            if not q.ok_memory[i]:
+                reason = "memory"
+            elif ((q.latency[i] <= q.deadline_s) & q.ok_accuracy[i][:, None]).any():
+                continue  # feasible (only possible past the chosen split)
+            elif (q.latency[i] <= q.deadline_s).any():
+                reason = "accuracy"
+            else:
+                reason = "deadline"
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     def _why_not(self, q: _Query, c: Conditions, i: int) -> tuple[str, str]:
         """Which constraint rules out split i."""
@@ -283,6 +347,21 @@ class Selector:
                              "latency_s": decision.latency.total_s if decision.latency else None,
                              "binding": decision.binding})
         return rows
+
+
+#: Order in which ties between constraints are named (the hardest to change first).
+_CONSTRAINTS = ("channel", "memory", "accuracy", "deadline")
+
+
+def _binding(excluded: dict[str, int]) -> str:
+    """The constraint that removed the most candidates on the way to the answer."""
+    if not excluded:
+        return "none"
+    return max(_CONSTRAINTS, key=lambda name: (excluded.get(name, 0), -_CONSTRAINTS.index(name)))
+
+
+def _counts_text(excluded: dict[str, int]) -> str:
+    return ", ".join(f"{name} excluded {excluded[name]}" for name in _CONSTRAINTS if excluded.get(name))
 
 
 _RATE_CACHE: dict = {}

@@ -18,8 +18,9 @@ _UNITS = {
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ/]*)\s*$")
 
 
-def parse_quantity(text: str, kind: str) -> float:
-    """``"10MHz"`` -> 1e7 for kind "frequency"; a bare number is in the base unit.
+def parse_quantity(text: str, kind: str, require_unit: bool = False) -> float:
+    """``"10MHz"`` -> 1e7 for kind "frequency"; a bare number is in the base unit,
+    or refused with ``require_unit`` (what the command line asks for).
 
     Raises:
         ConfigError: an unknown unit or a malformed number.
@@ -31,6 +32,8 @@ def parse_quantity(text: str, kind: str) -> float:
         raise ConfigError(f"cannot read {text!r} as a {kind}")
     value, unit = float(match.group(1)), match.group(2)
     units = _UNITS[kind]
+    if unit == "" and require_unit:
+        raise ConfigError(f"{text!r} needs a unit ({', '.join(units)})")
     if unit == "":
         scale = 1.0
     elif unit in units:

@@ -95,13 +95,13 @@ def test_decoder_plugin_refuses_a_corrupt_payload(artifact):
 def test_profile_and_bench_tensorrt(artifact, tmp_path):
     profile = tmp_path / "p.json"
     for args in (["profile", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(profile), "--backend", "tensorrt"],
-                 ["bench", "tensorrt", str(artifact.path), "--repeat", "5", "--json", str(tmp_path / "b.json")]):
+                 ["bench", "tensorrt", str(artifact.path), "--repeat", "5", "--json"]):
         result = subprocess.run([sys.executable, "-m", "slicer_compile.cli", *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     data = json.loads(profile.read_text())
     assert data["backend"] == "tensorrt" and data["layers"]
     assert any(n["latency_s"] > 0 for n in data["nodes"] if n["op_type"] == "Conv")
-    rows = json.loads((tmp_path / "b.json").read_text())
+    rows = json.loads(result.stdout)  # the bench's --json rows
     assert rows and all(r["edge_ms"] > 0 and r["server_ms"] > 0 for r in rows)
     assert all(r["payload_bytes"] < r["raw_bytes"] for r in rows if r["activation_elements"])
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from slicer_compile.backends.tensorrt.availability import PLUGIN_SOURCE_DIR, tensorrt_root
+from slicer_compile.backends.tensorrt.availability import plugin_source_dir, tensorrt_root
 
 pytestmark = [
     pytest.mark.skipif(tensorrt_root() is None,
@@ -23,7 +23,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory):
     build = tmp_path_factory.mktemp("plugins")
-    for command in (["cmake", "-S", str(PLUGIN_SOURCE_DIR), "-B", str(build), f"-DTENSORRT_ROOT={tensorrt_root()}",
+    for command in (["cmake", "-S", str(plugin_source_dir()), "-B", str(build), f"-DTENSORRT_ROOT={tensorrt_root()}",
                      "-DCMAKE_CUDA_ARCHITECTURES=87", "-DSLICER_PLUGIN_TESTS=ON"],
                     ["cmake", "--build", str(build), "-j", "2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -73,8 +73,8 @@ def test_triton_and_bench_serve_commands(artifact, tmp_path):
     assert result.returncode == 0 and "validated" in result.stdout
     sid = [s.id for s in artifact.splits if s.files][-1]
     result = cli("bench", "serve", artifact.path, "--clients", "1,4", "--requests", "5", "--splits", sid,
-                 "--json", tmp_path / "load.json", "--plot", tmp_path / "load.png")
+                 "--json", "--plot", tmp_path / "load.png")
     assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "load.json").read_text())
+    rows = json.loads(result.stdout)
     assert [r["clients"] for r in rows] == [1, 4] and all(r["answered"] == r["requests"] for r in rows)
     assert (tmp_path / "load.png").stat().st_size > 10_000

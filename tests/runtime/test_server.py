@@ -185,7 +185,8 @@ def test_load_64_clients_200_requests_lose_nothing(artifact, server):
 
 def test_graceful_shutdown_finishes_in_flight_and_refuses_new(artifact):
     sid = deep_split(artifact)
-    srv = SplitServer(artifact.path, port=0, config=ServerConfig(max_queue_delay_s=0.3, max_batch=64)).start()
+    # The batch would wait a minute to fill: stop() must run it at once, not wait it out.
+    srv = SplitServer(artifact.path, port=0, config=ServerConfig(max_queue_delay_s=60, max_batch=64)).start()
     x = np.load(EXAMPLES / "digits_calib.npz")["x"][:1]
     results = []
 
@@ -196,7 +197,7 @@ def test_graceful_shutdown_finishes_in_flight_and_refuses_new(artifact):
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.15)  # requests are queued, waiting for the batch to fill
+    assert srv.wait_for_inflight(8, timeout_s=120)  # queued, waiting for the batch to fill
     srv.stop()
     for t in threads:
         t.join()

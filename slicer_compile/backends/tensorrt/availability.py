@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 from slicer_compile.errors import BackendUnavailableError
+from slicer_compile.locations import build_root, source_root
 
 MIN_TENSORRT_MAJOR = 10
-PLUGIN_SOURCE_DIR = Path(__file__).resolve().parents[3] / "plugins"
-DEFAULT_PLUGIN_BUILD_DIR = Path(__file__).resolve().parents[3] / "build" / "plugins"
 PLUGIN_LIBRARY_NAME = "libslicer_trt_plugins.so"
 #: Where a prebuilt plugin library can be named explicitly.
 PLUGIN_LIBRARY_ENV = "SLICER_TRT_PLUGINS"
@@ -41,7 +40,7 @@ def require_cuda_device() -> None:
         from cuda.bindings import runtime
     except ImportError:
         raise BackendUnavailableError("the TensorRT backend needs cuda-python for device buffers: "
-                                      "pip install 'slicer-compile[gpu]'") from None
+                                      "pip install '.[gpu]' in the slicer-compile source tree") from None
     err, count = runtime.cudaGetDeviceCount()
     if int(err) != 0 or count == 0:
         raise BackendUnavailableError(f"the TensorRT backend needs a CUDA GPU; none is usable here "
@@ -59,9 +58,22 @@ def tensorrt_root() -> Path | None:
     return None
 
 
-def plugin_library(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, build: bool = True) -> Path:
-    """The codec plugin library: $SLICER_TRT_PLUGINS, else ``build_dir``, built there
-    with CMake on first use (needs TensorRT headers, nvcc and cmake)."""
+def plugin_source_dir(source: str | Path | None = None) -> Path | None:
+    """``plugins/`` of the source tree, or None where no source tree is known."""
+    root = source_root(source)
+    return None if root is None else root / "plugins"
+
+
+def default_plugin_build_dir(source: str | Path | None = None) -> Path:
+    """Where ``build-kernels --plugins`` writes the plugin library (see ``slicer_compile.locations``)."""
+    return build_root(source) / "plugins"
+
+
+def plugin_library(build_dir: str | Path | None = None, build: bool = True) -> Path:
+    """The codec plugin library: $SLICER_TRT_PLUGINS, else ``build_dir`` (default: where
+    ``build-kernels --plugins`` writes), built there with CMake on first use (needs
+    TensorRT headers, nvcc, cmake and the source tree)."""
+    build_dir = build_dir if build_dir is not None else default_plugin_build_dir()
     explicit = os.environ.get(PLUGIN_LIBRARY_ENV)
     if explicit:
         if not Path(explicit).is_file():
@@ -76,11 +88,14 @@ def plugin_library(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, build: bool
     return build_plugins(build_dir)
 
 
-def build_plugins(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, jobs: int = 2) -> Path:
+def build_plugins(build_dir: str | Path | None = None, jobs: int = 2, source: str | Path | None = None) -> Path:
     """Configure and build ``plugins/`` (and the ``cuda/`` library it links) with CMake."""
-    if not (PLUGIN_SOURCE_DIR / "CMakeLists.txt").is_file():
-        raise BackendUnavailableError(f"no plugin sources at {PLUGIN_SOURCE_DIR}: building the plugins needs a "
-                                      "source checkout (or set $SLICER_TRT_PLUGINS to a prebuilt library)")
+    sources = plugin_source_dir(source)
+    if sources is None or not (sources / "CMakeLists.txt").is_file():
+        raise BackendUnavailableError("building the plugins needs the slicer-compile source tree (plugins/): use an "
+                                      "editable install, pass --source DIR or set $SLICER_SOURCE (or set "
+                                      "$SLICER_TRT_PLUGINS to a prebuilt library)")
+    build_dir = build_dir if build_dir is not None else default_plugin_build_dir(source)
     missing = [tool for tool in ("cmake", "nvcc") if shutil.which(tool) is None]
     if missing:
         raise BackendUnavailableError(f"building the TensorRT plugins needs {' and '.join(missing)}")
@@ -91,7 +106,7 @@ def build_plugins(build_dir: str | Path = DEFAULT_PLUGIN_BUILD_DIR, jobs: int = 
     from slicer_compile.codec.native import cmake_build
 
     build_dir = Path(build_dir)
-    cmake_build(PLUGIN_SOURCE_DIR, build_dir, {"TENSORRT_ROOT": str(root)}, jobs, "plugin")
+    cmake_build(sources, build_dir, {"TENSORRT_ROOT": str(root)}, jobs, "plugin")
     return build_dir / PLUGIN_LIBRARY_NAME
 
 

@@ -1,0 +1,121 @@
+"""bench codec | serve | tensorrt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slicer_compile.cli.compile_commands import require_backend
+from slicer_compile.cli.options import POSITIVE, NumberList, artifact_argument, json_option, verbosity_options
+from slicer_compile.cli.output import Column, print_json, print_table, stderr_console
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks: codec size and speed; server load; TensorRT engine pairs.
+
+    --json prints the rows as JSON on stdout instead of the table (progress goes to
+    stderr): slicer-compile bench codec --json > bench.json"""
+
+
+@bench.command("codec")
+@click.option("--sizes", default="4096,204800,1048576", show_default=True, type=NumberList(int, minimum=1),
+              help="Tensor sizes (elements).")
+@click.option("--sparsities", default="0.5,0.75,0.9,0.95,0.99", show_default=True,
+              type=NumberList(float, minimum=0, maximum=1, max_open=True), help="SLICER sparsities, in [0, 1).")
+@click.option("--repeat", default=5, show_default=True, type=POSITIVE, help="Timed runs per measurement (median).")
+@click.option("--data", default="gaussian", show_default=True, type=click.Choice(["gaussian", "relu"]),
+              help="Input tensors.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option("the rows")
+@verbosity_options
+def bench_codec(sizes: list[int], sparsities: list[float], repeat: int, data: str, seed: int, as_json: bool) -> None:
+    """Bits per element, position bits vs the information bound, and encode/decode
+    speed of the SLICER codec, TS + TAB-Q and the baselines, measured in one run."""
+    from slicer_compile.codec.bench import run_codec_benchmark
+
+    with stderr_console().status("measuring") as status:
+        rows = run_codec_benchmark(sizes, sparsities, repeat=repeat, data=data, seed=seed,
+                                   progress=lambda what: status.update(f"measuring {what}"))
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return
+    columns = [Column("elements", 100), Column("codec", 100, "left"), Column("s", 95), Column("bits/elem", 98),
+               Column("position bits / bound", 40), Column("value bits", 30), Column("header bits", 35),
+               Column("framing overhead", 50), Column("encode Melem/s", 90), Column("decode Melem/s", 90),
+               Column("rmse", 80)]
+    table_rows = [[
+        str(r.elements), r.codec, "" if r.sparsity is None else f"{r.sparsity:g}", f"{r.bits_per_element:.3f}",
+        "" if r.position_overhead is None else f"{r.position_bits} / {r.position_bound_bits:.0f} ({r.position_overhead:+.2%})",
+        str(r.value_bits), str(r.header_bits),
+        "" if r.content_overhead is None else f"{r.content_overhead:+.2%}",
+        f"{r.encode_melem_s:.1f}", f"{r.decode_melem_s:.1f}", f"{r.rmse:.4g}",
+    ] for r in rows]
+    print_table(f"codec benchmark ({data} float32, median of {repeat})", columns, table_rows,
+                caption="framing overhead: total payload bits over the content bits (positions + values), i.e. "
+                        "what the header, block table and section lengths add")
+
+
+@bench.command("serve")
+@artifact_argument
+@click.option("--clients", default="1,4,16,64", show_default=True, type=NumberList(int, minimum=1),
+              help="Client counts.")
+@click.option("--requests", default=50, show_default=True, type=POSITIVE, help="Requests per client.")
+@click.option("--splits", help="Split ids (default: every materialised split).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG (default: OUT_DIR/plots/serve_scaling.png).")
+@json_option("the rows")
+@verbosity_options
+def bench_serve(artifact_dir: Path, clients: list[int], requests: int, splits: str | None, plot_path: Path | None,
+                as_json: bool) -> None:
+    """Concurrent edge clients on loopback: throughput, latency and server time per split."""
+    from slicer_compile.runtime.loadtest import plot_load, rows_as_dicts, run_load
+
+    with stderr_console().status("load") as status:
+        rows = run_load(artifact_dir, clients, requests, splits.split(",") if splits else None,
+                        progress=lambda what: status.update(f"load: {what}"))
+    plot = plot_load(rows, plot_path or Path(artifact_dir) / "plots" / "serve_scaling.png")
+    click.echo(f"wrote {plot}", err=True)
+    if as_json:
+        print_json(rows_as_dicts(rows))
+        return
+    columns = [Column("split", 100, "left"), Column("edge FLOPs", 40), Column("clients", 99),
+               Column("answered", 95), Column("req/s", 90), Column("p50 ms", 85), Column("p99 ms", 80),
+               Column("server compute µs/req", 70), Column("mean batch", 50), Column("bytes/req", 60)]
+    print_table(f"bench serve: {requests} requests per client", columns, [[
+        r.split_id, f"{100 * r.edge_flops_share:.1f}%", str(r.clients), f"{r.answered}/{r.requests}",
+        f"{r.throughput_rps:.0f}", f"{r.round_trip_p50_ms:.2f}", f"{r.round_trip_p99_ms:.2f}",
+        f"{r.server_compute_us:.1f}", f"{r.mean_batch:.1f}", f"{r.bytes_sent:.0f}"] for r in rows])
+
+
+@bench.command("tensorrt")
+@artifact_argument
+@click.option("--repeat", default=50, show_default=True, type=POSITIVE, help="Timed runs per measurement (median).")
+@click.option("--splits", help="Split ids (default: every split with engines).")
+@json_option("the rows")
+@verbosity_options
+def bench_tensorrt(artifact_dir: Path, repeat: int, splits: str | None, as_json: bool) -> None:
+    """Per split of a --backend tensorrt artifact, on this GPU: edge and server engine
+    latency, CUDA codec time on the real activation, and the bytes that cross."""
+    from slicer_compile.runtime.engine_bench import run_tensorrt_benchmark
+
+    require_backend("tensorrt")
+    with stderr_console().status("timing engines"):
+        rows = run_tensorrt_benchmark(artifact_dir, repeat, splits.split(",") if splits else None)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return
+    columns = [Column(name, keep) for name, keep in (
+        ("split", 100), ("edge ms", 90), ("server ms", 90), ("encode ms", 80), ("decode ms", 80), ("elements", 40),
+        ("payload B", 70), ("raw B", 50), ("ratio", 60))]
+    table_rows = []
+    for r in rows:
+        codec = ("", "") if r.encode_ms is None else (f"{r.encode_ms:.3f}", f"{r.decode_ms:.3f}")
+        table_rows.append([r.split, f"{r.edge_ms:.3f}", f"{r.server_ms:.3f}", *codec, str(r.activation_elements),
+                           str(r.payload_bytes), str(r.raw_bytes),
+                           f"{r.raw_bytes / r.payload_bytes:.1f}x" if r.payload_bytes else ""])
+    print_table(f"bench tensorrt: median of {repeat}", columns, table_rows)
+
+
+COMMANDS = [bench]

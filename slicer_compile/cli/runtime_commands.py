@@ -1,0 +1,167 @@
+"""serve, run, triton: the split for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+import click
+import numpy as np
+
+from slicer_compile.cli.compile_commands import require_backend
+from slicer_compile.cli.options import (
+    PORT,
+    POSITIVE,
+    Quantity,
+    artifact_argument,
+    backend_option,
+    channel_options,
+    verbosity_options,
+)
+from slicer_compile.cli.output import note
+from slicer_compile.cli.select_command import conditions_from, describe
+from slicer_compile.cli.status import EXIT_INFEASIBLE, EXIT_OK
+from slicer_compile.errors import SlicerCompileError
+from slicer_compile.storage import atomic_path
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A .npy array, with a clear message for a missing file or another format."""
+    if not path.is_file():
+        raise SlicerCompileError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # np.load would guess "pickle" and advise allow_pickle
+            raise SlicerCompileError(f"{path} is not a .npy file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SlicerCompileError(f"cannot read {path} as a .npy array: {exc}") from None
+
+
+@click.command("serve")
+@artifact_argument
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True, type=PORT, help="TCP port (0: any free port).")
+@click.option("--max-batch", default=16, show_default=True, type=POSITIVE, help="Requests batched together at most.")
+@click.option("--max-queue-delay", default="0.5ms", show_default=True,
+              type=Quantity("time", maximum=10.0, allow_zero=True), help="Longest wait to fill a batch.")
+@click.option("--max-request-bytes", default="64MiB", show_default=True,
+              type=Quantity("bytes", minimum=4096, maximum=2**34), help="Larger requests get 413.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["error", "warning", "info", "debug"]),
+              help="info: one access-log line per request on stderr.")
+@backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
+@verbosity_options
+def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_queue_delay: float,
+                  max_request_bytes: float, log_level: str, backend: str) -> None:
+    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol)."""
+    import signal
+
+    from slicer_compile.runtime.server import ServerConfig, serve
+
+    level = getattr(logging, log_level.upper())
+    logging.getLogger("slicer_compile").setLevel(min(level, logging.getLogger("slicer_compile").level))
+    logging.getLogger("slicer_compile.access").setLevel(level)
+    require_backend(backend)
+    config = ServerConfig(max_batch=max_batch, max_queue_delay_s=max_queue_delay,
+                          max_request_bytes=int(max_request_bytes), backend=backend)
+    server = serve(artifact_dir, host, port, config)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
+    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url} "
+               f"(/v2/models/<split>/infer, /metrics); Ctrl-C stops after in-flight requests", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command("run")
+@artifact_argument
+@click.option("--server", "server_url", required=True,
+              help="host:port of slicer-compile serve or Triton (host alone: port 8700).")
+@click.option("--input", "input_paths", multiple=True, required=True,
+              help="Input .npy (NAME=path.npy for a model with several inputs).")
+@click.option("--split", "split_id", help="Split to use (default: the selector's choice).")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), help="Codec sparsity (default: the selector's).")
+@channel_options(required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the first output .npy.")
+@backend_option("tensorrt: the split's edge.plan, encoder inside.")
+@verbosity_options
+def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...], split_id: str | None,
+                sparsity: float | None, bandwidth: float, snr_db: float | None, deadline: float | None,
+                memory: float, epsilon: float, accuracy_budget: float, output: Path | None, backend: str) -> int:
+    """Run one input through the split: edge part here, server part on --server.
+
+    Without --split, and without --snr-db/--deadline, the split is the deepest one
+    whose calibrated fidelity stays within --accuracy-budget, at the highest
+    sparsity that does (fewest bytes); the output says which, and its fidelity.
+    Exit status 3 when no split meets --snr-db/--deadline."""
+    from slicer_compile.runtime.client import EdgeClient, check_inputs
+
+    require_backend(backend)
+    client = EdgeClient(artifact_dir, server_url, backend=backend)
+    expected = client.artifact.manifest["inputs"]
+    names = [i["name"] for i in expected]
+    inputs = {}
+    for spec in input_paths:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name = name or (names[0] if len(names) == 1 else "")
+        if name not in names:
+            raise SlicerCompileError(f"give inputs as NAME=path.npy with NAME one of {names}")
+        inputs[name] = load_npy(Path(path))
+    inputs = check_inputs(expected, inputs)  # before any edge work: rank, shape, dtype
+    conditions, decision = None, None
+    if snr_db is not None or deadline is not None:
+        if snr_db is None or deadline is None:
+            raise click.UsageError("--snr-db and --deadline go together")
+        conditions = conditions_from(bandwidth, snr_db, None, epsilon, deadline, memory, None, accuracy_budget)
+        decision = client.selector().select(conditions)
+        if not decision.feasible:
+            click.echo(describe(decision)[0])
+            return EXIT_INFEASIBLE
+    elif split_id is None:
+        decision = client.default_choice(accuracy_budget)
+    if decision is not None:
+        split_id = decision.split_id
+        fidelity = ("fidelity unknown (compiled without --calib)" if decision.fidelity is None
+                    else f"calibrated fidelity {decision.fidelity:.4f}")
+        note(f"split {split_id} at sparsity {decision.config.sparsity:g}: {decision.reason}; {fidelity}")
+    base = decision.config if decision is not None else client.default_config
+    config = base if sparsity is None else dataclasses.replace(base, sparsity=sparsity)
+    with client:
+        result = client.infer(inputs, split=split_id, config=config)
+    t = result.timings
+    for name, value in result.outputs.items():
+        summary = f"argmax {int(value.reshape(len(value), -1)[0].argmax())}" if value.ndim == 2 else ""
+        click.echo(f"{name}: {value.dtype}{tuple(value.shape)} {summary}")
+    click.echo(f"split {result.split_id}, sparsity {result.config.sparsity:g}: edge {t['edge_s'] * 1e3:.3f} ms, "
+               f"encode {t['encode_s'] * 1e3:.3f} ms, sent {t['bytes_sent']} bytes, server {t['server_s'] * 1e3:.3f} ms "
+               f"(compute {t['server_compute_s'] * 1e3:.3f}), round trip {t['round_trip_s'] * 1e3:.3f} ms")
+    if output is not None:
+        with atomic_path(output) as tmp, open(tmp, "wb") as f:
+            np.save(f, next(iter(result.outputs.values())))
+    return EXIT_OK
+
+
+@click.command("triton")
+@artifact_argument
+@click.option("-o", "--output", "repo_dir", required=True, type=click.Path(path_type=Path), help="Model repository.")
+@click.option("--max-batch", default=16, show_default=True, type=POSITIVE)
+@click.option("--force", is_flag=True,
+              help="Replace the repository if slicer-compile wrote it (never anything else).")
+@verbosity_options
+def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, force: bool) -> None:
+    """Write a Triton model repository (decoder + server part ensembles).
+
+    Needs the triton extra (pip install '.[triton]' in the source tree): its configs
+    are validated against Triton's ModelConfig schema from tritonclient."""
+    from slicer_compile.runtime.triton import write_repository
+
+    written = write_repository(artifact_dir, repo_dir, max_batch=max_batch, overwrite=force)
+    click.echo(f"wrote {len(written)} models to {repo_dir}/ (configs validated against Triton's ModelConfig); "
+               f"see {repo_dir}/README.md to start Triton")
+
+
+COMMANDS = [serve_command, run_command, triton_command]
