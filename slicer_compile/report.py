@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import Artifact
+from slicer_compile.storage import atomic_path, write_text_atomically
 
 REPORT = "report.md"
 PLOTS = "plots"
@@ -102,7 +103,7 @@ def write_report(artifact: Artifact) -> Path:
     for plot in plots:
         lines.append(f"![{plot.stem}]({PLOTS}/{plot.name})")
     path = artifact.path / REPORT
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -136,7 +137,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
     ax.set_title("Latency and intermediate-feature size per split")
     fig.tight_layout()
     paths.append(out_dir / "latency.png")
-    fig.savefig(paths[-1], dpi=110)
+    _save_figure(fig, paths[-1])
     plt.close(fig)
 
     sweep_path = write_sweep_plot(artifact, out_dir / "selector_sweep.png")
@@ -156,7 +157,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths.append(out_dir / "fidelity.png")
-        fig.savefig(paths[-1], dpi=110)
+        _save_figure(fig, paths[-1])
         plt.close(fig)
     return paths
 
@@ -201,6 +202,12 @@ def write_sweep_plot(artifact: Artifact, path: Path) -> Path | None:
     bottom.set_xlabel("SNR (dB)")
     fig.suptitle(f"Selector sweep: W = {SWEEP_BANDWIDTH_HZ / 1e6:g} MHz, ε = {SWEEP_EPSILON:g}, best rate")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A PNG through a temporary name: a report is never left with half a plot."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

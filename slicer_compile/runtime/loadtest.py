@@ -21,6 +21,7 @@ from slicer_compile.codec import SlicerConfig
 from slicer_compile.frontend.onnx_model import example_feeds
 from slicer_compile.runtime.client import EdgeClient
 from slicer_compile.runtime.server import ServerConfig, SplitServer
+from slicer_compile.storage import atomic_path
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def plot_load(rows: list[LoadRow], path: str | Path) -> Path:
     left.legend(fontsize=7)
     fig.suptitle("Server load vs clients: cloud-only and splits at increasing depth")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
 
