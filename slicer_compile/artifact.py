@@ -93,13 +93,6 @@ class Artifact:
                                 f"{self.path} --split {split_id}, or recompile)")
         return path
 
-    def engine_path(self, split_id: str, part: str) -> Path:
-        """Path of a split's TensorRT engine ("edge", "server" or "server_core")."""
-        relative = (self.split(split_id).files or {}).get(f"{part}_plan")
-        if not relative or not (self.path / relative).is_file():
-            raise ArtifactError(f"split {split_id} has no {part}.plan: compile with --backend tensorrt")
-        return self.path / relative
-
 
 def load_artifact(path: str | Path) -> Artifact:
     """Read an artifact directory's manifest.

@@ -30,13 +30,12 @@ from slicer_compile.artifact import (
     load_artifact,
     write_manifest,
 )
-from slicer_compile.backends.base import BACKENDS
-from slicer_compile.backends.tensorrt.builder import PRECISIONS
+from slicer_compile.backends.registry import BACKENDS, get_backend
 from slicer_compile.calibrate import DEFAULT_SPARSITY_GRID, calibrate, load_calibration_inputs
 from slicer_compile.codec import SlicerConfig, predict_bits
 from slicer_compile.errors import ArtifactError, ConfigError, ModelError
 from slicer_compile.frontend.onnx_model import concretize, graph_inputs, load_onnx, model_sha256, normalise, tensor_types
-from slicer_compile.graph.codec_nodes import CodecLimits, add_decoders, add_encoders, set_metadata
+from slicer_compile.graph.codec_nodes import CodecLimits, add_decoders, add_encoders, set_metadata, strip_decoders
 from slicer_compile.graph.cuts import Cut, CrossingTensor, GraphOrder, find_cuts, order_graph
 from slicer_compile.graph.partition import Partitioner
 from slicer_compile.profile.costs import NodeCost, node_costs
@@ -45,8 +44,8 @@ from slicer_compile.profile.measure import Profile, measure_profile, profile_cos
 from slicer_compile.storage import StagedDirectory, save_onnx_atomically
 
 DEFAULT_SERVER_DEVICE = "a100"
-#: The TensorRT timing cache shared by every engine of an artifact.
-TIMING_CACHE = "timing.cache"
+#: Precisions an engine backend may be asked for (each backend says which it builds).
+PRECISIONS = ("fp32", "fp16", "int8")
 
 #: Progress callback: (stage description, done, total).
 Progress = Callable[[str, int, int], None]
@@ -68,9 +67,10 @@ class CompileOptions:
     warmup: int = 3
     runs: int = 10
     overwrite: bool = False
-    #: "onnxruntime" (ONNX pairs) or "tensorrt" (also edge.plan, server.plan, server_core.plan per pair)
+    #: a name of ``backends.registry.BACKENDS``: the ONNX pairs always; an engine backend
+    #: also builds its engines per pair (TensorRT: edge.plan, server.plan, server_core.plan)
     backend: str = "onnxruntime"
-    #: TensorRT engine precision: fp32, fp16 or int8 (int8: the edge engine, see backends.tensorrt.builder)
+    #: engine precision for backends that build engines: fp32, fp16 or int8 (the edge engine)
     precision: str = "fp16"
 
     def __post_init__(self):
@@ -78,8 +78,6 @@ class CompileOptions:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.backend == "tensorrt" and self.precision == "int8" and self.calib is None:
-            raise ConfigError("--precision int8 needs --calib (calibration inputs for the INT8 edge engines)")
 
 
 def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", calib: str | Path | None = None,
@@ -103,8 +101,9 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     started = time.perf_counter()
     get_device(opts.server_device)  # fail on a bad name before any work
     edge_spec = get_device(opts.device)
-    # Fails at once without TensorRT, a GPU or the plugin library, before any other work.
-    engine_options = _engine_options(opts.precision) if opts.backend == "tensorrt" else None
+    # Fails at once where the backend cannot build here (TensorRT, a GPU, the plugin library).
+    backend = get_backend(opts.backend)
+    engine_options = backend.check_build(opts.precision, opts.calib is not None)
 
     source_path, normalised = _front_end(model, example_inputs)
     concrete = concretize(normalised, opts.input_shapes)
@@ -135,7 +134,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "device": device_info,
         "server_device": {**server_spec.as_dict(), "latency_source": "roofline model"},
         "backend": opts.backend,
-        "engine": _engine_manifest(engine_options),
+        "engine": backend.manifest_section(engine_options) if engine_options is not None else None,
         "inputs": [_value_info(concrete, i.name) for i in graph_inputs(concrete)],
         "outputs": [_value_info(concrete, o.name) for o in concrete.graph.output],
         "codec": {"name": "slicer", "defaults": opts.codec.as_dict(), "limits": asdict(opts.limits),
@@ -159,8 +158,8 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         if engine_options is not None:
             engine_feeds = _int8_feeds(feeds, opts) if opts.precision == "int8" else None
             for done, split_id in enumerate(pareto):
-                _build_engines(artifact, split_id, _with_cache(engine_options, staging / TIMING_CACHE), engine_feeds)
-                progress("building TensorRT engines", done + 1, len(pareto))
+                _build_engines(artifact, backend, split_id, engine_options, engine_feeds)
+                progress(f"building {backend.name} engines", done + 1, len(pareto))
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest)
         from slicer_compile.report import write_report
@@ -317,30 +316,6 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
     return updated
 
 
-def _engine_options(precision: str, timing_cache: Path | None = None):
-    """TensorRT build options; raises BackendUnavailableError where TensorRT, a GPU or
-    the plugin library is missing."""
-    from slicer_compile.backends.tensorrt.availability import plugin_library, require_tensorrt
-    from slicer_compile.backends.tensorrt.builder import EngineOptions
-
-    require_tensorrt()
-    plugin_library()
-    return EngineOptions(precision=precision, timing_cache=timing_cache)
-
-
-def _with_cache(options, path: Path):
-    return dataclasses.replace(options, timing_cache=path)
-
-
-def _engine_manifest(options) -> dict | None:
-    if options is None:
-        return None
-    import tensorrt
-
-    return {"tensorrt_version": tensorrt.__version__, "precision": options.precision, "timing_cache": TIMING_CACHE,
-            "server_core_max_batch": options.server_core_max_batch}
-
-
 def _int8_feeds(feeds: dict, opts: CompileOptions):
     """INT8 calibration batches for edge engines: the calibration inputs, one sample
     at a time, plus the default knobs."""
@@ -351,13 +326,15 @@ def _int8_feeds(feeds: dict, opts: CompileOptions):
     return [{**{name: value[i: i + 1] for name, value in feeds.items()}, KNOBS_INPUT: knobs} for i in range(count)]
 
 
-def _build_engines(artifact: Artifact, split_id: str, options, calibration) -> SplitInfo:
-    """edge.plan, server.plan and server_core.plan beside a materialised pair, recorded in the manifest."""
-    from slicer_compile.backends.tensorrt.builder import build_pair
+def _build_engines(artifact: Artifact, backend, split_id: str, options, calibration) -> SplitInfo:
+    """The backend's engines beside a materialised pair, recorded in the manifest."""
+    import onnx
 
     info = artifact.split(split_id)
-    plans = build_pair(artifact.path / "splits" / split_id, list(info.crossing), options, calibration=calibration)
-    files = {**(info.files or {}), **{key: f"splits/{split_id}/{path.name}" for key, path in plans.items()}}
+    split_dir = artifact.path / "splits" / split_id
+    server_core = strip_decoders(onnx.load(str(split_dir / "server.onnx")), list(info.crossing))
+    built = backend.build_split(split_dir, server_core, options, calibration=calibration)
+    files = {**(info.files or {}), **{key: f"splits/{split_id}/{path.name}" for key, path in built.items()}}
     updated = SplitInfo(**{**asdict(info), "files": files})
     artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
     artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]
@@ -375,15 +352,16 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
     model_path = artifact.path / FULL_MODEL
     if not model_path.is_file():
         raise ArtifactError(f"{out_dir} has no {FULL_MODEL} to cut")
-    engine = artifact.manifest.get("engine") if artifact.manifest.get("backend") == "tensorrt" else None
+    backend = get_backend(artifact.manifest.get("backend", "onnxruntime"))
+    engine = artifact.manifest.get("engine")
     options = None
     if engine:  # check before writing anything
         if engine["precision"] == "int8":
-            raise ConfigError("materialising a split of an INT8 TensorRT artifact needs its calibration inputs: "
-                              "recompile with a larger --max-pairs")
-        options = _engine_options(engine["precision"], artifact.path / TIMING_CACHE)
+            raise ConfigError(f"materialising a split of an INT8 {backend.name} artifact needs its calibration "
+                              "inputs: recompile with a larger --max-pairs")
+        options = backend.check_build(engine["precision"], False, artifact.path)
     updated = _materialize_into(artifact, Partitioner(onnx.load(str(model_path))), split_id)
     if options is not None:
-        updated = _build_engines(artifact, split_id, options, None)
+        updated = _build_engines(artifact, backend, split_id, options, None)
     write_manifest(artifact.path, artifact.manifest)
     return updated

@@ -1,14 +1,22 @@
-"""The runner contract every backend implements (ONNX Runtime on CPU, TensorRT on GPU).
+"""The contracts every backend implements (ONNX Runtime on CPU, TensorRT on GPU).
 
-Public ``activate / infer / deactivate`` wrap ``*_impl`` hooks; a runner is a
-context manager, and nothing expensive happens before ``activate()``.
+* :class:`Runner` runs one model part: public ``activate / infer / deactivate`` wrap
+  ``*_impl`` hooks; a runner is a context manager, and nothing expensive happens
+  before ``activate()``.
+* :class:`Backend` is everything else the package asks of a backend: what it needs
+  and what is missing, whether the codec runs inside its engines, its server batch
+  bound, building a split's engines and opening a part as a runner.
+
+This module imports no backend; ``backends.registry`` is the one list of them.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Mapping
 
 import numpy as np
 
@@ -69,27 +77,66 @@ class Runner(ABC):
     def deactivate_impl(self) -> None: ...
 
 
-BACKENDS = ("onnxruntime", "tensorrt")
-
-
-def open_runner(model, backend: str = "onnxruntime", name: str | None = None, **options) -> Runner:
-    """A runner chosen by backend name; the backend's module is imported only here, so
-    callers (the runtime, the benchmarks) depend on this contract alone.
+@dataclass(frozen=True)
+class RunSettings:
+    """How a runner should run, in terms every backend understands (each uses what applies).
 
     Args:
-        model: for ``onnxruntime`` an ``onnx.ModelProto`` or serialized bytes; for
-            ``tensorrt`` a ``.plan`` path or its bytes.
-        options: passed to the runner (``optimize``/``threads`` for ONNX Runtime;
-            ``plugins``/``profiler`` for TensorRT).
+        threads: intra-op threads (0: the backend's choice).
+        optimize: graph optimisations (off where a run must match the per-node profile).
     """
-    if backend == "onnxruntime":
-        from slicer_compile.backends.onnxrt import OnnxrtRunner
 
-        return OnnxrtRunner(model, name=name or "onnxrt", **options)
-    if backend == "tensorrt":
-        from slicer_compile.backends.tensorrt.runner import TensorrtRunner
+    threads: int = 0
+    optimize: bool = True
 
-        return TensorrtRunner(model, name=name or "tensorrt", **options)
-    from slicer_compile.errors import ConfigError
 
-    raise ConfigError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
+class Backend(ABC):
+    """One engine backend, as the rest of the package sees it. Nothing above
+    ``backends/`` compares backend names: it asks the backend object (from
+    ``backends.registry.get_backend``)."""
+
+    #: the name users give (``--backend``)
+    name: ClassVar[str]
+    #: the codec runs inside this backend's engines (encoder in the edge engine, decoder in the
+    #: server engine); otherwise the runtime codes in Python and runs the parts without codec nodes
+    codec_in_engine: ClassVar[bool] = False
+    #: requests one server-part run takes at most (None: the runtime batches freely)
+    server_batch_bound: ClassVar[int | None] = None
+    #: build options the compiler accepts (``precision`` values)
+    precisions: ClassVar[tuple[str, ...]] = ()
+
+    def missing(self) -> str | None:
+        """What this machine lacks for the backend, in one sentence; None where usable."""
+        return None
+
+    def require(self) -> None:
+        """BackendUnavailableError saying what is missing, before any work."""
+        from slicer_compile.errors import BackendUnavailableError
+
+        reason = self.missing()
+        if reason:
+            raise BackendUnavailableError(reason)
+
+    @abstractmethod
+    def open(self, model, name: str, settings: RunSettings = RunSettings()) -> Runner:
+        """A runner (not yet active) for ``model``: an ``onnx.ModelProto`` or bytes for
+        ONNX Runtime, an engine file or its bytes for an engine backend."""
+
+    def part_file_key(self, part: str) -> str:
+        """The key of a split's ``files`` that this backend runs for ``part`` ("edge" or "server")."""
+        return part
+
+    def check_build(self, precision: str, has_calibration: bool, artifact_dir: Path | None = None) -> object | None:
+        """Validate build settings and what the machine has, before any work; returns the
+        build options for :meth:`build_split` (None: nothing to build beyond the ONNX parts)."""
+        return None
+
+    def build_split(self, split_dir: Path, server_core, options, calibration=None) -> dict[str, Path]:
+        """Build this backend's files for one materialised split (beside its edge.onnx and
+        server.onnx; ``server_core`` is the server part without decoder nodes); returns
+        {files key: path}."""
+        return {}
+
+    def manifest_section(self, options) -> dict | None:
+        """What the manifest records of the build (None: nothing)."""
+        return None

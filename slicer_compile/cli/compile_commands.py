@@ -31,10 +31,9 @@ def print_split_table(artifact) -> None:
 def require_backend(backend: str) -> None:
     """Fail with what is missing (TensorRT, a GPU, cuda-python, the plugin library)
     before any work when a backend cannot run here."""
-    if backend == "tensorrt":
-        from slicer_compile.backends.tensorrt.availability import require_tensorrt
+    from slicer_compile.backends.registry import get_backend
 
-        require_tensorrt()
+    get_backend(backend).require()
 
 
 @click.command("compile")
@@ -93,21 +92,14 @@ def profile_command(model_path: Path, output: Path, input_shapes, warmup: int, r
                     precision: str) -> None:
     """Measure per-node latency and memory of MODEL.onnx on this machine (run it on the target)."""
     from slicer_compile.frontend import concretize, load_onnx
-    from slicer_compile.profile.devices import local_cpu
-    from slicer_compile.profile.measure import measure_profile
+    from slicer_compile.profile.measure import measure_on_backend
     from slicer_compile.storage import atomic_path
 
     require_backend(backend)
     model = concretize(load_onnx(model_path), shapes_dict(input_shapes))
     with Progress() as progress:
-        if backend == "tensorrt":
-            from slicer_compile.profile.measure_tensorrt import local_gpu_description, measure_profile_tensorrt
-
-            prof = measure_profile_tensorrt(model, "gpu", local_gpu_description(), warmup=warmup, runs=runs,
-                                            precision=precision, progress=lambda d, t: progress("profiling", d, t))
-        else:
-            prof = measure_profile(model, "cpu", local_cpu().description, warmup=warmup, runs=runs,
-                                   progress=lambda d, t: progress("profiling", d, t))
+        prof = measure_on_backend(model, backend, warmup=warmup, runs=runs, precision=precision,
+                                  progress=lambda d, t: progress("profiling", d, t))
     with atomic_path(output) as tmp:
         prof.save(tmp)
     click.echo(f"{len(prof.nodes)} nodes, {prof.total_latency_s * 1e3:.3f} ms per run -> {output}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from slicer_compile.backends.base import BACKENDS
+from slicer_compile.backends.registry import BACKENDS, DEFAULT_BACKEND
 from slicer_compile.errors import ConfigError
 
 # --- verbosity, shared by every command -------------------------------------------------
@@ -183,7 +183,7 @@ RATE = Quantity("rate", minimum=1e3, maximum=1e13)
 
 def backend_option(help_text: str):
     """``--backend``, its choices from the one list of backends."""
-    return click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(list(BACKENDS)),
+    return click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(list(BACKENDS)),
                         help=help_text)
 
 

@@ -17,53 +17,7 @@ import numpy as np
 from slicer_compile.codec.config import SlicerConfig
 from slicer_compile.codec.native import _ERR_CAPACITY, _ERR_PAYLOAD, _OK, _Knobs, _Limits
 from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
-
-
-def cuda_runtime():
-    """cuda-python's runtime module and a usable device, or BackendUnavailableError saying what is missing."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        raise BackendUnavailableError("the CUDA path needs cuda-python: pip install '.[gpu]' in the slicer-compile source tree") from None
-    err, count = runtime.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        raise BackendUnavailableError(f"no CUDA device is usable here (cudaGetDeviceCount: {err})")
-    return runtime
-
-
-def _check_cuda(result, what: str):
-    err = result[0] if isinstance(result, tuple) else result
-    if int(err) != 0:
-        raise SlicerCompileError(f"{what} failed: {err}")
-    return result[1] if isinstance(result, tuple) and len(result) == 2 else result
-
-
-class DeviceBuffer:
-    """One device allocation; freed by ``free()`` or when its owner closes."""
-
-    def __init__(self, runtime, nbytes: int):
-        self._rt = runtime
-        self.nbytes = max(int(nbytes), 1)
-        self.ptr = int(_check_cuda(runtime.cudaMalloc(self.nbytes), "cudaMalloc"))
-
-    def upload(self, array: np.ndarray) -> "DeviceBuffer":
-        array = np.ascontiguousarray(array)
-        if array.nbytes > self.nbytes:
-            raise SlicerCompileError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
-        _check_cuda(self._rt.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes,
-                                        self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy H2D")
-        return self
-
-    def download(self, dtype, count: int) -> np.ndarray:
-        out = np.empty(count, dtype=dtype)
-        _check_cuda(self._rt.cudaMemcpy(out.ctypes.data, self.ptr, out.nbytes,
-                                        self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy D2H")
-        return out
-
-    def free(self) -> None:
-        if self.ptr:
-            self._rt.cudaFree(self.ptr)
-            self.ptr = 0
+from slicer_compile.native.cuda import DeviceBuffer, check_cuda, cuda_runtime  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -117,7 +71,7 @@ class GpuCoder:
         self._capacity = 0
         self._buffers: dict[str, DeviceBuffer] = {}
         self._host: dict[str, np.ndarray] = {}
-        self.stream = int(_check_cuda(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+        self.stream = int(check_cuda(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
 
     # --- buffers ---------------------------------------------------------------------
 
@@ -203,7 +157,7 @@ class GpuCoder:
         if stages == "host":
             return self._encode_host_stages(x.shape, cfg)
         size = self._encode_device_stages(x.shape, cfg)
-        _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return self._buffers["payload"].download(np.uint8, size).tobytes()
 
     def _decode_host_stages(self, payload: bytes, max_elements: int) -> tuple[tuple[int, ...], int]:
@@ -258,7 +212,7 @@ class GpuCoder:
                 raise PayloadError(f"payload of {len(payload)} bytes is larger than any of {max_elements} elements")
             self._buffers["payload"].upload(np.frombuffer(payload, dtype=np.uint8))
             shape, elements = self._decode_device_stages(len(payload), max_elements)
-        _check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        check_cuda(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return self._buffers["out"].download(np.float32, elements).reshape(shape)
 
     def time_round_trip(self, x: np.ndarray, cfg: SlicerConfig, repeat: int = 20,
@@ -276,8 +230,8 @@ class GpuCoder:
         else:  # the payload stays in device memory between the two
             encode_call = lambda: self._encode_device_stages(x.shape, cfg)  # noqa: E731
             decode_call = lambda: self._decode_device_stages(len(payload), x.size)  # noqa: E731
-        start = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
-        stop = _check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
+        start = check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
+        stop = check_cuda(self.rt.cudaEventCreate(), "cudaEventCreate")
         try:
             encode_s, decode_s = [], []
             for _ in range(repeat):
@@ -286,8 +240,8 @@ class GpuCoder:
                     self.rt.cudaEventRecord(start, self.stream)
                     call()
                     self.rt.cudaEventRecord(stop, self.stream)
-                    _check_cuda(self.rt.cudaEventSynchronize(stop), "cudaEventSynchronize")
-                    sink.append(_check_cuda(self.rt.cudaEventElapsedTime(start, stop), "cudaEventElapsedTime") / 1e3)
+                    check_cuda(self.rt.cudaEventSynchronize(stop), "cudaEventSynchronize")
+                    sink.append(check_cuda(self.rt.cudaEventElapsedTime(start, stop), "cudaEventElapsedTime") / 1e3)
         finally:
             self.rt.cudaEventDestroy(start)
             self.rt.cudaEventDestroy(stop)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
-from slicer_compile.locations import build_root, source_root
+from slicer_compile.native.cmake import cmake_build
+from slicer_compile.native.locations import build_root, source_root
 
 
 _OK, _ERR_ARGUMENT, _ERR_CAPACITY, _ERR_PAYLOAD = 0, 1, 2, 3
@@ -36,16 +36,6 @@ class _Knobs(ctypes.Structure):
     _fields_ = [("sparsity", ctypes.c_float), ("lam", ctypes.c_float), ("delta", ctypes.c_float),
                 ("blocksPos", ctypes.c_int), ("blocksNeg", ctypes.c_int), ("qBits", ctypes.c_int),
                 ("qMin", ctypes.c_int)]
-
-
-def cmake_build(source: Path, build_dir: Path, defines: dict[str, str], jobs: int, what: str) -> None:
-    """Configure and build a CMake project; SlicerCompileError with the log's tail if either step fails."""
-    configure = ["cmake", "-S", str(source), "-B", str(build_dir), *(f"-D{k}={v}" for k, v in defines.items())]
-    for command in (configure, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-12:]
-            raise SlicerCompileError(f"{what} build failed:\n" + "\n".join(tail))
 
 
 def default_build_dir(source: str | Path | None = None) -> Path:

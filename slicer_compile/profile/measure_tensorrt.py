@@ -1,6 +1,6 @@
 """Measured per-node latency with TensorRT: an engine of the whole model, an
 ``IProfiler`` collecting per-layer times, and the layers mapped back to ONNX nodes
-(``backends/tensorrt/layers.py``: fused layers share their time by roofline
+(``profile/engine_layers.py``: fused layers share their time by roofline
 weight; the profile keeps the layer table so that the sharing can be seen)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def measure_profile_tensorrt(concrete_model, device_name: str, device_descriptio
     """Build an engine of the whole model and time ``warmup + runs`` executions per layer."""
     from slicer_compile.backends.tensorrt.availability import require_tensorrt
     from slicer_compile.backends.tensorrt.builder import EngineOptions, build_engine
-    from slicer_compile.backends.tensorrt.layers import attribute_layer_times
+    from slicer_compile.profile.engine_layers import attribute_layer_times
     from slicer_compile.backends.tensorrt.runner import TensorrtRunner
 
     trt = require_tensorrt()
@@ -67,7 +67,7 @@ def local_gpu_description() -> str:
     """This machine's GPU and TensorRT version, for the profile's record."""
     import tensorrt
 
-    from slicer_compile.codec.gpu import cuda_runtime
+    from slicer_compile.native.cuda import cuda_runtime
 
     rt = cuda_runtime()
     err, props = rt.cudaGetDeviceProperties(0)

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import Artifact, load_artifact
-from slicer_compile.backends.base import open_runner
+from slicer_compile.backends.registry import get_backend
 from slicer_compile.codec import SlicerConfig, encode
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
-from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_encoders
+from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
+from slicer_compile.runtime.parts import EDGE, open_part
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
 
 
@@ -111,9 +112,9 @@ class EdgeClient:
     def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0,
                  backend: str = "onnxruntime"):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-        # onnxruntime: the edge part, then the numpy encoder; tensorrt: edge.plan with
-        # the encoder plugin inside (the knobs are an engine input).
-        self.backend = backend
+        # A backend without the codec in its engines runs the edge part, then the numpy
+        # encoder; one with it (TensorRT: edge.plan) encodes inside, the knobs an engine input.
+        self.backend = get_backend(backend)
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
@@ -129,15 +130,7 @@ class EdgeClient:
     def _runner(self, split_id: str):
         runner = self._runners.get(split_id)
         if runner is None:
-            info = self.artifact.split(split_id)
-            if self.backend == "tensorrt":
-                runner = open_runner(self.artifact.engine_path(split_id, "edge"), "tensorrt", f"{split_id}/edge")
-            else:
-                import onnx
-
-                core = strip_encoders(onnx.load(str(self.artifact.part_path(split_id, "edge"))), list(info.crossing))
-                runner = open_runner(core, "onnxruntime", f"{split_id}/edge", optimize=True)
-            runner = self._runners[split_id] = runner.activate()
+            runner = self._runners[split_id] = open_part(self.artifact, split_id, EDGE, self.backend.name).activate()
         return runner
 
     def selector(self):
@@ -187,7 +180,7 @@ class EdgeClient:
         runner = self._runner(split)
 
         start = time.perf_counter()
-        if self.backend == "tensorrt":
+        if self.backend.codec_in_engine:
             self._check_engine_knobs(config)
             feeds = {name: inputs[name] for name in runner.input_names if name != KNOBS_INPUT}
             middle = runner.infer({**feeds, KNOBS_INPUT: knobs_tensor(config)})
@@ -199,7 +192,7 @@ class EdgeClient:
         for t in info.crossing:
             if t["kind"] != "activation":
                 tensors[t["name"]] = middle[t["name"]]
-            elif self.backend == "tensorrt":  # encoded inside the engine: edge_s includes it
+            elif self.backend.codec_in_engine:  # encoded inside the engine: edge_s includes it
                 count = int(middle[nbytes_name(t["name"])][0])
                 tensors[payload_name(t["name"])] = middle[payload_name(t["name"])][:count]
             else:
@@ -230,9 +223,14 @@ class EdgeClient:
     # --- transport ---------------------------------------------------------------------
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> InferMessage:
-        for attempt in (0, 1):  # one reconnect: a kept-alive connection may have been closed
+        # A kept-alive connection the server has closed (idle timeout) fails on reuse:
+        # that costs a reconnect, not an attempt. A fresh connection is tried twice.
+        fresh_attempts = 0
+        while True:
+            reused = self._connection is not None
             try:
                 if self._connection is None:
+                    fresh_attempts += 1
                     self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
                     self._connection.connect()
                     # Headers and body go out in two writes: without this, Nagle's
@@ -244,7 +242,7 @@ class EdgeClient:
                 break
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
-                if attempt:
+                if not reused and fresh_attempts >= 2:
                     raise ServerError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
         if response.status != 200:
             raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}")

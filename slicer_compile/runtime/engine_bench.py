@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import load_artifact
-from slicer_compile.backends.base import open_runner
 from slicer_compile.codec import SlicerConfig
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError
-from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_encoders
+from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
 from slicer_compile.runtime.loadtest import example_inputs
+from slicer_compile.runtime.parts import EDGE, SERVER, open_part
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ def _median_ms(times: list[float]) -> float:
 def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: list[str] | None = None,
                            codec_library: str | Path | None = None) -> list[EngineBenchRow]:
     """Benchmark every split that has engines (or the named ones)."""
-    import onnx
-
     from slicer_compile.codec.gpu import GpuCoder
     from slicer_compile.codec.native import build_kernels
 
@@ -68,7 +66,7 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
     with GpuCoder(library) as coder:
         for info in with_plans:
             edge_feeds = {**inputs, KNOBS_INPUT: knobs_tensor(cfg)}
-            with open_runner(artifact.engine_path(info.id, "edge"), "tensorrt", f"{info.id}/edge") as edge:
+            with open_part(artifact, info.id, EDGE, "tensorrt") as edge:
                 edge_feeds = {k: v for k, v in edge_feeds.items() if k in edge.input_names}
                 edge_out = edge.infer(edge_feeds)
                 edge_ms = _median_ms(edge.time_execution(edge_feeds, repeat))
@@ -81,13 +79,12 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
                     payload_bytes += count
                 else:
                     server_feeds[t["name"]] = edge_out[t["name"]]
-            with open_runner(artifact.engine_path(info.id, "server"), "tensorrt", f"{info.id}/server") as server:
+            with open_part(artifact, info.id, SERVER, "tensorrt") as server:
                 server_ms = _median_ms(server.time_execution(server_feeds, repeat))
             encode_ms = decode_ms = None
             elements = 0
             if activations:
-                core = strip_encoders(onnx.load(str(artifact.part_path(info.id, "edge"))), list(info.crossing))
-                with open_runner(core, "onnxruntime", f"{info.id}/edge-core") as reference:
+                with open_part(artifact, info.id, EDGE, "onnxruntime") as reference:
                     feeds = {k: v for k, v in inputs.items() if k in reference.input_names}
                     activation = reference.infer(feeds)[activations[0]["name"]].astype(np.float32)
                 timing = coder.time_round_trip(activation, cfg, repeat=repeat)

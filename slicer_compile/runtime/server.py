@@ -31,12 +31,14 @@ import numpy as np
 
 from slicer_compile import __version__
 from slicer_compile.artifact import Artifact, load_artifact
-from slicer_compile.backends.base import Runner, open_runner
+from slicer_compile.backends.base import Runner, RunSettings
+from slicer_compile.backends.registry import get_backend
 from slicer_compile.codec import PayloadError, SlicerConfig, decode
 from slicer_compile.codec.wire import DEFAULT_LIMITS, read_header
 from slicer_compile.errors import ArtifactError, SlicerCompileError
-from slicer_compile.graph.codec_nodes import payload_name, strip_decoders
+from slicer_compile.graph.codec_nodes import payload_name
 from slicer_compile.runtime.metrics import Metrics
+from slicer_compile.runtime.parts import SERVER, open_part
 from slicer_compile.runtime.protocol import (
     ARTIFACT_PARAMETER,
     HEADER_LENGTH,
@@ -86,20 +88,15 @@ class SplitModel:
     """One split's server part and the batcher in front of it."""
 
     def __init__(self, artifact: Artifact, split_id: str, config: ServerConfig, metrics: Metrics):
-        import onnx
-
         info = artifact.split(split_id)
         self.split_id = split_id
         self.crossing = list(info.crossing)
         self.activations = [t for t in self.crossing if t["kind"] == "activation"]
-        self.decodes_in_engine = config.backend == "tensorrt"
-        if self.decodes_in_engine:
-            self.runner: Runner = open_runner(artifact.engine_path(split_id, "server"), "tensorrt",
-                                              f"{split_id}/server")
-        else:
-            core = strip_decoders(onnx.load(str(artifact.part_path(split_id, "server"))), self.crossing)
-            self.runner = open_runner(core, "onnxruntime", f"{split_id}/server", optimize=True,
-                                      threads=config.threads)
+        backend = get_backend(config.backend)
+        self.decodes_in_engine = backend.codec_in_engine
+        self.batch_bound = backend.server_batch_bound or config.max_batch
+        self.runner: Runner = open_part(artifact, split_id, SERVER, backend.name,
+                                        RunSettings(threads=config.threads, optimize=True))
         self.runner.activate()
         self.output_names = self.runner.output_names
         self.config = config
@@ -173,7 +170,7 @@ class SplitModel:
                 continue
             batch = [job]
             deadline = time.perf_counter() + (0.0 if self._draining else self.config.max_queue_delay_s)
-            max_batch = 1 if self.decodes_in_engine else self.config.max_batch
+            max_batch = min(self.batch_bound, self.config.max_batch)
             while len(batch) < max_batch:
                 remaining = deadline - time.perf_counter()
                 try:

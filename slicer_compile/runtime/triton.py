@@ -24,7 +24,8 @@ import numpy as np
 from slicer_compile import __version__
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.errors import ArtifactError, ConfigError, SlicerCompileError
-from slicer_compile.graph.codec_nodes import payload_name, strip_decoders
+from slicer_compile.graph.codec_nodes import payload_name
+from slicer_compile.runtime.parts import SERVER, part_without_codec
 from slicer_compile.storage import StagedDirectory
 
 #: The file that marks a repository slicer-compile wrote (what ``--force`` may replace).
@@ -113,8 +114,7 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
             crossing = list(info.crossing)
             activations = [t for t in crossing if t["kind"] == "activation"]
             sides = [t for t in crossing if t["kind"] == "side"]
-            server_model = onnx.load(str(artifact.part_path(info.id, "server")))
-            core = strip_decoders(server_model, crossing)
+            core = part_without_codec(artifact, info.id, SERVER)
             outputs = [(o.name, str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type))),
                         [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim])
                        for o in core.graph.output]

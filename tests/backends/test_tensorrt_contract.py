@@ -13,7 +13,7 @@ import pytest
 
 from slicer_compile.backends.tensorrt.contract import (
     encoder_payload_bytes, message_to_words, payload_words, to_engine_contract, words_to_message)
-from slicer_compile.backends.tensorrt.layers import attribute_layer_times, nodes_of_layer
+from slicer_compile.profile.engine_layers import attribute_layer_times, nodes_of_layer
 from slicer_compile.errors import BackendUnavailableError, ConfigError, ModelError, PayloadError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -158,7 +158,7 @@ def test_plugin_library_says_where_it_looked(monkeypatch, tmp_path):
 
 
 def test_engine_options_and_backends_are_checked():
-    from slicer_compile.backends.base import open_runner
+    from slicer_compile.backends.registry import open_runner
     from slicer_compile.backends.tensorrt.builder import EngineOptions
 
     with pytest.raises(ConfigError, match="precision"):
@@ -178,7 +178,7 @@ def test_compile_with_an_unknown_backend_is_refused(tmp_path):
 
 
 def test_profile_keeps_its_layer_table(tmp_path):
-    from slicer_compile.backends.tensorrt.layers import LayerTime
+    from slicer_compile.profile.engine_layers import LayerTime
     from slicer_compile.profile.measure import NodeProfile, Profile
 
     profile = Profile("sha", "gpu", "H100, TensorRT 10.9", 3, 10, 1e-3,

@@ -43,7 +43,7 @@ def test_engine_pair_matches_the_onnx_pipeline(artifact):
     the server engine's answer from that payload matches ONNX Runtime's on 100 digits."""
     import onnx
 
-    from slicer_compile.backends.base import open_runner
+    from slicer_compile.backends.registry import open_runner
     from slicer_compile.codec import SlicerConfig, decode, encode
     from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
     from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_decoders, strip_encoders
@@ -81,7 +81,7 @@ def test_engine_pair_matches_the_onnx_pipeline(artifact):
 
 
 def test_decoder_plugin_refuses_a_corrupt_payload(artifact):
-    from slicer_compile.backends.base import open_runner
+    from slicer_compile.backends.registry import open_runner
     from slicer_compile.errors import ModelError
     from slicer_compile.graph.codec_nodes import payload_name
 

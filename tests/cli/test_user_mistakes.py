@@ -383,11 +383,11 @@ def test_serve_log_level_info_writes_an_access_log(artifact, tmp_path):
 
 
 def test_without_a_source_tree_builds_go_to_the_users_cache(tmp_path, monkeypatch):
-    from slicer_compile import locations
+    from slicer_compile.native import locations
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv(locations.SOURCE_ENV, raising=False)
-    monkeypatch.setattr(locations, "__file__", str(tmp_path / "site-packages" / "slicer_compile" / "locations.py"))
+    monkeypatch.setattr(locations, "__file__", str(tmp_path / "site-packages" / "slicer_compile" / "native" / "locations.py"))
     assert locations.source_root() is None
     assert locations.build_root() == tmp_path / "cache" / "slicer-compile" / "build"
     checkout = Path(__file__).resolve().parents[2]

@@ -11,14 +11,27 @@ from slicer_compile.backends.base import Runner
 
 
 def session_options(optimize: bool = False, threads: int = 0, profile_prefix: str | None = None):
-    """Session options; graph optimisations off by default, so that a run matches
-    the profile (one kernel per ONNX node) and edge + server match the full model."""
+    """The one place that configures ONNX Runtime sessions.
+
+    * Graph optimisations off by default, so that a run matches the per-node profile
+      (one kernel per ONNX node) and edge + server match the full model; runners a
+      user waits on pass ``optimize=True``.
+    * Thread pools do not spin: ONNX Runtime's intra-op threads busy-wait after each
+      run by default, and with several sessions on few cores (the edge runner, the
+      server's split parts, a local reference) they spin against each other.
+    * ``threads``: intra-op threads; 0 means one per physical core (ONNX Runtime's
+      default). Inter-op parallelism stays off (sequential execution).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     if profile_prefix:
         so.enable_profiling = True

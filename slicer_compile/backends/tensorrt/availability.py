@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from slicer_compile.errors import BackendUnavailableError
-from slicer_compile.locations import build_root, source_root
+from slicer_compile.native.locations import build_root, source_root
 
 MIN_TENSORRT_MAJOR = 10
 PLUGIN_LIBRARY_NAME = "libslicer_trt_plugins.so"
@@ -103,7 +103,7 @@ def build_plugins(build_dir: str | Path | None = None, jobs: int = 2, source: st
     if root is None:
         raise BackendUnavailableError("building the TensorRT plugins needs TensorRT's C++ headers "
                                       "(NvInferRuntime.h): set $TENSORRT_ROOT to the TensorRT installation")
-    from slicer_compile.codec.native import cmake_build
+    from slicer_compile.native.cmake import cmake_build
 
     build_dir = Path(build_dir)
     cmake_build(sources, build_dir, {"TENSORRT_ROOT": str(root)}, jobs, "plugin")
@@ -114,7 +114,7 @@ def build_plugins(build_dir: str | Path | None = None, jobs: int = 2, source: st
 def report() -> list[tuple[str, bool, str]]:
     """(component, usable, detail) for everything the GPU path needs, for
     ``slicer-compile backends``: each line says what is there or what is missing."""
-    from slicer_compile.codec.gpu import cuda_runtime
+    from slicer_compile.native.cuda import cuda_runtime
 
     rows = []
     try:

@@ -149,7 +149,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def build_pair(split_dir: str | Path, crossing: list[dict], options: EngineOptions = EngineOptions(),
+def build_pair(split_dir: str | Path, server_core, options: EngineOptions = EngineOptions(),
                plugins: Path | None = None, calibration=None) -> dict[str, Path]:
     """The engines of one split, beside its ONNX parts:
 
@@ -165,11 +165,9 @@ def build_pair(split_dir: str | Path, crossing: list[dict], options: EngineOptio
     whose inputs are payloads or decoded activations, are built FP16 then.
 
     Args:
-        crossing: the split's crossing table (manifest ``splits[].crossing``).
+        server_core: the server part without its decoder nodes (the caller's graph surgery).
     """
     import onnx
-
-    from slicer_compile.graph.codec_nodes import strip_decoders
 
     split_dir = Path(split_dir)
     edge = onnx.load(str(split_dir / "edge.onnx"))
@@ -180,7 +178,7 @@ def build_pair(split_dir: str | Path, crossing: list[dict], options: EngineOptio
         "edge_plan": build_engine(to_engine_contract(edge), split_dir / "edge.plan", options, plugins, calibration),
         "server_plan": build_engine(to_engine_contract(server, payload_bytes=sizes), split_dir / "server.plan",
                                     server_options, plugins),
-        "server_core_plan": build_engine(strip_decoders(server, crossing), split_dir / "server_core.plan",
+        "server_core_plan": build_engine(server_core, split_dir / "server_core.plan",
                                          replace(server_options, dynamic_dim=(1, options.server_core_max_batch,
                                                                        options.server_core_max_batch))),
     }

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from slicer_compile.codec.gpu import DeviceBuffer, cuda_runtime
+from slicer_compile.native.cuda import DeviceBuffer, cuda_runtime
 
 
 def make_entropy_calibrator(trt, feeds: Iterable[Mapping[str, np.ndarray]]):

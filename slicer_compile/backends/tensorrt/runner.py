@@ -40,7 +40,7 @@ class TensorrtRunner(Runner):
     def activate_impl(self) -> None:
         from slicer_compile.backends.tensorrt.availability import require_tensorrt
         from slicer_compile.backends.tensorrt.builder import load_plugins
-        from slicer_compile.codec.gpu import cuda_runtime
+        from slicer_compile.native.cuda import cuda_runtime
 
         trt = require_tensorrt()
         # Engines with codec nodes need the plugins registered before they load; an
@@ -72,7 +72,7 @@ class TensorrtRunner(Runner):
             (self._inputs if is_input else self._outputs)[name] = dtype
 
     def _buffer(self, name: str, nbytes: int):
-        from slicer_compile.codec.gpu import DeviceBuffer
+        from slicer_compile.native.cuda import DeviceBuffer
 
         buffer = self._buffers.get(name)
         if buffer is None or buffer.nbytes < nbytes:

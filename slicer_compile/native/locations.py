@@ -20,7 +20,7 @@ SOURCE_ENV = "SLICER_SOURCE"
 def source_root(explicit: str | Path | None = None) -> Path | None:
     """The source tree holding ``cuda/`` and ``plugins/``: ``explicit``, else
     $SLICER_SOURCE, else the tree this package sits in (an editable install), else None."""
-    for candidate in (explicit, os.environ.get(SOURCE_ENV), Path(__file__).resolve().parents[1]):
+    for candidate in (explicit, os.environ.get(SOURCE_ENV), Path(__file__).resolve().parents[2]):
         if candidate and (Path(candidate) / "cuda" / "CMakeLists.txt").is_file():
             return Path(candidate).resolve()
     return None
