@@ -74,6 +74,15 @@ class CompileOptions:
     precision: str = "fp16"
 
     def __post_init__(self):
+        # The default sparsity is calibrated too (the report shows its fidelity), and the
+        # encoder nodes accept the default knobs.
+        if self.codec.sparsity not in self.sparsity_grid:
+            object.__setattr__(self, "sparsity_grid", tuple(sorted({*self.sparsity_grid, self.codec.sparsity})))
+        limits = self.limits
+        loosest = dataclasses.replace(limits, min_sparsity=min(limits.min_sparsity, min(self.sparsity_grid)),
+                                      max_blocks=max(limits.max_blocks, *self.codec.blocks),
+                                      max_q_bits=max(limits.max_q_bits, self.codec.q_bits))
+        object.__setattr__(self, "limits", loosest)
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision not in PRECISIONS:

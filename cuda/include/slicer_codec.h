@@ -79,6 +79,13 @@ typedef struct
 } slicer_knobs;
 
 /*
+ * Seven knobs in the one order (s, lam, delta, M+, M-, q_bits, q_min: the wire
+ * header's and the SlicerEncode node's knobs input) into a slicer_knobs, with the one
+ * range check; SLICER_ERR_ARGUMENT if a value is out of range or not whole.
+ */
+slicer_status slicer_knobs_from_values(const float* values, slicer_knobs* knobs);
+
+/*
  * Encode T = prod(shape) finite float32 values (float16 inputs upcast by the caller,
  * dtypeCode 2 recorded) into a complete payload, byte for byte as the numpy
  * reference. `written` receives the size even when the capacity is too small.

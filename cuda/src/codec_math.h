@@ -5,6 +5,8 @@
 #ifndef SLICER_CODEC_MATH_H
 #define SLICER_CODEC_MATH_H
 
+#include "slicer_codec.h"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -17,6 +19,27 @@
 
 namespace slicer
 {
+
+//! k = floor((1 - s)·T): the most values ATKF keeps, as a person counts it for a decimal
+//! sparsity. s travels as float32 (0.99 is 0.99000001), which alone would keep 2 of 300
+//! where a person keeps 3; a float32 is within 2^-25 of the decimal it was rounded from,
+//! so that much of T is added back before the floor. Evaluated in double, in this order,
+//! by every encoder, decoder and predictor (slicer_compile/codec/config.py kept_count).
+SLICER_HD inline uint64_t keptCount(float sparsity, uint64_t T)
+{
+    double const t = static_cast<double>(T);
+    double const k = floor((1.0 - static_cast<double>(sparsity)) * t + t * 0x1p-25);
+    return k >= t ? T : static_cast<uint64_t>(k);
+}
+
+//! The one range check of the SLICER knobs in C++ (the Python spec's is SlicerConfig):
+//! every C entry point and the encoder plugin call it.
+SLICER_HD inline bool knobsValid(slicer_knobs const& k)
+{
+    return k.blocksPos >= 1 && k.blocksPos <= 64 && k.blocksNeg >= 1 && k.blocksNeg <= 64 && k.qBits >= 1
+        && k.qBits <= 16 && k.qMin >= 1 && k.qMin <= k.qBits && k.sparsity >= 0.0f && k.sparsity < 1.0f
+        && k.lam > -1.0f && k.lam < 1.0f && k.delta >= 0.0f && k.delta <= 3.4e38f;
+}
 
 SLICER_HD inline int bitLength(uint64_t v)
 {

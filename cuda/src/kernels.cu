@@ -17,6 +17,7 @@
 // device in the development workplace). The numpy reference is the spec these
 // must match bit for bit.
 
+#include "codec_math.h"
 #include "launchers.h"
 #include "slicer_codec.h"
 
@@ -252,7 +253,7 @@ slicer_status selectKeptValues(float const* x, uint64_t n, slicer_knobs const& k
 
     cudaMemsetAsync(nonFinite, 0, sizeof(unsigned int), stream);
     launchAnyNonFinite(x, n, nonFinite, stream);
-    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs.sparsity)) * n));
+    uint64_t const k = slicer::keptCount(knobs.sparsity, n);
     slicer_status const status
         = slicer_cuda_select_kept(x, n, k, knobs.lam, selectWorkspace, selectBytes, *kept, count, stream);
     if (status != SLICER_OK)

@@ -161,7 +161,7 @@ SLICER_HD inline void parseFrame(uint8_t const* p, uint64_t len, uint64_t maxEle
     {
         return;
     }
-    f->k = static_cast<uint64_t>(floor((1.0 - static_cast<double>(f->sparsity)) * static_cast<double>(T)));
+    f->k = keptCount(f->sparsity, T);
     // The section table: seven length-prefixed sections, then the CRC, nothing else.
     uint64_t at = knobsEnd;
     uint64_t const end = len - 4;

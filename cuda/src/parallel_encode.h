@@ -227,12 +227,7 @@ uint32_t chunkedCrc32(Exec& ex, uint8_t const* data, uint64_t len)
 // --- host-side helpers ---------------------------------------------------------------
 
 //! The knob ranges every encoder entry point accepts (SlicerConfig's).
-inline bool knobsValid(slicer_knobs const& k)
-{
-    return k.blocksPos >= 1 && k.blocksPos <= 64 && k.blocksNeg >= 1 && k.blocksNeg <= 64 && k.qBits >= 1
-        && k.qBits <= 16 && k.qMin >= 1 && k.qMin <= k.qBits && k.sparsity >= 0.0f && k.sparsity < 1.0f
-        && k.lam > -1.0f && k.lam < 1.0f && k.delta >= 0.0f;
-}
+using slicer::knobsValid;
 
 inline void putU32(uint8_t* p, uint32_t v)
 {

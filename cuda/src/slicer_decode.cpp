@@ -168,7 +168,7 @@ slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits con
     {
         return SLICER_ERR_PAYLOAD;
     }
-    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(s)) * static_cast<double>(T)));
+    uint64_t const k = slicer::keptCount(s, T);
     Sections sections(payload, knobsEnd, len - 4);
     uint8_t const* sec = nullptr;
     size_t secLen = 0;

@@ -167,9 +167,7 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
     {
         T *= shape[d];
     }
-    if (T > 0xFFFFFFFFULL || (T > 0 && !x) || knobs->blocksPos < 1 || knobs->blocksNeg < 1 || knobs->qBits < 1
-        || knobs->qBits > 16 || knobs->qMin < 1 || knobs->qMin > knobs->qBits || !(knobs->sparsity >= 0.0f)
-        || !(knobs->sparsity < 1.0f) || !(knobs->lam > -1.0f) || !(knobs->lam < 1.0f) || !(knobs->delta >= 0.0f))
+    if (T > 0xFFFFFFFFULL || (T > 0 && !x) || !slicer::knobsValid(*knobs))
     {
         return SLICER_ERR_ARGUMENT;
     }
@@ -190,7 +188,7 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
         float const v = x[i];
         scores[i] = knobs->lam == 0.0f ? std::fabs(v) : (v > 0.0f ? v / posScale : (v < 0.0f ? -v / negScale : 0.0f));
     }
-    uint64_t const k = static_cast<uint64_t>(std::floor((1.0 - static_cast<double>(knobs->sparsity)) * T));
+    uint64_t const k = slicer::keptCount(knobs->sparsity, T);
     std::vector<int64_t> const kept = selectKept(scores, k);
     std::vector<float> values(kept.size());
     for (size_t i = 0; i < kept.size(); ++i)
@@ -345,5 +343,29 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
         return SLICER_ERR_CAPACITY;
     }
     std::memcpy(out, payload.mBytes.data(), payload.mBytes.size());
+    return SLICER_OK;
+}
+
+extern "C" slicer_status slicer_knobs_from_values(const float* values, slicer_knobs* knobs)
+{
+    // SLICER_KNOB_ORDER: s, λ, δ, M+, M-, q_bits, q_min; the integer knobs must be whole.
+    if (!values || !knobs)
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    for (int i = 3; i < 7; ++i)
+    {
+        if (!(std::floor(values[i]) == values[i]) || values[i] < 0.0f || values[i] > 64.0f)
+        {
+            return SLICER_ERR_ARGUMENT;
+        }
+    }
+    slicer_knobs const k{values[0], values[1], values[2], static_cast<int>(values[3]), static_cast<int>(values[4]),
+        static_cast<int>(values[5]), static_cast<int>(values[6])};
+    if (!slicer::knobsValid(k))
+    {
+        return SLICER_ERR_ARGUMENT;
+    }
+    *knobs = k;
     return SLICER_OK;
 }

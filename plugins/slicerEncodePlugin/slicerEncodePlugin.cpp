@@ -23,11 +23,6 @@ int32_t payloadWords(int64_t payloadBytes)
 {
     return static_cast<int32_t>((payloadBytes + 3) / 4);
 }
-
-bool isWhole(float v)
-{
-    return std::floor(v) == v;
-}
 } // namespace
 
 SlicerEncodePlugin::SlicerEncodePlugin(Attributes const& attributes)
@@ -149,21 +144,18 @@ int32_t SlicerEncodePlugin::onShapeChange(
     return ok ? 0 : -1;
 }
 
-std::string SlicerEncodePlugin::checkKnobs(float const* k) const
+std::string SlicerEncodePlugin::checkKnobs(float const* k, slicer_knobs* knobs) const
 {
-    // Order: s, λ, M+, M-, Q̄, q_min, δ (slicer_compile/codec/ops.py KNOB_FIELDS).
+    // The one knob order (slicer_compile/codec/config.py SLICER_KNOB_ORDER: s, λ, δ, M+, M-, Q̄, q_min)
+    // and the one range check of the C ABI (slicer_knobs_from_values).
     std::ostringstream why;
-    if (!(k[0] >= 0.0F && k[0] < 1.0F) || !(k[1] > -1.0F && k[1] < 1.0F) || !std::isfinite(k[6]) || k[6] < 0.0F)
+    if (slicer_knobs_from_values(k, knobs) != SLICER_OK)
     {
-        why << "knobs out of range: s=" << k[0] << " lambda=" << k[1] << " delta=" << k[6];
+        why << "knobs out of range: s=" << k[0] << " lambda=" << k[1] << " delta=" << k[2] << " blocks=(" << k[3]
+            << "," << k[4] << ") q_bits=" << k[5] << " q_min=" << k[6];
     }
-    else if (!isWhole(k[2]) || !isWhole(k[3]) || !isWhole(k[4]) || !isWhole(k[5]) || k[2] < 1.0F || k[2] > 64.0F
-        || k[3] < 1.0F || k[3] > 64.0F || k[4] < 1.0F || k[4] > 16.0F || k[5] < 1.0F || k[5] > k[4])
-    {
-        why << "knobs out of range: blocks=(" << k[2] << "," << k[3] << ") q_bits=" << k[4] << " q_min=" << k[5];
-    }
-    else if (k[0] < mAttributes.minSparsity || k[2] > mAttributes.maxBlocks || k[3] > mAttributes.maxBlocks
-        || k[4] > mAttributes.maxQBits)
+    else if (knobs->sparsity < mAttributes.minSparsity || knobs->blocksPos > mAttributes.maxBlocks
+        || knobs->blocksNeg > mAttributes.maxBlocks || knobs->qBits > mAttributes.maxQBits)
     {
         why << "knobs are looser than this node was sized for (sparsity >= " << mAttributes.minSparsity
             << ", blocks <= " << mAttributes.maxBlocks << ", q_bits <= " << mAttributes.maxQBits << ")";
@@ -191,14 +183,13 @@ int32_t SlicerEncodePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
         logError(kPLUGIN_NAME, "cannot read the knobs");
         return -1;
     }
-    std::string const why = checkKnobs(hostKnobs);
+    slicer_knobs knobs{};
+    std::string const why = checkKnobs(hostKnobs, &knobs);
     if (!why.empty())
     {
         logError(kPLUGIN_NAME, why);
         return -1;
     }
-    slicer_knobs const knobs{hostKnobs[0], hostKnobs[1], hostKnobs[6], static_cast<int>(hostKnobs[2]),
-        static_cast<int>(hostKnobs[3]), static_cast<int>(hostKnobs[4]), static_cast<int>(hostKnobs[5])};
     uint32_t shape[kMAX_RANK] = {};
     for (int32_t d = 0; d < dims.nbDims; ++d)
     {

@@ -15,6 +15,7 @@
 #define SLICER_ENCODE_PLUGIN_H
 
 #include "../common/slicerPluginUtils.h"
+#include "slicer_codec.h"
 
 #include <NvInferRuntime.h>
 
@@ -83,7 +84,7 @@ public:
 private:
     //! The knobs as the codec takes them, or an error message if they are out of range
     //! or looser than the node was sized for.
-    std::string checkKnobs(float const* knobs) const;
+    std::string checkKnobs(float const* values, slicer_knobs* knobs) const;
 
     Attributes mAttributes;
     // The knobs read back and the byte count sent out (pinned: copies on the stream).

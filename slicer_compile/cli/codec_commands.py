@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from slicer_compile.cli.options import NumberList, verbosity_options
+from slicer_compile.cli.options import chosen_knobs, codec_knob_options, verbosity_options
 from slicer_compile.cli.runtime_commands import load_npy
 from slicer_compile.errors import SlicerCompileError
 from slicer_compile.storage import atomic_path, write_bytes_atomically
@@ -23,23 +23,13 @@ def codec() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Payload file.")
 @click.option("--codec", "codec_name", default="slicer", show_default=True,
               help="slicer, tabq, float16, int8 or zstd.")
-@click.option("--sparsity", type=float, help="SLICER: fraction of elements dropped, in [0, 1).")
-@click.option("--lam", type=float, help="SLICER: asymmetry λ in (-1, 1).")
-@click.option("--blocks", type=NumberList(int), help="SLICER: magnitude blocks per sign, M+,M- (e.g. 3,3).")
-@click.option("--q-bits", type=int, help="SLICER: reference bit-width.")
-@click.option("--q-min", type=int, help="SLICER / TAB-Q: lowest bit-width.")
-@click.option("--delta", type=float, help="SLICER / TAB-Q: DS distortion budget.")
-@click.option("--tau", type=float, help="TAB-Q: threshold for exact values.")
-@click.option("--q-max", type=int, help="TAB-Q: bits per quantised element, sign included.")
+@codec_knob_options()
 @verbosity_options
-def codec_encode(input_path: Path, output: Path, codec_name: str, blocks: list[int] | None, **knobs) -> None:
+def codec_encode(input_path: Path, output: Path, codec_name: str, **knobs) -> None:
     """Encode a float32/float16 .npy tensor into a payload file."""
     from slicer_compile.codec import config_from_name, encode, predict_bits
 
-    chosen = {name: value for name, value in knobs.items() if value is not None}
-    if blocks is not None:
-        chosen["blocks"] = tuple(blocks)
-    cfg = config_from_name(codec_name, **chosen)
+    cfg = config_from_name(codec_name, **chosen_knobs(knobs))
     x = load_npy(input_path)
     payload = encode(x, cfg)
     write_bytes_atomically(output, payload)

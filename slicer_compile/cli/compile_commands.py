@@ -10,8 +10,11 @@ import click
 from slicer_compile.cli.options import (
     POSITIVE,
     InputShape,
+    SLICER_KNOBS,
     artifact_argument,
     backend_option,
+    chosen_knobs,
+    codec_knob_options,
     json_option,
     shapes_dict,
     verbosity_options,
@@ -56,11 +59,16 @@ def require_backend(backend: str) -> None:
 @click.option("--runs", default=10, show_default=True, type=POSITIVE, help="Timed profiling runs (cpu).")
 @click.option("--force", is_flag=True,
               help="Replace the output directory if it is an artifact slicer-compile wrote (never anything else).")
+@codec_knob_options(SLICER_KNOBS)
 @verbosity_options
 def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, precision: str, server_device: str,
                     profile_path: Path | None, calib_path: Path | None, calib_samples: int, input_shapes,
-                    max_pairs: int, runs: int, force: bool) -> None:
-    """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report."""
+                    max_pairs: int, runs: int, force: bool, **knobs) -> None:
+    """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report.
+
+    The codec knobs set the artifact's defaults (the report's payload bounds and the
+    knobs a client starts from); --sparsity also joins the calibrated grid."""
+    from slicer_compile.codec import SlicerConfig
     from slicer_compile.compiler import compile_model
     from slicer_compile.report import REPORT
 
@@ -71,7 +79,8 @@ def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, 
         artifact = compile_model(model_path, device=device, out_dir=out_dir, calib=calib_path, profile=profile_path,
                                  server_device=server_device, calib_samples=calib_samples,
                                  input_shapes=shapes_dict(input_shapes), max_pairs=max_pairs, runs=runs,
-                                 overwrite=force, backend=backend, precision=precision, progress=progress)
+                                 overwrite=force, backend=backend, precision=precision, progress=progress,
+                                 codec=SlicerConfig(**chosen_knobs(knobs)))
     print_split_table(artifact)
     click.echo(f"wrote {out_dir}/ ({len(artifact.splits)} splits, {len(artifact.pareto)} pairs materialised, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/{REPORT}")

@@ -215,3 +215,41 @@ def channel_options(required: bool):
             command = option(command)
         return command
     return decorate
+
+
+# --- codec knobs ---------------------------------------------------------------------------
+
+#: Every codec knob the command line takes, declared once: (flag, type, help). Each maps to
+#: the config field of the same name (dashes as underscores).
+_KNOB_OPTIONS = {
+    "sparsity": (float, "SLICER: fraction of elements dropped, in [0, 1)."),
+    "lam": (float, "SLICER: asymmetry λ in (-1, 1)."),
+    "blocks": (NumberList(int), "SLICER: magnitude blocks per sign, M+,M- (e.g. 3,3)."),
+    "q-bits": (int, "SLICER: reference bit-width."),
+    "q-min": (int, "SLICER / TAB-Q: lowest bit-width."),
+    "delta": (float, "SLICER / TAB-Q: DS distortion budget."),
+    "tau": (float, "TAB-Q: threshold for exact values."),
+    "q-max": (int, "TAB-Q: bits per quantised element, sign included."),
+}
+SLICER_KNOBS = ("sparsity", "lam", "blocks", "q-bits", "q-min", "delta")
+ALL_KNOBS = tuple(_KNOB_OPTIONS)
+
+
+def codec_knob_options(names=ALL_KNOBS):
+    """The codec knob flags (each None unless given; the codec config checks the ranges)."""
+    def decorate(command):
+        for name in reversed(names):
+            kind, help_text = _KNOB_OPTIONS[name]
+            command = click.option(f"--{name}", name.replace("-", "_"), type=kind, default=None, help=help_text)(command)
+        return command
+    return decorate
+
+
+def chosen_knobs(values: dict) -> dict:
+    """The knob flags given, as config fields (``blocks`` as a pair)."""
+    knobs = {}
+    for name in ALL_KNOBS:
+        field = name.replace("-", "_")
+        if values.get(field) is not None:
+            knobs[field] = tuple(values[field]) if field == "blocks" else values[field]
+    return knobs

@@ -36,7 +36,9 @@ from slicer_compile.codec.wire import (
 from slicer_compile.errors import ConfigError, PayloadError, TensorError
 
 __all__ = [
+    "CODECS",
     "CONFIG_BY_NAME",
+    "Codec",
     "CodecConfig",
     "DecodeLimits",
     "Float16Config",
@@ -55,43 +57,62 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class _Codec:
+class Codec:
+    """A codec's whole declaration: one row of :data:`CODECS`.
+
+    Args:
+        config: its config class (``codec_id``, ``name``, the knobs as fields).
+        knob_nbytes: bytes of knobs in the wire header.
+        encode / decode: the numpy reference (the spec).
+        predict_bits: ``(shape, cfg, dtype) -> bits``, an upper bound on every payload.
+        read_config: the knobs back from a validated header (None: the codec has none to show).
+        section_names: the wire sections, in order.
+        position_sections / value_sections: which sections carry positions / values (bench accounting).
+    """
+
     config: type
     knob_nbytes: int
     encode: Callable[[np.ndarray, CodecConfig], bytes]
     decode: Callable[[bytes, object], np.ndarray]
     predict_bits: Callable[..., int]
+    read_config: Callable | None
     section_names: tuple[str, ...]
+    position_sections: tuple[str, ...]
+    value_sections: tuple[str, ...]
 
 
-_CODECS: dict[int, _Codec] = {
-    SlicerConfig.codec_id: _Codec(
-        SlicerConfig, slicer.KNOBS.size, slicer.encode, slicer.decode, slicer.predict_bits,
-        ("meta", "mask", "signs", "labels+", "labels-", "blocks", "values")),
-    TabqConfig.codec_id: _Codec(
-        TabqConfig, tabq.KNOBS.size, tabq.encode, tabq.decode, tabq.predict_bits,
-        ("meta", "mask", "above", "tokens", "signs", "values")),
-    Float16Config.codec_id: _Codec(
-        Float16Config, 0, baselines.encode_float16, baselines.decode_float16, baselines.predict_bits_float16,
-        ("values",)),
-    Int8Config.codec_id: _Codec(
-        Int8Config, 0, baselines.encode_int8, baselines.decode_int8, baselines.predict_bits_int8,
-        ("scale", "values")),
-    ZstdConfig.codec_id: _Codec(
-        ZstdConfig, 1, baselines.encode_zstd, baselines.decode_zstd, baselines.predict_bits_zstd,
-        ("values",)),
-}
+def _dtype_free(predict):
+    """A bound that does not depend on the input dtype, in the common signature."""
+    return lambda shape, cfg, dtype=np.float32: predict(shape, cfg)
 
-#: Sections that carry positions (where values go), per codec id.
-POSITION_SECTIONS = {1: ("mask", "signs", "labels+", "labels-"), 2: ("mask",)}
-#: Sections that carry values, per codec id.
-VALUE_SECTIONS = {1: ("values",), 2: ("above", "signs", "values"), 3: ("values",), 4: ("values",), 5: ("values",)}
+
+#: Every codec, by the id its payloads carry. Adding a codec is adding a row.
+CODECS: dict[int, Codec] = {row.config.codec_id: row for row in (
+    Codec(SlicerConfig, slicer.KNOBS.size, slicer.encode, slicer.decode, _dtype_free(slicer.predict_bits),
+          slicer.read_config, ("meta", "mask", "signs", "labels+", "labels-", "blocks", "values"),
+          ("mask", "signs", "labels+", "labels-"), ("values",)),
+    Codec(TabqConfig, tabq.KNOBS.size, tabq.encode, tabq.decode, tabq.predict_bits, tabq.read_config,
+          ("meta", "mask", "above", "tokens", "signs", "values"), ("mask",), ("above", "signs", "values")),
+    Codec(Float16Config, 0, baselines.encode_float16, baselines.decode_float16,
+          _dtype_free(baselines.predict_bits_float16), None, ("values",), (), ("values",)),
+    Codec(Int8Config, 0, baselines.encode_int8, baselines.decode_int8, _dtype_free(baselines.predict_bits_int8),
+          None, ("scale", "values"), (), ("values",)),
+    Codec(ZstdConfig, 1, baselines.encode_zstd, baselines.decode_zstd, _dtype_free(baselines.predict_bits_zstd),
+          None, ("values",), (), ("values",)),
+)}
 
 
 def _codec_for(cfg: CodecConfig) -> _Codec:
-    codec = _CODECS.get(getattr(cfg, "codec_id", None))
+    codec = CODECS.get(getattr(cfg, "codec_id", None))
     if codec is None or not isinstance(cfg, codec.config):
         raise ConfigError(f"not a codec config: {cfg!r}")
+    return codec
+
+
+def _codec_of(header) -> Codec:
+    codec = CODECS.get(header.codec_id)
+    if codec is None:
+        raise PayloadError(f"unknown codec id {header.codec_id}")
     return codec
 
 
@@ -121,9 +142,7 @@ def decode(payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAU
             payload, and never another exception.
     """
     header = read_header(payload, limits)
-    codec = _CODECS.get(header.codec_id)
-    if codec is None:
-        raise PayloadError(f"unknown codec id {header.codec_id}")
+    codec = _codec_of(header)
     if len(header.knobs) != codec.knob_nbytes:
         raise PayloadError(f"codec {codec.config.name} expects {codec.knob_nbytes} knob bytes, got {len(header.knobs)}")
     try:
@@ -141,11 +160,7 @@ def predict_bits(shape: tuple[int, ...], cfg: CodecConfig, dtype=np.float32) -> 
 
     The selector and the fixed output size of the encoder graph node rely on it.
     """
-    codec = _codec_for(cfg)
-    shape = tuple(int(d) for d in shape)
-    if cfg.codec_id == TabqConfig.codec_id:
-        return codec.predict_bits(shape, cfg, dtype)
-    return codec.predict_bits(shape, cfg)
+    return _codec_for(cfg).predict_bits(tuple(int(d) for d in shape), cfg, dtype)
 
 
 @dataclass(frozen=True)
@@ -161,11 +176,11 @@ class PayloadInfo:
 
     @property
     def position_bits(self) -> int:
-        return 8 * sum(self.section_bytes.get(n, 0) for n in POSITION_SECTIONS.get(self._codec_id, ()))
+        return 8 * sum(self.section_bytes.get(n, 0) for n in CODECS[self._codec_id].position_sections)
 
     @property
     def value_bits(self) -> int:
-        return 8 * sum(self.section_bytes.get(n, 0) for n in VALUE_SECTIONS[self._codec_id])
+        return 8 * sum(self.section_bytes.get(n, 0) for n in CODECS[self._codec_id].value_sections)
 
     @property
     def header_bits(self) -> int:
@@ -179,14 +194,8 @@ class PayloadInfo:
 def inspect_payload(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> PayloadInfo:
     """Read a payload's header and section sizes without decoding the tensor."""
     header = read_header(payload, limits)
-    codec = _CODECS.get(header.codec_id)
-    if codec is None:
-        raise PayloadError(f"unknown codec id {header.codec_id}")
-    config = None
-    if header.codec_id == SlicerConfig.codec_id:
-        config = slicer.read_config(header)
-    elif header.codec_id == TabqConfig.codec_id:
-        config = tabq.read_config(header)
+    codec = _codec_of(header)
+    config = codec.read_config(header) if codec.read_config else None
     reader = PayloadReader(payload, header)
     sections = {name: len(reader.section(name)) for name in codec.section_names}
     reader.finish()

@@ -2,8 +2,8 @@
 
 Knobs travel in the payload header as float32 / uint8, so the float knobs are
 rounded to float32 here, once: what the config holds is exactly what the
-decoder (and the CUDA encoder) will see, and ``floor((1 - cfg.sparsity) * T)``
-computed by a caller gives the same kept count as the encoder.
+decoder (and the CUDA encoder) will see, and :func:`kept_count` gives every
+implementation the same kept count.
 """
 
 from __future__ import annotations
@@ -19,6 +19,20 @@ from slicer_compile.errors import ConfigError
 MAX_Q_BITS = 16
 #: Largest block count per sign (labels are coded in a base up to this).
 MAX_BLOCKS = 64
+
+
+def kept_count(sparsity: float, num_elements: int) -> int:
+    """``k = floor((1 - s)·T)`` as a person counts it for a decimal sparsity.
+
+    ``s`` travels as float32 (0.99 is 0.99000001, which alone would keep 2 of 300
+    where a person keeps 3). A float32 lies within 2^-25 of the decimal it was
+    rounded from, so that share of ``T`` is added back before the floor. The same
+    double-precision expression, in the same order, runs in every C++/CUDA encoder,
+    decoder and predictor (``cuda/src/codec_math.h`` ``keptCount``).
+    """
+    t = float(num_elements)
+    k = math.floor((1.0 - float(np.float32(sparsity))) * t + t * 2.0**-25)
+    return num_elements if k >= t else int(k)
 
 
 def _as_float32(name: str, value: float) -> float:
@@ -37,6 +51,11 @@ def _as_int(name: str, value: int, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
     return int(value)
+
+
+#: The one order of the SLICER knobs: the wire header's, the C ABI's ``slicer_knobs``, the
+#: ``SlicerEncode`` node's knobs input and the TensorRT plugin's.
+SLICER_KNOB_ORDER = ("sparsity", "lam", "delta", "blocks_pos", "blocks_neg", "q_bits", "q_min")
 
 
 @dataclass(frozen=True)
@@ -84,8 +103,27 @@ class SlicerConfig:
             object.__setattr__(self, name, value)
 
     def kept_count(self, num_elements: int) -> int:
-        """``k = floor((1 - s)·T)``: the most values ATKF keeps."""
-        return int(math.floor((1.0 - self.sparsity) * num_elements))
+        """``k = floor((1 - s)·T)``: the most values ATKF keeps (see :func:`kept_count`)."""
+        return kept_count(self.sparsity, num_elements)
+
+    def knob_values(self) -> tuple:
+        """The knobs in :data:`SLICER_KNOB_ORDER`."""
+        return (self.sparsity, self.lam, self.delta, self.blocks[0], self.blocks[1], self.q_bits, self.q_min)
+
+    @staticmethod
+    def from_knob_values(values) -> "SlicerConfig":
+        """Inverse of :meth:`knob_values`, validated like any construction (ConfigError).
+        Integer knobs must be whole numbers (a float tensor carries them)."""
+        if len(values) != len(SLICER_KNOB_ORDER):
+            raise ConfigError(f"SLICER takes {len(SLICER_KNOB_ORDER)} knobs {SLICER_KNOB_ORDER}, got {len(values)}")
+        s, lam, delta, *whole = values
+        ints = []
+        for name, value in zip(SLICER_KNOB_ORDER[3:], whole):
+            if not float(value).is_integer():
+                raise ConfigError(f"{name} must be a whole number, got {value}")
+            ints.append(int(value))
+        m_pos, m_neg, q_bits, q_min = ints
+        return SlicerConfig(sparsity=s, lam=lam, blocks=(m_pos, m_neg), q_bits=q_bits, q_min=q_min, delta=delta)
 
     def as_dict(self) -> dict:
         """The knobs as JSON (manifests, selector answers)."""

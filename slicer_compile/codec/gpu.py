@@ -120,7 +120,7 @@ class GpuCoder:
     def _encode_device_stages(self, shape: tuple[int, ...], cfg: SlicerConfig) -> int:
         """Every stage on the GPU; the payload stays in device memory. Returns its size."""
         dims = np.array(shape, dtype=np.uint32)
-        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        knobs = _Knobs(*cfg.knob_values())
         written = ctypes.c_size_t()
         ws, payload = self._buffers["device_encode_ws"], self._buffers["payload"]
         status = self._lib.slicer_cuda_encode_device(self._buffers["x"].ptr, dims.ctypes.data, len(shape), 1,
@@ -132,7 +132,7 @@ class GpuCoder:
 
     def _encode_host_stages(self, shape: tuple[int, ...], cfg: SlicerConfig) -> bytes:
         dims = np.array(shape, dtype=np.uint32)
-        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        knobs = _Knobs(*cfg.knob_values())
         written = ctypes.c_size_t()
         payload = self._host["payload"]
         ws = self._buffers["encode_ws"]

@@ -161,7 +161,7 @@ class HostCoder:
         """The C++ SLICER encoder: a complete payload for ``x`` (float32 or float16)."""
         flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
         shape = np.array(x.shape, dtype=np.uint32)
-        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        knobs = _Knobs(*cfg.knob_values())
         dtype_code = 2 if x.dtype == np.float16 else 1
         from slicer_compile.codec import predict_bits
 
@@ -180,7 +180,7 @@ class HostCoder:
         kept = np.ascontiguousarray(kept, dtype=np.int64)
         values = np.ascontiguousarray(values, dtype=np.float32)
         dims = np.array(shape, dtype=np.uint32)
-        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        knobs = _Knobs(*cfg.knob_values())
         out = np.zeros(predict_bits(shape, cfg) // 8 + 1, dtype=np.uint8)
         written = ctypes.c_size_t()
         self._check(self._lib.slicer_encode_from_kept(kept.ctypes.data, values.ctypes.data, kept.size,
@@ -203,7 +203,7 @@ class HostCoder:
         if workspace_bytes is None:
             workspace_bytes = self._lib.slicer_encode_parallel_workspace_bytes(size)
         workspace = np.zeros(max(workspace_bytes, 1), dtype=np.uint8)
-        knobs = _Knobs(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+        knobs = _Knobs(*cfg.knob_values())
         out = np.zeros(predict_bits(shape, cfg) // 8 + 1, dtype=np.uint8)
         written = ctypes.c_size_t()
         self._check(self._lib.slicer_encode_from_kept_parallel(

@@ -2,7 +2,8 @@
 runtime that hosts them (ONNX Runtime Python ops here; TensorRT plugins in
 ``plugins/`` implement the same contract on the GPU).
 
-* ``SlicerEncode(x: float32[...], knobs: float32[7]) -> (payload: uint8[P], nbytes: int64[1])``
+* ``SlicerEncode(x: float32[...], knobs: float32[7]) -> (payload: uint8[P], nbytes: int64[1])``,
+  knobs in ``KNOB_FIELDS`` order
   with attribute ``payload_bytes = P`` and the loosest knobs the node accepts
   (``min_sparsity``, ``max_blocks``, ``max_q_bits``); ``payload[:nbytes]`` is the
   wire message, the rest zero.
@@ -15,29 +16,25 @@ from __future__ import annotations
 import numpy as np
 
 from slicer_compile.codec import SlicerConfig, decode, encode
+from slicer_compile.codec.config import SLICER_KNOB_ORDER
 from slicer_compile.errors import SlicerCompileError
 
 DOMAIN = "ai.slicer"
 ENCODE_OP = "SlicerEncode"
 DECODE_OP = "SlicerDecode"
-#: Order of the values in the knobs input.
 KNOBS_INPUT = "slicer_knobs"
-KNOB_FIELDS = ("sparsity", "lam", "blocks_pos", "blocks_neg", "q_bits", "q_min", "delta")
+#: Order of the values in the knobs input: the codec's one knob order (the wire header's and the C ABI's).
+KNOB_FIELDS = SLICER_KNOB_ORDER
 
 
 def knobs_tensor(cfg: SlicerConfig) -> np.ndarray:
     """The runtime knobs input for ``cfg``."""
-    return np.array([cfg.sparsity, cfg.lam, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min, cfg.delta],
-                    dtype=np.float32)
+    return np.array(cfg.knob_values(), dtype=np.float32)
 
 
 def config_from_knobs(knobs: np.ndarray) -> SlicerConfig:
     """Inverse of :func:`knobs_tensor`; raises ConfigError on bad values."""
-    k = np.asarray(knobs, dtype=np.float64).ravel()
-    if k.size != len(KNOB_FIELDS):
-        raise SlicerCompileError(f"knobs must hold {len(KNOB_FIELDS)} values {KNOB_FIELDS}, got {k.size}")
-    return SlicerConfig(sparsity=k[0], lam=k[1], blocks=(int(k[2]), int(k[3])), q_bits=int(k[4]),
-                        q_min=int(k[5]), delta=k[6])
+    return SlicerConfig.from_knob_values(np.asarray(knobs, dtype=np.float64).ravel().tolist())
 
 
 def encode_into(x: np.ndarray, knobs: np.ndarray, payload_bytes: int, min_sparsity: float,

@@ -50,9 +50,9 @@ from slicer_compile.codec.wire import (
     read_header,
     unpack_struct,
 )
-from slicer_compile.errors import PayloadError
+from slicer_compile.errors import ConfigError, PayloadError
 
-KNOBS = struct.Struct("<fffBBBB")  # sparsity, lam, delta, M+, M-, q_bits, q_min
+KNOBS = struct.Struct("<fffBBBB")  # config.SLICER_KNOB_ORDER: sparsity, lam, delta, M+, M-, q_bits, q_min
 META = struct.Struct("<II")  # kept count, negative count
 BLOCK_DTYPE = GROUP_DTYPE  # per block: q (uint8), lo, hi (float32)
 NUM_SECTIONS = 7
@@ -199,17 +199,16 @@ def encode(x: np.ndarray, cfg: SlicerConfig) -> bytes:
 
 
 def _pack_knobs(cfg: SlicerConfig) -> bytes:
-    return KNOBS.pack(cfg.sparsity, cfg.lam, cfg.delta, cfg.blocks[0], cfg.blocks[1], cfg.q_bits, cfg.q_min)
+    return KNOBS.pack(*cfg.knob_values())
 
 
 def read_config(header: Header) -> SlicerConfig:
-    """The encoder's knobs, validated."""
-    s, lam, delta, m_pos, m_neg, q_bits, q_min = unpack_struct(KNOBS, memoryview(header.knobs), "SLICER knobs")
-    if not (0.0 <= s < 1.0 and -1.0 < lam < 1.0 and math.isfinite(delta) and delta >= 0.0):
-        raise PayloadError(f"SLICER knobs out of range (s={s}, lam={lam}, delta={delta})")
-    if not (1 <= m_pos <= MAX_BLOCKS and 1 <= m_neg <= MAX_BLOCKS and 1 <= q_min <= q_bits <= MAX_Q_BITS):
-        raise PayloadError(f"SLICER knobs out of range (blocks=({m_pos}, {m_neg}), q_bits={q_bits}, q_min={q_min})")
-    return SlicerConfig(sparsity=s, lam=lam, blocks=(m_pos, m_neg), q_bits=q_bits, q_min=q_min, delta=delta)
+    """The encoder's knobs, validated by the one range check (``SlicerConfig``)."""
+    values = unpack_struct(KNOBS, memoryview(header.knobs), "SLICER knobs")
+    try:
+        return SlicerConfig.from_knob_values(values)
+    except ConfigError as exc:
+        raise PayloadError(f"SLICER knobs out of range: {exc}") from None
 
 
 def decode(payload: bytes, header: Header) -> np.ndarray:

@@ -392,3 +392,18 @@ def test_without_a_source_tree_builds_go_to_the_users_cache(tmp_path, monkeypatc
     assert locations.build_root() == tmp_path / "cache" / "slicer-compile" / "build"
     checkout = Path(__file__).resolve().parents[2]
     assert locations.source_root(checkout) == checkout and locations.build_root(checkout) == checkout / "build"
+
+
+def test_compile_takes_the_codec_knobs(workdir):
+    result = run("model.onnx", "--device", "jetson", "-o", "out", "--sparsity", "0.8", "--blocks", "4,2",
+                 "--q-bits", "6", "--max-pairs", "2", "--calib", "calib.npz", "--calib-samples", "16", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((workdir / "out" / "manifest.json").read_text())
+    defaults = manifest["codec"]["defaults"]
+    assert defaults["blocks"] == [4, 2] and defaults["q_bits"] == 6
+    assert defaults["sparsity"] == pytest.approx(0.8) and defaults["delta"] == pytest.approx(0.01)
+    assert any(abs(s - 0.8) < 1e-6 for s in manifest["codec"]["sparsity_grid"])
+    assert all("0.8" in s["fidelity"] for s in manifest["splits"])
+    bad = run("model.onnx", "--device", "jetson", "-o", "out2", "--sparsity", "1.5", cwd=workdir)
+    one_line_error(bad, "sparsity must be in [0, 1)")
+    assert not (workdir / "out2").exists()

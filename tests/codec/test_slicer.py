@@ -55,7 +55,7 @@ def check_properties(x: np.ndarray, cfg: SlicerConfig) -> None:
     assert encode(x.copy(), cfg) == payload  # deterministic
 
     T = x.size
-    k = math.floor((1 - cfg.sparsity) * T)
+    k = cfg.kept_count(T)  # checked against a person's count in test_kept_count_is_a_persons_count
     kept = reference_kept(x, k, cfg.lam)
     nnz = int(np.count_nonzero(x))
     assert kept.size == min(k, nnz)
@@ -176,3 +176,16 @@ def test_decoder_rejects_kept_count_beyond_k():
     payload[-4:] = zlib.crc32(bytes(payload[:-4])).to_bytes(4, "little")
     with pytest.raises(PayloadError, match="exceed k"):
         decode(bytes(payload))
+
+
+@pytest.mark.parametrize("sparsity", ["0.1", "0.3", "0.5", "0.7", "0.75", "0.9", "0.95", "0.99", "0.999", "0.33"])
+def test_kept_count_is_a_persons_count(sparsity):
+    """k = floor((1 - s)·T) with s the decimal the user wrote, although s travels as
+    float32 (0.99 of 300 keeps 3, not 2), at every small T; and the encoder keeps it."""
+    from fractions import Fraction
+
+    cfg = SlicerConfig(sparsity=float(sparsity))
+    for T in range(1, 3001):
+        assert cfg.kept_count(T) == math.floor((1 - Fraction(sparsity)) * T), (sparsity, T)
+    x = np.arange(1, 301, dtype=np.float32)
+    assert np.count_nonzero(decode(encode(x, cfg))) == math.floor((1 - Fraction(sparsity)) * 300)

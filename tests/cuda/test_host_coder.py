@@ -301,3 +301,19 @@ def test_parallel_decoder_refuses_what_numpy_refuses(coder):
             np.testing.assert_array_equal(got, expected)
             outcomes["both_decode"] += 1
     assert outcomes["both_refuse"] > 1000 and outcomes["both_decode"] > 10
+
+
+@pytest.mark.parametrize("sparsity", [0.99, 0.9, 0.95, 0.3, 0.999])
+def test_every_coder_keeps_a_persons_count(coder, sparsity):
+    """The C++ encoder and both C++ decoders agree with numpy on k = floor((1 - s)·T) at
+    decimal sparsities where float32 rounding of s alone would lose one (0.99 of 300: 3)."""
+    from slicer_compile.codec import SlicerConfig, decode, encode
+
+    cfg = SlicerConfig(sparsity=sparsity)
+    for T in (300, 1000, 999, 7):
+        x = np.arange(1, T + 1, dtype=np.float32)
+        expected = encode(x, cfg)
+        assert np.count_nonzero(decode(expected)) == cfg.kept_count(T)
+        assert coder.encode_slicer(x, cfg) == expected
+        np.testing.assert_array_equal(coder.decode_slicer(expected), decode(expected))
+        np.testing.assert_array_equal(coder.decode_parallel(expected, max_elements=4096), decode(expected))
