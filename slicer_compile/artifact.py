@@ -16,10 +16,15 @@ refuses a payload from another artifact.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from slicer_compile.errors import ArtifactError
+import numpy as np
+
+from slicer_compile.codec.config import SlicerConfig
+from slicer_compile.errors import ArtifactError, ConfigError
 from slicer_compile.storage import write_text_atomically
 
 SCHEMA_VERSION = 1
@@ -29,13 +34,69 @@ ARTIFACT_ID_KEY = "slicer.artifact_id"
 SPLIT_ID_KEY = "slicer.split_id"
 
 
+#: Split ids are s + four digits: safe as folder names, never a path.
+SPLIT_ID = re.compile(r"^s\d{4}$")
+#: Crossing kinds: through the codec, or raw beside it.
+CROSSING_KINDS = ("activation", "side")
+
+
+def sparsity_key(sparsity: float) -> float:
+    """The key of a sparsity in per-sparsity tables: its float32 value (what the codec
+    uses), so that 0.9 from a grid and 0.8999999761581421 from a config are one key."""
+    return float(np.float32(sparsity))
+
+
+def _key_text(sparsity: float) -> str:
+    return f"{sparsity:g}"
+
+
+@dataclass(frozen=True)
+class CrossingTensor:
+    """A tensor the edge sends to the server at a cut."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str  # "activation" (through the codec) or "side" (raw)
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_elements * np.dtype(self.dtype).itemsize
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "kind": self.kind,
+                "nbytes": self.nbytes}
+
+    @staticmethod
+    def from_dict(data) -> "CrossingTensor":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"a crossing tensor must be an object, got {type(data).__name__}")
+        name, shape, dtype, kind = (data.get(k) for k in ("name", "shape", "dtype", "kind"))
+        if not isinstance(name, str) or not name:
+            raise ArtifactError(f"a crossing tensor needs a name, got {name!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                                  for d in shape):
+            raise ArtifactError(f"crossing tensor {name!r}: shape must be a list of positive integers, got {shape!r}")
+        try:
+            np.dtype(dtype)
+        except TypeError:
+            raise ArtifactError(f"crossing tensor {name!r}: unknown dtype {dtype!r}") from None
+        if kind not in CROSSING_KINDS:
+            raise ArtifactError(f"crossing tensor {name!r}: kind must be one of {CROSSING_KINDS}, got {kind!r}")
+        return CrossingTensor(name, tuple(shape), str(dtype), kind)
+
+
 @dataclass(frozen=True)
 class SplitInfo:
-    """One row of the split table."""
+    """One row of the split table. Per-sparsity tables are keyed by :func:`sparsity_key`."""
 
     id: str
     position: int
-    crossing: tuple[dict, ...]  # name, shape, dtype, kind, nbytes
+    crossing: tuple[CrossingTensor, ...]
     edge_latency_s: float
     server_latency_s: float
     edge_memory_bytes: int
@@ -43,14 +104,18 @@ class SplitInfo:
     server_flops: float
     if_shape: tuple[int, ...]  # of the (first) activation
     if_bytes: int  # raw bytes of every crossing tensor
-    payload_bound_bytes: dict  # sparsity (str) -> bytes: the codec's bound for the activations
+    payload_bound_bytes: dict[float, int]  # sparsity -> the codec's bound for the activations
     payload_bytes_limit: int  # the encoder node's fixed output size, summed over activations
-    fidelity: dict | None  # sparsity (str) -> fidelity, None without calibration
+    fidelity: dict[float, float] | None  # sparsity -> fidelity, None without calibration
     files: dict | None  # {"edge": "splits/<id>/edge.onnx", "server": ...} once materialised
 
     @property
-    def activations(self) -> list[dict]:
-        return [t for t in self.crossing if t["kind"] == "activation"]
+    def activations(self) -> list[CrossingTensor]:
+        return [t for t in self.crossing if t.kind == "activation"]
+
+    @property
+    def sides(self) -> list[CrossingTensor]:
+        return [t for t in self.crossing if t.kind == "side"]
 
     @property
     def edge_share(self) -> float:
@@ -58,10 +123,129 @@ class SplitInfo:
         total = self.edge_flops + self.server_flops
         return self.edge_flops / total if total else 0.0
 
+    def fidelity_at(self, sparsity: float) -> float | None:
+        return None if not self.fidelity else self.fidelity.get(sparsity_key(sparsity))
+
+    def payload_bound_at(self, sparsity: float) -> int | None:
+        return self.payload_bound_bytes.get(sparsity_key(sparsity))
+
+    def as_dict(self) -> dict:
+        """The manifest's form (JSON: sparsities as text keys, crossing tensors as objects)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["crossing"] = [t.as_dict() for t in self.crossing]
+        row["if_shape"] = list(self.if_shape)
+        row["payload_bound_bytes"] = {_key_text(k): v for k, v in self.payload_bound_bytes.items()}
+        row["fidelity"] = None if self.fidelity is None else {_key_text(k): v for k, v in self.fidelity.items()}
+        return row
+
+    @staticmethod
+    def from_dict(data) -> "SplitInfo":
+        """A row of the manifest, checked (ArtifactError on anything malformed)."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"a split must be an object, got {type(data).__name__}")
+        missing = sorted({f.name for f in fields(SplitInfo)} - set(data))
+        if missing:
+            raise ArtifactError(f"split {data.get('id')!r} lacks {', '.join(missing)}")
+        split_id = data["id"]
+        if not isinstance(split_id, str) or not SPLIT_ID.match(split_id):
+            raise ArtifactError(f"split id {split_id!r} is not of the form s0000")
+        try:
+            crossing = data["crossing"]
+            if not isinstance(crossing, list):
+                raise ArtifactError("crossing must be a list")
+            files = data["files"]
+            if files is not None and not (isinstance(files, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+                raise ArtifactError("files must map part names to relative paths")
+            return SplitInfo(
+                id=split_id, position=_int(data["position"]),
+                crossing=tuple(CrossingTensor.from_dict(t) for t in crossing),
+                edge_latency_s=_number(data["edge_latency_s"]), server_latency_s=_number(data["server_latency_s"]),
+                edge_memory_bytes=_int(data["edge_memory_bytes"]), edge_flops=_number(data["edge_flops"]),
+                server_flops=_number(data["server_flops"]), if_shape=tuple(_int(d) for d in data["if_shape"]),
+                if_bytes=_int(data["if_bytes"]), payload_bound_bytes=_by_sparsity(data["payload_bound_bytes"], _int),
+                payload_bytes_limit=_int(data["payload_bytes_limit"]),
+                fidelity=None if data["fidelity"] is None else _by_sparsity(data["fidelity"], _number),
+                files=None if files is None else dict(files))
+        except ArtifactError as exc:
+            raise ArtifactError(f"split {split_id}: {exc}") from None
+        except TypeError as exc:
+            raise ArtifactError(f"split {split_id}: malformed ({exc})") from None
+
+
+def _int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArtifactError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ArtifactError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _by_sparsity(table, convert) -> dict[float, object]:
+    if not isinstance(table, dict):
+        raise ArtifactError(f"expected a table by sparsity, got {type(table).__name__}")
+    out = {}
+    for key, value in table.items():
+        try:
+            sparsity = float(key)
+        except ValueError:
+            raise ArtifactError(f"sparsity key {key!r} is not a number") from None
+        out[sparsity_key(sparsity)] = convert(value)
+    return out
+
+
+@dataclass(frozen=True)
+class CodecSection:
+    """The manifest's codec: the default knobs, what the encoder nodes accept, the grid."""
+
+    name: str
+    defaults: SlicerConfig
+    min_sparsity: float
+    max_blocks: int
+    max_q_bits: int
+    sparsity_grid: tuple[float, ...]
+
+    @staticmethod
+    def from_dict(data) -> "CodecSection":
+        try:
+            limits = data["limits"]
+            return CodecSection(data["name"], SlicerConfig.from_dict(data["defaults"]),
+                                _number(limits["min_sparsity"]), _int(limits["max_blocks"]),
+                                _int(limits["max_q_bits"]), tuple(_number(s) for s in data["sparsity_grid"]))
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"malformed codec section ({exc})") from None
+        except ConfigError as exc:
+            raise ArtifactError(f"codec defaults: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    """What calibration measured: the metric and sample count, or why nothing was."""
+
+    measured: bool
+    metric: str | None
+    samples: int
+    reason: str = ""
+
+    @staticmethod
+    def from_dict(data) -> "CalibrationSection":
+        if not isinstance(data, dict) or data.get("status") not in ("measured", "none"):
+            raise ArtifactError("malformed calibration section")
+        if data["status"] == "none":
+            return CalibrationSection(False, None, 0, str(data.get("reason", "")))
+        try:
+            return CalibrationSection(True, str(data["metric"]), _int(data["samples"]))
+        except KeyError as exc:
+            raise ArtifactError(f"calibration section lacks {exc}") from None
+
 
 @dataclass
 class Artifact:
-    """A loaded artifact directory."""
+    """A loaded artifact directory: the manifest as read, and its typed sections."""
 
     path: Path
     manifest: dict
@@ -75,6 +259,19 @@ class Artifact:
     def pareto(self) -> list[str]:
         return list(self.manifest["pareto"])
 
+    @property
+    def codec(self) -> CodecSection:
+        return CodecSection.from_dict(self.manifest["codec"])
+
+    @property
+    def calibration(self) -> CalibrationSection:
+        return CalibrationSection.from_dict(self.manifest["calibration"])
+
+    @property
+    def engine(self) -> dict | None:
+        """What the engine backend recorded of its build (None: ONNX parts only)."""
+        return self.manifest.get("engine")
+
     def split(self, split_id: str) -> SplitInfo:
         for s in self.splits:
             if s.id == split_id:
@@ -82,16 +279,31 @@ class Artifact:
         known = ", ".join(s.id for s in self.splits[:8])
         raise ArtifactError(f"no split {split_id!r} in {self.path} (splits: {known}{', …' if len(self.splits) > 8 else ''})")
 
+    def update_split(self, split_id: str, **changes) -> SplitInfo:
+        """Replace fields of one split, in the table and the manifest (not yet written:
+        :func:`write_manifest`)."""
+        updated = replace(self.split(split_id), **changes)
+        self.splits = [updated if s.id == split_id else s for s in self.splits]
+        self.manifest["splits"] = [s.as_dict() for s in self.splits]
+        return updated
+
     def part_path(self, split_id: str, part: str) -> Path:
         """Path of a materialised part ("edge" or "server")."""
         info = self.split(split_id)
-        if not info.files:
+        if not info.files or part not in info.files:
             raise ArtifactError(f"split {split_id} is not materialised: run slicer-compile materialize {self.path} --split {split_id}")
         path = self.path / info.files[part]
         if not path.is_file():
             raise ArtifactError(f"split {split_id}'s {part} part is missing: {path} (run slicer-compile materialize "
                                 f"{self.path} --split {split_id}, or recompile)")
         return path
+
+    def example_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """One sample (batch of one) for the model's inputs: what benchmarks and checks feed."""
+        from slicer_compile.frontend.onnx_model import example_feeds
+
+        return example_feeds([(i["name"], [1] + list(i["shape"][1:]), i["dtype"]) for i in self.manifest["inputs"]],
+                             seed)
 
 
 def load_artifact(path: str | Path) -> Artifact:
@@ -112,11 +324,17 @@ def load_artifact(path: str | Path) -> Artifact:
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{manifest_path} has schema version {version}; this build reads {SCHEMA_VERSION}")
     try:
-        splits = [SplitInfo(**{**s, "crossing": tuple(s["crossing"]), "if_shape": tuple(s["if_shape"])})
-                  for s in manifest["splits"]]
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{manifest_path}: malformed split table ({exc})") from None
-    return Artifact(path, manifest, splits)
+        rows = manifest["splits"]
+        if not isinstance(rows, list):
+            raise ArtifactError("the split table must be a list")
+        splits = [SplitInfo.from_dict(s) for s in rows]
+        artifact = Artifact(path, manifest, splits)
+        artifact.codec, artifact.calibration  # the typed sections parse, or the load fails here
+    except KeyError as exc:
+        raise ArtifactError(f"{manifest_path}: the manifest lacks {exc}") from None
+    except ArtifactError as exc:
+        raise ArtifactError(f"{manifest_path}: {exc}") from None
+    return artifact
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

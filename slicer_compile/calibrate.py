@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from slicer_compile.artifact import sparsity_key
 from slicer_compile.codec import SlicerConfig, decode, encode
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs
@@ -35,7 +36,7 @@ class Calibration:
     metric: str  # TOP1 or COSINE
     samples: int
     sparsities: tuple[float, ...]
-    fidelity: dict[str, dict[str, float]]  # split id -> sparsity (str) -> fidelity
+    fidelity: dict[str, dict[float, float]]  # split id -> sparsity (artifact.sparsity_key) -> fidelity
 
     def as_dict(self) -> dict:
         return {"status": "measured", "metric": self.metric, "samples": self.samples,
@@ -191,7 +192,7 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
             server_feeds = {t.name: round_trip(tensors[t.name], cfg) if t.kind == "activation" else tensors[t.name]
                             for t in cut.crossing}
             (output,) = _run(server, server_feeds, [output_name], batched)
-            fidelity[cut.id][f"{s:g}"] = score(metric, reference, output)
+            fidelity[cut.id][sparsity_key(s)] = score(metric, reference, output)
         if progress:
             progress(done + 1, len(cuts))
     return Calibration(metric, n, tuple(sparsities), fidelity)

@@ -27,6 +27,7 @@ from slicer_compile.artifact import (
     Artifact,
     SplitInfo,
     is_artifact_dir,
+    sparsity_key,
     load_artifact,
     write_manifest,
 )
@@ -150,7 +151,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
                   "sparsity_grid": list(opts.sparsity_grid)},
         "calibration": calibration.as_dict() if calibration else {
             "status": "none", "reason": "compiled without --calib: fidelity is unknown"},
-        "splits": [asdict(row) for row in table],
+        "splits": [row.as_dict() for row in table],
         "pareto": pareto,
         "compile_seconds": None,
     }
@@ -255,14 +256,14 @@ def _split_table(cuts: list[Cut], order: GraphOrder, costs: list[NodeCost], edge
     for cut in cuts:
         p = cut.position
         activations = cut.activations
-        bounds = {f"{s:g}": int(sum(math.ceil(predict_bits(t.shape, dataclasses.replace(opts.codec, sparsity=s)) / 8)
+        bounds = {sparsity_key(s): int(sum(math.ceil(predict_bits(t.shape, dataclasses.replace(opts.codec, sparsity=s)) / 8)
                                     for t in activations)) for s in opts.sparsity_grid}
-        bounds.setdefault(f"{opts.codec.sparsity:g}", int(sum(
+        bounds.setdefault(sparsity_key(opts.codec.sparsity), int(sum(
             math.ceil(predict_bits(t.shape, opts.codec) / 8) for t in activations)))
         limit = sum(opts.limits.payload_bytes(t.shape) for t in activations)
         codec_buffer = limit + sum(t.nbytes for t in activations)
         rows.append(SplitInfo(
-            id=cut.id, position=p, crossing=tuple(t.as_dict() for t in cut.crossing),
+            id=cut.id, position=p, crossing=tuple(cut.crossing),
             edge_latency_s=float(edge_cum[p]), server_latency_s=float(server_cum[-1] - server_cum[p]),
             edge_memory_bytes=int(weights_cum[p] + peaks[p] + codec_buffer),
             edge_flops=float(flops_cum[p]), server_flops=float(flops_cum[-1] - flops_cum[p]),
@@ -298,8 +299,7 @@ def _value_info(model, name: str) -> dict:
 
 
 def _cut_of(info: SplitInfo) -> Cut:
-    return Cut(info.id, info.position, tuple(
-        CrossingTensor(t["name"], tuple(t["shape"]), t["dtype"], t["kind"]) for t in info.crossing))
+    return Cut(info.id, info.position, tuple(info.crossing))
 
 
 def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: str) -> SplitInfo:
@@ -308,7 +308,8 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
 
     info = artifact.split(split_id)
     cut = _cut_of(info)
-    limits = CodecLimits(**artifact.manifest["codec"]["limits"])
+    codec = artifact.codec
+    limits = CodecLimits(codec.min_sparsity, codec.max_blocks, codec.max_q_bits)
     pair = partitioner.split(cut)
     edge, server = add_encoders(pair.edge, cut, limits), add_decoders(pair.server, cut)
     split_dir = artifact.path / "splits" / split_id
@@ -319,10 +320,7 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
         onnx.checker.check_model(model)
         files[part] = f"splits/{split_id}/{part}.onnx"
         save_onnx_atomically(model, artifact.path / files[part])
-    updated = SplitInfo(**{**asdict(info), "files": files})
-    artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
-    artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]
-    return updated
+    return artifact.update_split(split_id, files=files)
 
 
 def _int8_feeds(feeds: dict, opts: CompileOptions):
@@ -344,10 +342,7 @@ def _build_engines(artifact: Artifact, backend, split_id: str, options, calibrat
     server_core = strip_decoders(onnx.load(str(split_dir / "server.onnx")), list(info.crossing))
     built = backend.build_split(split_dir, server_core, options, calibration=calibration)
     files = {**(info.files or {}), **{key: f"splits/{split_id}/{path.name}" for key, path in built.items()}}
-    updated = SplitInfo(**{**asdict(info), "files": files})
-    artifact.splits = [updated if s.id == split_id else s for s in artifact.splits]
-    artifact.manifest["splits"] = [asdict(s) for s in artifact.splits]
-    return updated
+    return artifact.update_split(split_id, files=files)
 
 
 def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:

@@ -30,20 +30,24 @@ def latency_label(artifact: Artifact) -> str:
 
 
 def fidelity_label(artifact: Artifact) -> str:
-    calibration = artifact.manifest["calibration"]
-    if calibration.get("status") != "measured":
+    calibration = artifact.calibration
+    if not calibration.measured:
         return "fidelity (not measured)"
-    return f"fidelity ({calibration['metric']}, s={default_sparsity(artifact)})"
+    return f"fidelity ({calibration.metric}, s={default_sparsity(artifact)})"
 
 
 def default_sparsity(artifact: Artifact) -> str:
-    return f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+    return f"{default_sparsity_value(artifact):g}"
+
+
+def default_sparsity_value(artifact: Artifact) -> float:
+    return artifact.codec.defaults.sparsity
 
 
 def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[str]]]:
     """The split table, the same in report.md and ``slicer-compile inspect``: a list of
     (header, keep) — keep ranks what a narrow terminal shows longest — and the rows."""
-    default_s = default_sparsity(artifact)
+    default_s, default = default_sparsity(artifact), default_sparsity_value(artifact)
     header = [("split", 100), ("edge FLOPs", 40), ("activations", 20), ("IF shape", 30), ("IF KiB", 50),
               (f"payload bound KiB (s={default_s})", 85), (f"edge ms ({latency_label(artifact)})", 90),
               ("server ms (roofline)", 60), ("edge MiB", 70), (fidelity_label(artifact), 80)]
@@ -51,15 +55,15 @@ def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[st
     pareto = set(artifact.pareto)
     for s in artifact.splits:
         activations = s.activations
-        fidelity = s.fidelity.get(default_s) if s.fidelity else None
+        fidelity = s.fidelity_at(default)
         rows.append([
             s.id + (" *" if s.id in pareto else ""),
             f"{100 * s.edge_share:.1f}%",
-            ", ".join(t["name"] for t in activations) + (f" (+{len(s.crossing) - len(activations)} side)"
+            ", ".join(t.name for t in activations) + (f" (+{len(s.crossing) - len(activations)} side)"
                                                          if len(s.crossing) > len(activations) else ""),
             "x".join(map(str, s.if_shape)),
             _kib(s.if_bytes),
-            _kib(s.payload_bound_bytes.get(default_s, 0)),
+            _kib(s.payload_bound_at(default) or 0),
             _ms(s.edge_latency_s),
             _ms(s.server_latency_s),
             f"{s.edge_memory_bytes / 2**20:.2f}",
@@ -81,7 +85,7 @@ def write_report(artifact: Artifact) -> Path:
     m = artifact.manifest
     plots = write_plots(artifact)
     header, rows = split_table(artifact)
-    default_s = f"{m['codec']['defaults']['sparsity']:g}"
+    default_s = default_sparsity(artifact)
     lines = [
         f"# Split report: {Path(m['source']['path']).name}",
         "",
@@ -117,7 +121,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     splits = artifact.splits
     x = list(range(len(splits)))
-    default_s = f"{artifact.manifest['codec']['defaults']['sparsity']:g}"
+    default_s = default_sparsity(artifact)
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -127,7 +131,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
     ax.set_ylabel("ms")
     ax2 = ax.twinx()
     ax2.bar(x, [s.if_bytes / 1024 for s in splits], alpha=0.2, color="gray", label="IF raw KiB")
-    ax2.bar(x, [s.payload_bound_bytes.get(default_s, 0) / 1024 for s in splits], alpha=0.5, color="tab:green",
+    ax2.bar(x, [(s.payload_bound_at(default_sparsity_value(artifact)) or 0) / 1024 for s in splits], alpha=0.5, color="tab:green",
             label=f"payload bound KiB (s={default_s})")
     ax2.set_ylabel("KiB")
     ax.set_xticks(x, [s.id for s in splits], rotation=90, fontsize=6)
@@ -149,10 +153,10 @@ def write_plots(artifact: Artifact) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         shown = [s for s in calibrated if s.id in set(artifact.pareto)] or calibrated
         for s in shown[:12]:
-            grid = sorted(s.fidelity, key=float)
-            ax.plot([float(g) for g in grid], [s.fidelity[g] for g in grid], "o-", label=s.id)
+            grid = sorted(s.fidelity)
+            ax.plot(grid, [s.fidelity[g] for g in grid], "o-", label=s.id)
         ax.set_xlabel("sparsity s")
-        ax.set_ylabel(artifact.manifest["calibration"]["metric"])
+        ax.set_ylabel(artifact.calibration.metric)
         ax.set_title("Fidelity vs sparsity")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()

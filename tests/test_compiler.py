@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from slicer_compile.artifact import ARTIFACT_ID_KEY, load_artifact
+from slicer_compile.artifact import ARTIFACT_ID_KEY, load_artifact, sparsity_key
 from slicer_compile.backends.onnxrt import OnnxrtRunner
 from slicer_compile.codec import SlicerConfig
 from slicer_compile.codec.ops import knobs_tensor
@@ -37,11 +37,11 @@ def run_split(artifact, split_id, x, cfg):
             sent = e.infer({"x": sample[None], "slicer_knobs": knobs_tensor(cfg)})
             feeds = {}
             for t in info.crossing:
-                if t["kind"] == "activation":
-                    n = int(sent[f"{t['name']}.nbytes"][0])
-                    feeds[f"{t['name']}.payload"] = sent[f"{t['name']}.payload"][:n]
+                if t.kind == "activation":
+                    n = int(sent[f"{t.name}.nbytes"][0])
+                    feeds[f"{t.name}.payload"] = sent[f"{t.name}.payload"][:n]
                 else:
-                    feeds[t["name"]] = sent[t["name"]]
+                    feeds[t.name] = sent[t.name]
             outputs.append(s.infer(feeds)["logits"])
     return np.concatenate(outputs)
 
@@ -54,8 +54,8 @@ def test_manifest_files_and_report(digits_artifact):
     assert len(a.splits) >= 8 and 2 <= len(a.pareto) <= 8
     for s in a.splits:
         assert s.edge_latency_s >= 0 and s.server_latency_s >= 0 and s.edge_memory_bytes > 0
-        assert set(s.fidelity) == {"0.5", "0.75", "0.9", "0.95", "0.99"}
-        assert s.payload_bound_bytes["0.99"] <= s.payload_bound_bytes["0.5"] <= s.payload_bytes_limit
+        assert sorted(s.fidelity) == [sparsity_key(v) for v in (0.5, 0.75, 0.9, 0.95, 0.99)]
+        assert s.payload_bound_at(0.99) <= s.payload_bound_at(0.5) <= s.payload_bytes_limit
         if s.id in a.pareto:
             for part in ("edge", "server"):
                 model = onnx.load(str(a.part_path(s.id, part)))
@@ -79,7 +79,7 @@ def test_digits_accuracy_within_one_point_at_sparsity_0_9(digits_artifact):
     # The split a deployment would take at s = 0.9, accuracy first: the materialised
     # conv feature map with the best calibrated fidelity (on other samples' agreement).
     conv_splits = [s for s in digits_artifact.splits if s.id in digits_artifact.pareto and len(s.if_shape) == 4]
-    chosen = max(conv_splits, key=lambda s: (s.fidelity["0.9"], s.position))
+    chosen = max(conv_splits, key=lambda s: (s.fidelity_at(0.9), s.position))
     logits = run_split(digits_artifact, chosen.id, x, SlicerConfig(sparsity=0.9))
     accuracy = np.mean(logits.argmax(axis=1) == labels)
     assert baseline > 0.95

@@ -23,7 +23,7 @@ ALLOWED = {
     "slicer_compile.native": {"slicer_compile.errors"},
     "slicer_compile.codec": NEUTRAL,
     "slicer_compile.frontend": NEUTRAL,
-    "slicer_compile.graph": NEUTRAL | {"slicer_compile.codec", "slicer_compile.frontend"},
+    "slicer_compile.graph": NEUTRAL | {"slicer_compile.codec", "slicer_compile.frontend", "slicer_compile.artifact"},
     "slicer_compile.select": NEUTRAL | {"slicer_compile.codec", "slicer_compile.artifact"},
     "slicer_compile.backends.base": NEUTRAL,
     "slicer_compile.backends.registry": NEUTRAL | {"slicer_compile.backends.base"},
@@ -32,8 +32,10 @@ ALLOWED = {
     "slicer_compile.backends.onnxrt": NEUTRAL | {"slicer_compile.backends.base", "slicer_compile.codec"},
     "slicer_compile.backends.tensorrt": NEUTRAL | {"slicer_compile.backends.base", "slicer_compile.codec.ops"},
     "slicer_compile.profile": NEUTRAL | {"slicer_compile.frontend", "slicer_compile.backends"},
-    "slicer_compile.artifact": NEUTRAL,
-    "slicer_compile.calibrate": NEUTRAL | {"slicer_compile.codec", "slicer_compile.frontend", "slicer_compile.graph",
+    # The artifact's records are read by every layer above the codec; it reads only the codec's
+    # config and the front end's example feeds.
+    "slicer_compile.artifact": NEUTRAL | {"slicer_compile.codec.config", "slicer_compile.frontend.onnx_model"},
+    "slicer_compile.calibrate": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.codec", "slicer_compile.frontend", "slicer_compile.graph",
                                            "slicer_compile.backends.onnxrt"},
     "slicer_compile.report": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.select"},
     "slicer_compile.runtime": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.backends.base",

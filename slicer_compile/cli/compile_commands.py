@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -129,7 +128,7 @@ def inspect_command(artifact_dir: Path, plots: bool, as_json: bool) -> None:
         m = artifact.manifest
         print_json({"artifact_id": artifact.id, "source": m["source"], "device": m["device"],
                     "server_device": m["server_device"], "calibration": m["calibration"], "codec": m["codec"],
-                    "pareto": artifact.pareto, "splits": [asdict(s) for s in artifact.splits]})
+                    "pareto": artifact.pareto, "splits": [s.as_dict() for s in artifact.splits]})
     else:
         print_split_table(artifact)
     if plots:

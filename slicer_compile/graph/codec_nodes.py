@@ -135,10 +135,10 @@ def set_metadata(model, **props: str) -> None:
 def _activation_info(tensor: dict, batch_dim: str | None):
     from onnx import helper
 
-    shape = list(tensor["shape"])
+    shape = list(tensor.shape)
     if batch_dim and shape:
         shape[0] = batch_dim
-    return helper.make_tensor_value_info(tensor["name"], _elem_type(tensor["dtype"]), shape)
+    return helper.make_tensor_value_info(tensor.name, _elem_type(tensor.dtype), shape)
 
 
 def strip_encoders(edge, crossing: list[dict], batch_dim: str | None = "batch"):
@@ -151,7 +151,7 @@ def strip_encoders(edge, crossing: list[dict], batch_dim: str | None = "batch"):
 
     model = onnx.ModelProto.FromString(edge.SerializeToString())
     graph = model.graph
-    activations = {t["name"]: t for t in crossing if t["kind"] == "activation"}
+    activations = {t.name: t for t in crossing if t.kind == "activation"}
     codec_outputs = {payload_name(n) for n in activations} | {nbytes_name(n) for n in activations}
     kept = [n for n in graph.node if n.op_type != ENCODE_OP and not (n.op_type == "Cast" and n.name.endswith(".cast")
                                                                       and n.input[0] in activations)]
@@ -175,7 +175,7 @@ def strip_decoders(server, crossing: list[dict], batch_dim: str | None = "batch"
 
     model = onnx.ModelProto.FromString(server.SerializeToString())
     graph = model.graph
-    activations = {t["name"]: t for t in crossing if t["kind"] == "activation"}
+    activations = {t.name: t for t in crossing if t.kind == "activation"}
     decoded = {f"{n}.float32" for n in activations}
     kept = [n for n in graph.node if n.op_type != DECODE_OP and not (n.op_type == "Cast" and n.input[0] in decoded)]
     del graph.node[:]

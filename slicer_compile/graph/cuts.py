@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slicer_compile.artifact import CrossingTensor  # noqa: F401 (the record graph/ produces)
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
 
@@ -31,28 +32,6 @@ from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
 MIN_ACTIVATION_ELEMENTS = 64
 #: …and at least this share of the largest float tensor in the same crossing set.
 MIN_ACTIVATION_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class CrossingTensor:
-    """A tensor the edge sends to the server at a cut."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    kind: str  # "activation" (through the codec) or "side" (raw)
-
-    @property
-    def num_elements(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.num_elements * np.dtype(self.dtype).itemsize
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "kind": self.kind,
-                "nbytes": self.nbytes}
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class EdgeClient:
         self._connection: http.client.HTTPConnection | None = None
         self._runners: dict = {}
         self._selector = None
-        self.default_config = SlicerConfig.from_dict(self.artifact.manifest["codec"]["defaults"])
+        self.default_config = self.artifact.codec.defaults
 
     # --- the edge part -------------------------------------------------------------
 
@@ -134,15 +134,11 @@ class EdgeClient:
         return runner
 
     def selector(self):
+        """The selector over the materialised splits (what this client can run)."""
         if self._selector is None:
             from slicer_compile.select import Selector
 
-            m = self.artifact.manifest
-            codec = m["codec"]
-            self._selector = Selector(self.materialised, codec["defaults"], codec["sparsity_grid"],
-                                      min_sparsity=codec["limits"]["min_sparsity"],
-                                      max_blocks=codec["limits"]["max_blocks"],
-                                      calibrated=m["calibration"]["status"] == "measured")
+            self._selector = Selector.from_artifact(self.artifact, splits=self.materialised)
         return self._selector
 
     def default_choice(self, accuracy_budget: float = 0.01):
@@ -190,13 +186,13 @@ class EdgeClient:
         tensors = {}
         start = time.perf_counter()
         for t in info.crossing:
-            if t["kind"] != "activation":
-                tensors[t["name"]] = middle[t["name"]]
+            if t.kind != "activation":
+                tensors[t.name] = middle[t.name]
             elif self.backend.codec_in_engine:  # encoded inside the engine: edge_s includes it
-                count = int(middle[nbytes_name(t["name"])][0])
-                tensors[payload_name(t["name"])] = middle[payload_name(t["name"])][:count]
+                count = int(middle[nbytes_name(t.name)][0])
+                tensors[payload_name(t.name)] = middle[payload_name(t.name)][:count]
             else:
-                tensors[payload_name(t["name"])] = np.frombuffer(encode(middle[t["name"]], config), dtype=np.uint8)
+                tensors[payload_name(t.name)] = np.frombuffer(encode(middle[t.name], config), dtype=np.uint8)
         encode_s = time.perf_counter() - start
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
@@ -214,11 +210,11 @@ class EdgeClient:
 
     def _check_engine_knobs(self, config: SlicerConfig) -> None:
         """The encoder plugin refuses knobs looser than it was sized for; say so here, clearly."""
-        limits = self.artifact.manifest["codec"]["limits"]
-        if (config.sparsity < limits["min_sparsity"] or max(config.blocks) > limits["max_blocks"]
-                or config.q_bits > limits["max_q_bits"]):
+        codec = self.artifact.codec
+        if config.sparsity < codec.min_sparsity or max(config.blocks) > codec.max_blocks or config.q_bits > codec.max_q_bits:
             raise SlicerCompileError(f"codec settings {config.as_dict()} are looser than the edge engine's encoder "
-                                     f"accepts ({limits})")
+                                     f"accepts (sparsity >= {codec.min_sparsity}, blocks <= {codec.max_blocks}, "
+                                     f"q_bits <= {codec.max_q_bits})")
 
     # --- transport ---------------------------------------------------------------------
 

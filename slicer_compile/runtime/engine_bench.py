@@ -20,7 +20,6 @@ from slicer_compile.codec import SlicerConfig
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
-from slicer_compile.runtime.loadtest import example_inputs
 from slicer_compile.runtime.parts import EDGE, SERVER, open_part
 
 
@@ -59,8 +58,8 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
         with_plans = [s for s in with_plans if s.id in splits]
     if not with_plans:
         raise ArtifactError(f"{artifact.path} has no TensorRT engines: compile it with --backend tensorrt")
-    cfg = SlicerConfig.from_dict(artifact.manifest["codec"]["defaults"])
-    inputs = example_inputs(artifact)
+    cfg = artifact.codec.defaults
+    inputs = artifact.example_inputs()
     library = codec_library or build_kernels(cuda=True)["cuda"]
     rows = []
     with GpuCoder(library) as coder:
@@ -70,15 +69,15 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
                 edge_feeds = {k: v for k, v in edge_feeds.items() if k in edge.input_names}
                 edge_out = edge.infer(edge_feeds)
                 edge_ms = _median_ms(edge.time_execution(edge_feeds, repeat))
-            activations = [t for t in info.crossing if t["kind"] == "activation"]
+            activations = [t for t in info.crossing if t.kind == "activation"]
             server_feeds, payload_bytes = {}, 0
             for t in info.crossing:
-                if t["kind"] == "activation":
-                    count = int(edge_out[nbytes_name(t["name"])][0])
-                    server_feeds[payload_name(t["name"])] = edge_out[payload_name(t["name"])][:count]
+                if t.kind == "activation":
+                    count = int(edge_out[nbytes_name(t.name)][0])
+                    server_feeds[payload_name(t.name)] = edge_out[payload_name(t.name)][:count]
                     payload_bytes += count
                 else:
-                    server_feeds[t["name"]] = edge_out[t["name"]]
+                    server_feeds[t.name] = edge_out[t.name]
             with open_part(artifact, info.id, SERVER, "tensorrt") as server:
                 server_ms = _median_ms(server.time_execution(server_feeds, repeat))
             encode_ms = decode_ms = None
@@ -86,7 +85,7 @@ def run_tensorrt_benchmark(artifact_dir: str | Path, repeat: int = 50, splits: l
             if activations:
                 with open_part(artifact, info.id, EDGE, "onnxruntime") as reference:
                     feeds = {k: v for k, v in inputs.items() if k in reference.input_names}
-                    activation = reference.infer(feeds)[activations[0]["name"]].astype(np.float32)
+                    activation = reference.infer(feeds)[activations[0].name].astype(np.float32)
                 timing = coder.time_round_trip(activation, cfg, repeat=repeat)
                 encode_ms, decode_ms, elements = timing.encode_s * 1e3, timing.decode_s * 1e3, timing.elements
             rows.append(EngineBenchRow(info.id, info.position, edge_ms, server_ms, encode_ms, decode_ms, elements,

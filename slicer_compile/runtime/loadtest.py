@@ -18,7 +18,6 @@ import numpy as np
 
 from slicer_compile.artifact import load_artifact
 from slicer_compile.codec import SlicerConfig
-from slicer_compile.frontend.onnx_model import example_feeds
 from slicer_compile.runtime.client import EdgeClient
 from slicer_compile.runtime.server import ServerConfig, SplitServer
 from slicer_compile.storage import atomic_path
@@ -38,12 +37,6 @@ class LoadRow:
     server_total_us: float  # receipt to answer, mean
     mean_batch: float
     bytes_sent: float
-
-
-def example_inputs(artifact, seed: int = 0) -> dict[str, np.ndarray]:
-    """One sample (batch of one) for the artifact's inputs."""
-    return example_feeds([(i["name"], [1] + list(i["shape"][1:]), i["dtype"]) for i in artifact.manifest["inputs"]],
-                         seed)
 
 
 def drive(artifact_dir, server_url: str, split_id: str, clients: int, requests: int,
@@ -98,7 +91,7 @@ def run_load(artifact_dir, clients: list[int], requests: int, splits: list[str] 
     """The scaling experiment over splits × client counts, one embedded server."""
     artifact = load_artifact(artifact_dir)
     chosen = splits or [s.id for s in sorted((s for s in artifact.splits if s.files), key=lambda s: s.position)]
-    inputs = example_inputs(artifact)
+    inputs = artifact.example_inputs()
     rows = []
     with SplitServer(artifact_dir, port=0, config=config, splits=chosen) as server:
         for split_id in chosen:

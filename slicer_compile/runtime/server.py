@@ -91,7 +91,7 @@ class SplitModel:
         info = artifact.split(split_id)
         self.split_id = split_id
         self.crossing = list(info.crossing)
-        self.activations = [t for t in self.crossing if t["kind"] == "activation"]
+        self.activations = [t for t in self.crossing if t.kind == "activation"]
         backend = get_backend(config.backend)
         self.decodes_in_engine = backend.codec_in_engine
         self.batch_bound = backend.server_batch_bound or config.max_batch
@@ -114,8 +114,8 @@ class SplitModel:
         """Decode payloads and check every input against the split's crossing table."""
         feeds = {}
         for t in self.crossing:
-            if t["kind"] == "activation":
-                name = payload_name(t["name"])
+            if t.kind == "activation":
+                name = payload_name(t.name)
                 payload = message.tensors.get(name)
                 if payload is None:
                     raise ProtocolError(f"missing input {name!r}")
@@ -127,25 +127,25 @@ class SplitModel:
                     header = read_header(payload.tobytes(), DEFAULT_LIMITS)  # raises PayloadError
                     if header.codec_id != SlicerConfig.codec_id:
                         raise PayloadError("the TensorRT server part decodes SLICER payloads only")
-                    if list(header.shape) != list(t["shape"]):
-                        raise PayloadError(f"payload for {t['name']} is of shape {header.shape}, expected "
-                                           f"{tuple(t['shape'])}")
+                    if list(header.shape) != list(t.shape):
+                        raise PayloadError(f"payload for {t.name} is of shape {header.shape}, expected "
+                                           f"{tuple(t.shape)}")
                     feeds[name] = payload
                     continue
                 value = decode(payload.tobytes())  # raises PayloadError
-                if list(value.shape) != list(t["shape"]):
-                    raise PayloadError(f"payload for {t['name']} decodes to {value.shape}, expected {tuple(t['shape'])}")
-                feeds[t["name"]] = value.astype(t["dtype"], copy=False)
+                if list(value.shape) != list(t.shape):
+                    raise PayloadError(f"payload for {t.name} decodes to {value.shape}, expected {tuple(t.shape)}")
+                feeds[t.name] = value.astype(t.dtype, copy=False)
             else:
-                value = message.tensors.get(t["name"])
+                value = message.tensors.get(t.name)
                 if value is None:
-                    raise ProtocolError(f"missing input {t['name']!r}")
-                if list(value.shape) != list(t["shape"]) or str(value.dtype) != t["dtype"]:
-                    raise ProtocolError(f"input {t['name']!r} must be {t['dtype']}{tuple(t['shape'])}, "
+                    raise ProtocolError(f"missing input {t.name!r}")
+                if list(value.shape) != list(t.shape) or str(value.dtype) != t.dtype:
+                    raise ProtocolError(f"input {t.name!r} must be {t.dtype}{tuple(t.shape)}, "
                                         f"got {value.dtype}{value.shape}")
-                feeds[t["name"]] = value
-        extra = set(message.tensors) - {payload_name(t["name"]) for t in self.activations} - {
-            t["name"] for t in self.crossing if t["kind"] == "side"}
+                feeds[t.name] = value
+        extra = set(message.tensors) - {payload_name(t.name) for t in self.activations} - {
+            t.name for t in self.crossing if t.kind == "side"}
         if extra:
             raise ProtocolError(f"unknown input(s) {sorted(extra)}")
         return feeds
@@ -226,11 +226,11 @@ class SplitModel:
     def metadata(self) -> dict:
         inputs = []
         for t in self.crossing:
-            if t["kind"] == "activation":
-                inputs.append({"name": payload_name(t["name"]), "datatype": "UINT8", "shape": [-1]})
+            if t.kind == "activation":
+                inputs.append({"name": payload_name(t.name), "datatype": "UINT8", "shape": [-1]})
             else:
-                inputs.append({"name": t["name"], "datatype": datatype_of(np.zeros(0, t["dtype"])),
-                               "shape": list(t["shape"])})
+                inputs.append({"name": t.name, "datatype": datatype_of(np.zeros(0, t.dtype)),
+                               "shape": list(t.shape)})
         return {"name": self.split_id, "versions": ["1"], "platform": "slicer_split", "inputs": inputs,
                 "outputs": [{"name": n} for n in self.output_names]}
 

@@ -112,8 +112,8 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
         (staging / REPOSITORY_MARKER).write_text(json.dumps({"tool_version": __version__, "artifact_id": artifact.id}))
         for info in splits:
             crossing = list(info.crossing)
-            activations = [t for t in crossing if t["kind"] == "activation"]
-            sides = [t for t in crossing if t["kind"] == "side"]
+            activations = [t for t in crossing if t.kind == "activation"]
+            sides = [t for t in crossing if t.kind == "side"]
             core = part_without_codec(artifact, info.id, SERVER)
             outputs = [(o.name, str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type))),
                         [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim])
@@ -136,7 +136,7 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
                 onnx.save(core, str(staging / server_name / "1" / "model.onnx"))
             configs[server_name] = "\n".join([
                 f'name: "{server_name}"', backend, f"max_batch_size: {max_batch}",
-                *(_tensor("input", t["name"], t["dtype"], t["shape"][1:]) for t in crossing),
+                *(_tensor("input", t.name, t.dtype, t.shape[1:]) for t in crossing),
                 *(_tensor("output", n, d, s[1:]) for n, d, s in outputs),
                 f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",
                 'instance_group [ { count: 1 kind: KIND_AUTO } ]', ""])
@@ -147,25 +147,25 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
                 decode_name = f"{info.id}_decode_{len(steps)}"
                 (staging / decode_name / "1").mkdir(parents=True)
                 (staging / decode_name / "1" / "model.py").write_text(DECODER_MODEL_PY.format(
-                    artifact_id=artifact.id, input=payload_name(t["name"]), output=t["name"],
-                    shape=list(t["shape"]), dtype=t["dtype"]))
+                    artifact_id=artifact.id, input=payload_name(t.name), output=t.name,
+                    shape=list(t.shape), dtype=t.dtype))
                 configs[decode_name] = "\n".join([
                     f'name: "{decode_name}"', 'backend: "python"', "max_batch_size: 0",
-                    _tensor("input", payload_name(t["name"]), "uint8", [-1]),
-                    _tensor("output", t["name"], t["dtype"], t["shape"]),
+                    _tensor("input", payload_name(t.name), "uint8", [-1]),
+                    _tensor("output", t.name, t.dtype, t.shape),
                     'instance_group [ { count: 1 kind: KIND_CPU } ]', ""])
                 steps.append(f'{{ model_name: "{decode_name}" model_version: -1 '
-                             f'input_map {{ key: "{payload_name(t["name"])}" value: "{payload_name(t["name"])}" }} '
-                             f'output_map {{ key: "{t["name"]}" value: "{t["name"]}" }} }}')
-            server_inputs = " ".join(f'input_map {{ key: "{t["name"]}" value: "{t["name"]}" }}' for t in crossing)
+                             f'input_map {{ key: "{payload_name(t.name)}" value: "{payload_name(t.name)}" }} '
+                             f'output_map {{ key: "{t.name}" value: "{t.name}" }} }}')
+            server_inputs = " ".join(f'input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in crossing)
             server_outputs = " ".join(f'output_map {{ key: "{n}" value: "{n}" }}' for n, _, _ in outputs)
             steps.append(f'{{ model_name: "{server_name}" model_version: -1 {server_inputs} {server_outputs} }}')
 
             # The ensemble clients call: same tensors as the embedded server's model.
             configs[info.id] = "\n".join([
                 f'name: "{info.id}"', 'platform: "ensemble"', "max_batch_size: 0",
-                *(_tensor("input", payload_name(t["name"]), "uint8", [-1]) for t in activations),
-                *(_tensor("input", t["name"], t["dtype"], t["shape"]) for t in sides),
+                *(_tensor("input", payload_name(t.name), "uint8", [-1]) for t in activations),
+                *(_tensor("input", t.name, t.dtype, t.shape) for t in sides),
                 *(_tensor("output", n, d, [-1] + s[1:]) for n, d, s in outputs),
                 "ensemble_scheduling { step [ " + ", ".join(steps) + " ] }", ""])
             (staging / info.id / "1").mkdir(parents=True)

@@ -169,17 +169,16 @@ class Selector:
         self.codec_s = np.zeros((n, ns))
         self.fidelity = np.full((n, ns), np.nan)
         for i, split in enumerate(self.splits):
-            side_bits = 8 * sum(t["nbytes"] for t in split.crossing if t["kind"] == "side")
+            side_bits = 8 * sum(t.nbytes for t in split.crossing if t.kind == "side")
             for j, s in enumerate(grid):
                 for k in range(nb):
                     cfg = self.configs[j][k]
-                    self.bits[i, j, k] = side_bits + sum(predict_bits(tuple(t["shape"]), cfg)
+                    self.bits[i, j, k] = side_bits + sum(predict_bits(tuple(t.shape), cfg)
                                                          for t in split.activations)
-                self.codec_s[i, j] = sum(times.encode_seconds(math.prod(t["shape"]), s) for t in split.activations)
-                if split.fidelity:
-                    value = split.fidelity.get(f"{s:g}", split.fidelity.get(f"{float(np.float32(s)):g}"))
-                    if value is not None:
-                        self.fidelity[i, j] = value
+                self.codec_s[i, j] = sum(times.encode_seconds(math.prod(t.shape), s) for t in split.activations)
+                value = split.fidelity_at(s)
+                if value is not None:
+                    self.fidelity[i, j] = value
         # Without calibration the fidelity is unknown: sparsities up to the codec's
         # default (or the given cap) are allowed, and decisions say so.
         self._defaults = dict(codec_defaults)
@@ -187,20 +186,19 @@ class Selector:
         self.uncalibrated_ok = self.sparsities <= cap + 1e-9
 
     @staticmethod
-    def from_artifact(path, codec_times: str | Path | CodecTimeTable | None = None) -> "Selector":
-        """A selector over an artifact's split table (``slicer_compile.load_artifact``)."""
+    def from_artifact(path, codec_times: str | Path | CodecTimeTable | None = None,
+                      splits: list | None = None) -> "Selector":
+        """A selector over an artifact's split table (or the given splits of it)."""
         from slicer_compile.artifact import Artifact, load_artifact
 
         artifact = path if isinstance(path, Artifact) else load_artifact(path)
-        m = artifact.manifest
-        codec = m.get("codec") or {}
-        if "defaults" not in codec or not artifact.splits:
-            raise ArtifactError(f"{artifact.path}: the manifest has no split table or codec defaults to select from")
+        if not artifact.splits:
+            raise ArtifactError(f"{artifact.path}: the manifest has no split table to select from")
+        codec = artifact.codec
         times = codec_times if isinstance(codec_times, CodecTimeTable) else CodecTimeTable.load(codec_times)
-        limits = codec.get("limits", {})
-        return Selector(artifact.splits, codec["defaults"], codec.get("sparsity_grid", [codec["defaults"]["sparsity"]]),
-                        min_sparsity=limits.get("min_sparsity", 0.0), max_blocks=limits.get("max_blocks", 8),
-                        codec_times=times, calibrated=m.get("calibration", {}).get("status") == "measured")
+        return Selector(splits if splits is not None else artifact.splits, codec.defaults.as_dict(),
+                        list(codec.sparsity_grid), min_sparsity=codec.min_sparsity, max_blocks=codec.max_blocks,
+                        codec_times=times, calibrated=artifact.calibration.measured)
 
     # --- queries -------------------------------------------------------------------
 

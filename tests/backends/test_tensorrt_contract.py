@@ -35,7 +35,7 @@ def test_edge_part_outputs_int32_words_and_count(artifact):
     import onnx
     from onnx import TensorProto
 
-    info = next(s for s in artifact.splits if s.files and any(t["kind"] == "activation" for t in s.crossing))
+    info = next(s for s in artifact.splits if s.files and any(t.kind == "activation" for t in s.crossing))
     edge = onnx.load(str(artifact.part_path(info.id, "edge")))
     sizes = encoder_payload_bytes(edge)
     assert sizes and all(p > 0 for p in sizes.values())
@@ -53,7 +53,7 @@ def test_server_part_takes_words_and_count(artifact):
     import onnx
     from onnx import TensorProto
 
-    info = next(s for s in artifact.splits if s.files and any(t["kind"] == "activation" for t in s.crossing))
+    info = next(s for s in artifact.splits if s.files and any(t.kind == "activation" for t in s.crossing))
     edge = onnx.load(str(artifact.part_path(info.id, "edge")))
     server = onnx.load(str(artifact.part_path(info.id, "server")))
     with pytest.raises(ModelError, match="payload size"):

@@ -25,7 +25,7 @@ def artifact(tmp_path_factory):
 
 
 def _deepest_with_activation(artifact):
-    return max((s for s in artifact.splits if s.files and any(t["kind"] == "activation" for t in s.crossing)),
+    return max((s for s in artifact.splits if s.files and any(t.kind == "activation" for t in s.crossing)),
                key=lambda s: s.position)
 
 
@@ -49,7 +49,7 @@ def test_engine_pair_matches_the_onnx_pipeline(artifact):
     from slicer_compile.graph.codec_nodes import nbytes_name, payload_name, strip_decoders, strip_encoders
 
     info = _deepest_with_activation(artifact)
-    activation = next(t for t in info.crossing if t["kind"] == "activation")["name"]
+    activation = next(t for t in info.crossing if t.kind == "activation")["name"]
     cfg = SlicerConfig(sparsity=0.75)
     samples = np.load(EXAMPLES / "digits_calib.npz")
     name = artifact.manifest["inputs"][0]["name"]
@@ -86,7 +86,7 @@ def test_decoder_plugin_refuses_a_corrupt_payload(artifact):
     from slicer_compile.graph.codec_nodes import payload_name
 
     info = _deepest_with_activation(artifact)
-    activation = next(t for t in info.crossing if t["kind"] == "activation")["name"]
+    activation = next(t for t in info.crossing if t.kind == "activation")["name"]
     with open_runner(artifact.path / info.files["server_plan"], "tensorrt") as server:
         with pytest.raises(ModelError):
             server.infer({payload_name(activation): np.frombuffer(b"SLCR" + b"\x01" * 40, np.uint8)})

@@ -52,7 +52,7 @@ def local_reference(artifact, split_id, x, cfg):
     with OnnxrtRunner(edge) as e, OnnxrtRunner(server) as s:
         for sample in x:
             mid = e.infer({"x": sample[None]})
-            feeds = {t["name"]: decode(encode(mid[t["name"]], cfg)) if t["kind"] == "activation" else mid[t["name"]]
+            feeds = {t.name: decode(encode(mid[t.name], cfg)) if t.kind == "activation" else mid[t.name]
                      for t in info.crossing}
             out.append(s.infer(feeds)["logits"])
     return np.concatenate(out)
@@ -79,7 +79,7 @@ def test_tritonclient_talks_to_the_server(artifact, server):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(sid)
     meta = client.get_model_metadata(sid)
     info = artifact.split(sid)
-    activation = info.activations[0]["name"]
+    activation = info.activations[0].name
     assert meta["inputs"][0] == {"name": f"{activation}.payload", "datatype": "UINT8", "shape": [-1]}
     x = np.load(EXAMPLES / "digits_calib.npz")["x"][:1]
     edge = strip_encoders(onnx.load(str(artifact.part_path(sid, "edge"))), list(info.crossing))
@@ -109,8 +109,8 @@ def valid_request(artifact, sid, artifact_id=None, payload=None):
     info = artifact.split(sid)
     activation = info.activations[0]
     if payload is None:
-        payload = encode(np.ones(activation["shape"], np.float32), CONFIG)
-    body, headers = encode_message(InferMessage({f"{activation['name']}.payload": np.frombuffer(payload, np.uint8)},
+        payload = encode(np.ones(activation.shape, np.float32), CONFIG)
+    body, headers = encode_message(InferMessage({f"{activation.name}.payload": np.frombuffer(payload, np.uint8)},
                                                 {"slicer_artifact_id": artifact_id or artifact.id}), request=True)
     return body, headers
 
@@ -139,7 +139,7 @@ def test_bad_requests_get_clear_errors_while_normal_clients_run(artifact, server
         good, headers = valid_request(artifact, sid)
         status, body = post(server, f"/v2/models/{sid}/infer", b"{this is not json", {"Content-Length": "17"})
         assert status == 400 and b"malformed" in body
-        truncated_payload = encode(np.ones(artifact.split(sid).activations[0]["shape"], np.float32), CONFIG)[:-5]
+        truncated_payload = encode(np.ones(artifact.split(sid).activations[0].shape, np.float32), CONFIG)[:-5]
         bad, h = valid_request(artifact, sid, payload=truncated_payload)
         status, body = post(server, f"/v2/models/{sid}/infer", bad, h)
         assert status == 400 and b"payload" in body.lower()
@@ -222,7 +222,7 @@ def test_side_tensors_and_raw_cuts_travel_through_the_server(tmp_path):
     kinds_seen = set()
     with SplitServer(artifact.path, port=0) as srv, EdgeClient(artifact.path, srv.url) as client:
         for split in (s for s in artifact.splits if s.files):
-            kinds = tuple(sorted(t["kind"] for t in split.crossing))
+            kinds = tuple(sorted(t.kind for t in split.crossing))
             kinds_seen.add(kinds)
             hidden = client.infer(feeds, split=split.id, config=SlicerConfig(sparsity=0.5)).outputs["hidden"]
             if "activation" not in kinds:

@@ -36,7 +36,7 @@ def test_every_config_is_a_valid_model_config(repository):
         assert (repo / f"{split.id}_server" / "1" / "model.onnx").stat().st_size > 1000
         # the ensemble takes the same tensors as the embedded server's model
         names = {i.name for i in ensemble.input}
-        expected = {f"{t['name']}.payload" if t["kind"] == "activation" else t["name"] for t in split.crossing}
+        expected = {f"{t.name}.payload" if t.kind == "activation" else t.name for t in split.crossing}
         assert names == expected
     for model_py in repo.glob("*_decode_*/1/model.py"):
         ast.parse(model_py.read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slicer_compile.artifact import SplitInfo
+from slicer_compile.artifact import CrossingTensor, SplitInfo, sparsity_key
 from slicer_compile.select import Selector
 
 GRID = [0.5, 0.75, 0.9, 0.95, 0.99]
@@ -21,11 +21,10 @@ def synthetic_splits(n: int = 50, seed: int = 0, calibrated: bool = True) -> lis
         shape = (1, channels, side, side)
         elements = int(np.prod(shape))
         # fidelity falls with sparsity; deeper features tolerate more
-        fidelity = {f"{s:g}": float(min(1.0, 1.0 - (s ** 8) * (0.1 - 0.09 * i / n) + rng.normal(0, 0.001)))
+        fidelity = {sparsity_key(s): float(min(1.0, 1.0 - (s ** 8) * (0.1 - 0.09 * i / n) + rng.normal(0, 0.001)))
                     for s in GRID} if calibrated else None
         splits.append(SplitInfo(
-            id=f"s{i:04d}", position=i, crossing=({"name": f"t{i}", "shape": list(shape), "dtype": "float32",
-                                                   "kind": "activation", "nbytes": 4 * elements},),
+            id=f"s{i:04d}", position=i, crossing=(CrossingTensor(f"t{i}", shape, "float32", "activation"),),
             edge_latency_s=1.5e-3 * i, server_latency_s=0.4e-3 * (n - i), edge_memory_bytes=int(2e6 + 3e5 * i),
             edge_flops=1e8 * i, server_flops=1e8 * (n - i), if_shape=shape, if_bytes=4 * elements,
             payload_bound_bytes={}, payload_bytes_limit=0, fidelity=fidelity, files=None))
