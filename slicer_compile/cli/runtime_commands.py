@@ -43,7 +43,9 @@ def load_npy(path: Path) -> np.ndarray:
 @click.command("serve")
 @artifact_argument
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8700, show_default=True, type=PORT, help="TCP port (0: any free port).")
+@click.option("--port", default=8700, show_default=True, type=PORT, help="HTTP port (0: any free port).")
+@click.option("--grpc-port", type=PORT,
+              help="Also serve KServe v2 gRPC on this port (tritonclient.grpc; needs the triton extra).")
 @click.option("--max-batch", default=16, show_default=True, type=POSITIVE, help="Requests batched together at most.")
 @click.option("--max-queue-delay", default="0.5ms", show_default=True,
               type=Quantity("time", maximum=10.0, allow_zero=True), help="Longest wait to fill a batch.")
@@ -54,7 +56,8 @@ def load_npy(path: Path) -> np.ndarray:
               help="info: one access-log line per request on stderr.")
 @backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
 @verbosity_options
-def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_queue_delay: float,
+def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
+                  max_queue_delay: float,
                   max_request_bytes: float, log_level: str, backend: str) -> None:
     """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol)."""
     import signal
@@ -67,9 +70,10 @@ def serve_command(artifact_dir: Path, host: str, port: int, max_batch: int, max_
     require_backend(backend)
     config = ServerConfig(max_batch=max_batch, max_queue_delay_s=max_queue_delay,
                           max_request_bytes=int(max_request_bytes), backend=backend)
-    server = serve(artifact_dir, host, port, config)
+    server = serve(artifact_dir, host, port, config, grpc_port=grpc_port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
-    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url} "
+    grpc = f" and gRPC {server.grpc.url}" if server.grpc is not None else ""
+    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url}{grpc} "
                f"(/v2/models/<split>/infer, /metrics); Ctrl-C stops after in-flight requests", err=True)
     try:
         server.serve_forever()

@@ -1,15 +1,15 @@
-"""The edge client: run the edge part, encode, send, and return the server's answer.
+"""The edge client: an edge runner (the edge part, then the encoder) plus a
+transport that carries the request (``runtime.transport``: KServe v2 over HTTP, or
+over gRPC for a ``grpc://`` address).
 
 The same client talks to the embedded server and to a Triton deployment made by
-``slicer-compile triton``: both speak the KServe v2 HTTP protocol, with one
-model per split named by its split id.
+``slicer-compile triton``: both speak KServe v2, with one model per split named by
+its split id.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,41 +23,11 @@ from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
 from slicer_compile.runtime.parts import EDGE, open_part
-from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, HEADER_LENGTH, InferMessage, decode_message, encode_message
+from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, InferMessage
+from slicer_compile.runtime.transport import DEFAULT_PORT, ServerError, open_transport, parse_server_address  # noqa: F401
 
-
-#: The port ``slicer-compile serve`` listens on by default (and what "host" alone means).
-DEFAULT_PORT = 8700
 
 _log = logging.getLogger(__name__)
-
-
-class ServerError(SlicerCompileError, RuntimeError):
-    """The server answered with an error, or could not be reached."""
-
-
-def parse_server_address(address: str) -> tuple[str, int]:
-    """``"host:port"``, ``"host"`` (port 8700), ``"http://host:port/"`` or ``"[::1]:8700"`` -> (host, port).
-
-    Raises:
-        InputError: an empty host or a port that is not an integer in 1..65535.
-    """
-    text = address.strip()
-    text = text.removeprefix("http://").rstrip("/")
-    if text.startswith("["):  # [IPv6]:port
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") > 1:  # a bare IPv6 address, no port
-        host, port_text = text, ""
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise InputError(f"no host in server address {address!r} (give host:port, e.g. 127.0.0.1:{DEFAULT_PORT})")
-    if not port_text:
-        return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise InputError(f"port in server address {address!r} must be an integer in 1..65535")
-    return host, int(port_text)
 
 
 def check_inputs(expected: list[dict], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,9 +88,8 @@ class EdgeClient:
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
-        self.host, self.port = parse_server_address(server_url)
-        self.timeout_s = timeout_s
-        self._connection: http.client.HTTPConnection | None = None
+        self.transport = open_transport(server_url, timeout_s)
+        self.host, self.port = self.transport.host, self.transport.port
         self._runners: dict = {}
         self._selector = None
         self.default_config = self.artifact.codec.defaults
@@ -196,12 +165,11 @@ class EdgeClient:
         encode_s = time.perf_counter() - start
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
-        body, headers = encode_message(request, request=True)
         start = time.perf_counter()
-        reply = self._post(f"/v2/models/{split}/infer", body, headers)
+        reply, bytes_sent = self.transport.infer(split, request)
         round_trip = time.perf_counter() - start
         params = reply.parameters
-        timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": len(body),
+        timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": bytes_sent,
                    "payload_bytes": sum(v.nbytes for k, v in tensors.items() if k.endswith(".payload")),
                    "server_s": params.get("server_total_us", 0) * 1e-6,
                    "server_compute_s": params.get("server_compute_us", 0) * 1e-6,
@@ -216,39 +184,8 @@ class EdgeClient:
                                      f"accepts (sparsity >= {codec.min_sparsity}, blocks <= {codec.max_blocks}, "
                                      f"q_bits <= {codec.max_q_bits})")
 
-    # --- transport ---------------------------------------------------------------------
-
-    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> InferMessage:
-        # A kept-alive connection the server has closed (idle timeout) fails on reuse:
-        # that costs a reconnect, not an attempt. A fresh connection is tried twice.
-        fresh_attempts = 0
-        while True:
-            reused = self._connection is not None
-            try:
-                if self._connection is None:
-                    fresh_attempts += 1
-                    self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                    self._connection.connect()
-                    # Headers and body go out in two writes: without this, Nagle's
-                    # algorithm and delayed ACKs add ~40 ms to every request.
-                    self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._connection.request("POST", path, body=body, headers=headers)
-                response = self._connection.getresponse()
-                data = response.read()
-                break
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                self.close()
-                if not reused and fresh_attempts >= 2:
-                    raise ServerError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
-        if response.status != 200:
-            raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}")
-        length = response.getheader(HEADER_LENGTH)
-        return decode_message(data, int(length) if length else None, request=False)
-
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self.transport.close()
 
     def __enter__(self) -> "EdgeClient":
         return self

@@ -1,0 +1,138 @@
+"""How an edge client reaches a server: KServe v2 over HTTP (binary tensor
+extension), or over gRPC. Both carry an :class:`InferMessage` to a model (a split id)
+and bring the reply back; :func:`open_transport` picks one from the address
+(``host:port`` or ``http://…`` for HTTP, ``grpc://host:port`` for gRPC).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+import numpy as np
+
+from slicer_compile.errors import InputError, SlicerCompileError
+from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, datatype_of, decode_message, encode_message
+
+#: The port ``slicer-compile serve`` listens on by default (and what "host" alone means).
+DEFAULT_PORT = 8700
+
+class ServerError(SlicerCompileError, RuntimeError):
+    """The server answered with an error, or could not be reached."""
+
+
+def parse_server_address(address: str) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` (port 8700), ``"http://host:port/"`` or ``"[::1]:8700"`` -> (host, port).
+
+    Raises:
+        InputError: an empty host or a port that is not an integer in 1..65535.
+    """
+    text = address.strip()
+    text = text.removeprefix("http://").rstrip("/")
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") > 1:  # a bare IPv6 address, no port
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise InputError(f"no host in server address {address!r} (give host:port, e.g. 127.0.0.1:{DEFAULT_PORT})")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InputError(f"port in server address {address!r} must be an integer in 1..65535")
+    return host, int(port_text)
+
+
+
+class HttpTransport:
+    """KServe v2 over HTTP/1.1, one kept-alive connection."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0):
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._connection: http.client.HTTPConnection | None = None
+
+    def infer(self, model: str, message: InferMessage) -> tuple[InferMessage, int]:
+        """The reply, and the request's size in bytes on the wire (body)."""
+        body, headers = encode_message(message, request=True)
+        return self._post(f"/v2/models/{model}/infer", body, headers), len(body)
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> InferMessage:
+        # A kept-alive connection the server has closed (idle timeout) fails on reuse:
+        # that costs a reconnect, not an attempt. A fresh connection is tried twice.
+        fresh_attempts = 0
+        while True:
+            reused = self._connection is not None
+            try:
+                if self._connection is None:
+                    fresh_attempts += 1
+                    self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    self._connection.connect()
+                    # Headers and body go out in two writes: without this, Nagle's
+                    # algorithm and delayed ACKs add ~40 ms to every request.
+                    self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._connection.request("POST", path, body=body, headers=headers)
+                response = self._connection.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if not reused and fresh_attempts >= 2:
+                    raise ServerError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        if response.status != 200:
+            raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}")
+        length = response.getheader(HEADER_LENGTH)
+        return decode_message(data, int(length) if length else None, request=False)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class GrpcTransport:
+    """KServe v2 over gRPC, through tritonclient's client (the triton extra)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0):
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError:
+            raise SlicerCompileError("a grpc:// server needs tritonclient's gRPC client: pip install '.[triton]' in "
+                                     "the slicer-compile source tree") from None
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._g = grpcclient
+        self._client = grpcclient.InferenceServerClient(f"{host}:{port}")
+
+    def infer(self, model: str, message: InferMessage) -> tuple[InferMessage, int]:
+        from tritonclient.utils import InferenceServerException
+
+        inputs, size = [], 0
+        for name, array in message.tensors.items():
+            array = np.ascontiguousarray(array)
+            entry = self._g.InferInput(name, list(array.shape), datatype_of(array))
+            entry.set_data_from_numpy(array)
+            inputs.append(entry)
+            size += array.nbytes
+        try:
+            result = self._client.infer(model, inputs, parameters=dict(message.parameters),
+                                        client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ServerError(f"server answered: {exc.message() or exc}") from None
+        response = result.get_response()
+        tensors = {out.name: result.as_numpy(out.name) for out in response.outputs}
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
+                      for key, value in response.parameters.items() if value.WhichOneof("parameter_choice")}
+        return InferMessage(tensors, parameters, response.id, response.model_name), size
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_transport(address: str, timeout_s: float = 30.0):
+    """The transport an address names: ``grpc://host:port`` for gRPC, else HTTP."""
+    if address.strip().startswith("grpc://"):
+        host, port = parse_server_address(address.strip()[len("grpc://"):])
+        return GrpcTransport(host, port, timeout_s)
+    host, port = parse_server_address(address)
+    return HttpTransport(host, port, timeout_s)
