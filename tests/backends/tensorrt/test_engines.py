@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.tensorrt
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from slicer_compile.backends.tensorrt.contract import (
 from slicer_compile.profile.engine_layers import attribute_layer_times, nodes_of_layer
 from slicer_compile.errors import BackendUnavailableError, ConfigError, ModelError, PayloadError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.fixture(scope="module")
