@@ -42,9 +42,10 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--runslow") or os.environ.get("SLICER_RUN_SLOW") == "1"
     for item in items:
-        if "slow" in item.keywords and not run_slow:
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow or SLICER_RUN_SLOW=1"))
-        if "gpu" in item.keywords and (reason := _cuda_device_reason()):
+        if item.get_closest_marker("gpu") and (reason := _cuda_device_reason()):
             item.add_marker(pytest.mark.skip(reason=reason))
-        if "tensorrt" in item.keywords and (reason := _tensorrt_reason()):
+        # markers, not keywords: a folder named tests/backends/tensorrt is not a marker
+        if item.get_closest_marker("tensorrt") and (reason := _tensorrt_reason()):
             item.add_marker(pytest.mark.skip(reason=reason))
