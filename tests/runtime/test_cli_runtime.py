@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -39,12 +38,9 @@ def test_serve_run_and_sigterm(artifact, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "slicer_compile.cli", "serve", str(artifact.path), "--port",
                              str(port)], stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        banner = proc.stderr.readline()  # printed once the models are loaded and the port is bound
+        assert banner.startswith("serving "), banner
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=30).read()
         np.save(tmp_path / "x.npy", np.load(EXAMPLES / "digits_calib.npz")["x"][:1])
         result = cli("run", artifact.path, "--server", f"127.0.0.1:{port}", "--input", tmp_path / "x.npy",
                      "-o", tmp_path / "y.npy", "--snr-db", "10", "--deadline", "50ms")
