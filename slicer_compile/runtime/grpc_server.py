@@ -39,8 +39,9 @@ def _parameter_value(parameter):
     return None if kind is None else getattr(parameter, kind)
 
 
-def message_from_request(request, max_elements: int) -> InferMessage:
-    """A ModelInferRequest as an :class:`InferMessage`, every size checked first."""
+def message_from_request(request, max_bytes: int) -> InferMessage:
+    """A ModelInferRequest as an :class:`InferMessage`, every size checked first (no
+    tensor may claim more than ``max_bytes``, the request limit)."""
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise HostError(400, "bad_request", f"{len(request.inputs)} inputs but {len(request.raw_input_contents)} "
                                             "raw contents")
@@ -50,7 +51,7 @@ def message_from_request(request, max_elements: int) -> InferMessage:
         if dtype is None:
             raise HostError(400, "bad_request", f"input {entry.name!r}: unknown datatype {entry.datatype!r}")
         shape = tuple(int(d) for d in entry.shape)
-        if any(d < 0 for d in shape) or math.prod(shape) > max_elements:
+        if any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize > max_bytes:
             raise HostError(400, "bad_request", f"input {entry.name!r}: shape {shape} is not allowed")
         if not request.raw_input_contents:
             raise HostError(400, "bad_request", "inputs must travel as raw_input_contents")
