@@ -23,6 +23,8 @@ setup(
         "onnxruntime>=1.18",
         "onnxruntime-extensions>=0.12",
         "matplotlib>=3.7",
+        # serve: HTTP parsing, limits and keep-alive from a well-kept server (llhttp inside)
+        "aiohttp>=3.9",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_compile.codec.config import SlicerConfig
+from slicer_compile.codec.config import CONFIG_BY_NAME, SlicerConfig
 from slicer_compile.errors import ArtifactError, ConfigError
 from slicer_compile.storage import write_text_atomically
 
@@ -209,10 +209,17 @@ class CodecSection:
     max_q_bits: int
     sparsity_grid: tuple[float, ...]
 
+    @property
+    def codec_id(self) -> int:
+        """The wire codec id of the codec the artifact's encoder nodes write."""
+        return CONFIG_BY_NAME[self.name].codec_id
+
     @staticmethod
     def from_dict(data) -> "CodecSection":
         try:
             limits = data["limits"]
+            if data["name"] not in CONFIG_BY_NAME:
+                raise ArtifactError(f"unknown codec {data['name']!r} (known: {', '.join(sorted(CONFIG_BY_NAME))})")
             return CodecSection(data["name"], SlicerConfig.from_dict(data["defaults"]),
                                 _number(limits["min_sparsity"]), _int(limits["max_blocks"]),
                                 _int(limits["max_q_bits"]), tuple(_number(s) for s in data["sparsity_grid"]))

@@ -54,12 +54,17 @@ size_t slicer_subset_max_nbytes(uint64_t max_count, uint64_t space);
 slicer_status slicer_encode_subset(const int64_t* indices, uint64_t count, uint64_t space, uint8_t* out,
     size_t capacity, size_t* written);
 slicer_status slicer_decode_subset(const uint8_t* buf, size_t len, uint64_t count, uint64_t space, int64_t* out);
+/* SLICER_OK when a position section's length fits its method for count of space: what a
+   decoder checks of every section before it allocates anything sized by a count. */
+slicer_status slicer_check_subset_length(const uint8_t* buf, size_t len, uint64_t count, uint64_t space);
 
 /* Mixed-radix label words: (labels per word, bits per word) for a base. */
 void slicer_label_chunk(int base, int* per_word, int* bits);
 slicer_status slicer_encode_labels(const uint8_t* labels, uint64_t count, int base, uint8_t* out, size_t capacity,
     size_t* written);
 slicer_status slicer_decode_labels(const uint8_t* buf, size_t len, uint64_t count, int base, uint8_t* out);
+/* SLICER_OK when a label section of len bytes is the size count labels in base need. */
+slicer_status slicer_check_labels_length(size_t len, uint64_t count, int base);
 
 /* --- host: framing --------------------------------------------------------------- */
 

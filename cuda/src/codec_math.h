@@ -92,6 +92,15 @@ SLICER_HD inline float roundEven(float v)
 #endif
 }
 
+//! A decoded magnitude, lo + code·step, rounds past hi when hi is near the float32
+//! maximum: clamp it there, so that a finite tensor never decodes to +Inf (every
+//! decoder does, and quant.dequantize_groups).
+SLICER_HD inline float clampFinite(float magnitude)
+{
+    float const top = 3.40282346638528859811704183484516925e+38f; // FLT_MAX
+    return magnitude > top ? top : magnitude;
+}
+
 //! AIQ step of a block with bounds [lo, hi] at q bits (0 for q = 0).
 SLICER_HD inline float stepOf(float lo, float hi, int q)
 {

@@ -143,7 +143,7 @@ __global__ void quantizeKernel(float const* magnitudes, uint32_t const* groupOf,
     }
 }
 
-//! Decoder: out[position] = sign · (lo + code·step), product then sum.
+//! Decoder: out[position] = sign · (lo + code·step), product then sum, clamped finite.
 __global__ void dequantizeScatterKernel(uint32_t const* codes, int64_t const* positions, uint32_t const* groupOf,
     float const* lo, float const* step, uint8_t const* negative, size_t n, float* out)
 {
@@ -151,7 +151,7 @@ __global__ void dequantizeScatterKernel(uint32_t const* codes, int64_t const* po
          i += static_cast<size_t>(gridDim.x) * blockDim.x)
     {
         uint32_t const g = groupOf[i];
-        float const magnitude = __fadd_rn(__fmul_rn(static_cast<float>(codes[i]), step[g]), lo[g]);
+        float const magnitude = clampFinite(__fadd_rn(__fmul_rn(static_cast<float>(codes[i]), step[g]), lo[g]));
         out[positions[i]] = negative[i] ? -magnitude : magnitude;
     }
 }

@@ -37,9 +37,9 @@ SLICER_HD inline float readF32At(uint8_t const* p)
 SLICER_HD inline float fmulAdd(float code, float step, float lo)
 {
 #if defined(__CUDA_ARCH__)
-    return __fadd_rn(__fmul_rn(code, step), lo);
+    return clampFinite(__fadd_rn(__fmul_rn(code, step), lo));
 #else
-    return code * step + lo; // built with -ffp-contract=off: two roundings, as numpy
+    return clampFinite(code * step + lo); // built with -ffp-contract=off: two roundings, as numpy
 #endif
 }
 
@@ -338,6 +338,10 @@ bool decodeSubset(Exec& ex, uint8_t const* section, uint64_t len, uint8_t const*
     uint8_t const* fields = unary + unaryBytes;
     uint8_t const* extra = fields + fieldBytes;
     uint64_t const extraLen = bodyLen - 8 - unaryBytes - fieldBytes;
+    if (m == 1 && extraLen != 0)
+    {
+        return false; // m = 1 has no fields and no extra bits: nothing may follow the unary stream
+    }
     Arena::Scope temporaries(arena);
     int64_t* ones = arena.template take<int64_t>(coded);
     int64_t* positions = arena.template take<int64_t>(coded);

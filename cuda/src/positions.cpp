@@ -265,12 +265,62 @@ extern "C" slicer_status slicer_encode_subset(
     return SLICER_OK;
 }
 
+extern "C" slicer_status slicer_check_subset_length(uint8_t const* buf, size_t len, uint64_t count, uint64_t space)
+{
+    if (!buf || len < 1 || count > space)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint8_t const method = buf[0];
+    size_t const bodyLen = len - 1;
+    if (method == SLICER_SUBSET_TRIVIAL)
+    {
+        return (count == 0 || count == space) && bodyLen == 0 ? SLICER_OK : SLICER_ERR_PAYLOAD;
+    }
+    if (count == 0 || count == space)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    if (method == SLICER_SUBSET_BITMAP)
+    {
+        return bodyLen == packedNbytes(space, 1) ? SLICER_OK : SLICER_ERR_PAYLOAD;
+    }
+    if (method == SLICER_SUBSET_FIXED)
+    {
+        return bodyLen == packedNbytes(count, slicer::indexWidth(space)) ? SLICER_OK : SLICER_ERR_PAYLOAD;
+    }
+    if (method != SLICER_SUBSET_GOLOMB && method != SLICER_SUBSET_GOLOMB_COMPLEMENT)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint64_t const coded = method == SLICER_SUBSET_GOLOMB_COMPLEMENT ? space - count : count;
+    if (bodyLen < slicer::kGOLOMB_HEADER_BYTES)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint64_t const m = slicer::getU32(buf + 1);
+    uint64_t const unaryBits = slicer::getU32(buf + 5);
+    if (m < 1 || m > space || unaryBits < coded || (unaryBits - coded) > space / m)
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    size_t const streams = packedNbytes(unaryBits, 1) + (m == 1 ? 0 : packedNbytes(coded, slicer::golombShape(m).width));
+    // With m = 1 there are no fields and no extra bits: the unary stream ends the section.
+    bool const fits = m == 1 ? bodyLen == slicer::kGOLOMB_HEADER_BYTES + streams
+                             : bodyLen >= slicer::kGOLOMB_HEADER_BYTES + streams;
+    return fits ? SLICER_OK : SLICER_ERR_PAYLOAD;
+}
+
 extern "C" slicer_status slicer_decode_subset(
     uint8_t const* buf, size_t len, uint64_t count, uint64_t space, int64_t* out)
 {
-    if (!buf || len < 1 || count > space || (count > 0 && !out))
+    if (buf && len >= 1 && count > 0 && count <= space && !out)
     {
-        return buf && len >= 1 ? SLICER_ERR_ARGUMENT : SLICER_ERR_PAYLOAD;
+        return SLICER_ERR_ARGUMENT;
+    }
+    if (slicer_check_subset_length(buf, len, count, space) != SLICER_OK)
+    {
+        return SLICER_ERR_PAYLOAD;
     }
     uint8_t const method = buf[0];
     uint8_t const* body = buf + 1;
@@ -500,6 +550,18 @@ extern "C" slicer_status slicer_encode_labels(
     }
     *written = need;
     return SLICER_OK;
+}
+
+extern "C" slicer_status slicer_check_labels_length(size_t len, uint64_t count, int base)
+{
+    if (base <= 1 || count == 0)
+    {
+        return len == 0 ? SLICER_OK : SLICER_ERR_PAYLOAD;
+    }
+    int perWord = 0;
+    int bits = 0;
+    slicer_label_chunk(base, &perWord, &bits);
+    return len == packedNbytes((count + perWord - 1) / perWord, bits) ? SLICER_OK : SLICER_ERR_PAYLOAD;
 }
 
 extern "C" slicer_status slicer_decode_labels(uint8_t const* buf, size_t len, uint64_t count, int base, uint8_t* out)

@@ -170,54 +170,62 @@ slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits con
     }
     uint64_t const k = slicer::keptCount(s, T);
     Sections sections(payload, knobsEnd, len - 4);
-    uint8_t const* sec = nullptr;
-    size_t secLen = 0;
+    uint8_t const* meta = nullptr;
+    size_t metaLen = 0;
     // --- meta ---
-    if (!sections.next(&sec, &secLen) || secLen != 8)
+    if (!sections.next(&meta, &metaLen) || metaLen != 8)
     {
         return SLICER_ERR_PAYLOAD;
     }
-    uint64_t const keptCount = readU32(sec);
-    uint64_t const negCount = readU32(sec + 4);
+    uint64_t const keptCount = readU32(meta);
+    uint64_t const negCount = readU32(meta + 4);
     if (keptCount > k || negCount > keptCount)
     {
         return SLICER_ERR_PAYLOAD;
     }
-    // --- positions ---
-    kept->assign(keptCount ? keptCount : 1, 0);
-    if (!sections.next(&sec, &secLen) || slicer_decode_subset(sec, secLen, keptCount, T, kept->data()) != SLICER_OK)
+    // --- every section's length, before anything is sized from a count ---
+    // A count (kept, negative) can claim up to T from a few bytes; only once each
+    // section is exactly as long as those counts require is anything allocated.
+    struct Span
     {
-        return SLICER_ERR_PAYLOAD;
+        uint8_t const* data = nullptr;
+        size_t len = 0;
+    };
+    Span mask, signs, labelsPosSec, labelsNegSec, table, codes;
+    for (Span* span : {&mask, &signs, &labelsPosSec, &labelsNegSec, &table, &codes})
+    {
+        if (!sections.next(&span->data, &span->len))
+        {
+            return SLICER_ERR_PAYLOAD;
+        }
     }
-    std::vector<int64_t> negSel(negCount ? negCount : 1);
-    if (!sections.next(&sec, &secLen)
-        || slicer_decode_subset(sec, secLen, negCount, keptCount, negSel.data()) != SLICER_OK)
+    if (!sections.finished())
     {
         return SLICER_ERR_PAYLOAD;
     }
     std::vector<int64_t> const sizesPos = blockSizes(static_cast<int64_t>(keptCount - negCount), mPos);
     std::vector<int64_t> const sizesNeg = blockSizes(static_cast<int64_t>(negCount), mNeg);
-    std::vector<uint8_t> labelsPos, labelsNeg;
-    if (!sections.next(&sec, &secLen) || !readLabels(sec, secLen, sizesPos, &labelsPos)
-        || !sections.next(&sec, &secLen) || !readLabels(sec, secLen, sizesNeg, &labelsNeg))
-    {
-        return SLICER_ERR_PAYLOAD;
-    }
     std::vector<int64_t> sizes(sizesPos);
     sizes.insert(sizes.end(), sizesNeg.begin(), sizesNeg.end());
-    // --- block table (quant.read_group_table) ---
-    if (!sections.next(&sec, &secLen) || secLen != 9 * sizes.size())
+    if (slicer_check_subset_length(mask.data, mask.len, keptCount, T) != SLICER_OK
+        || slicer_check_subset_length(signs.data, signs.len, negCount, keptCount) != SLICER_OK
+        || slicer_check_labels_length(labelsPosSec.len, keptCount - negCount, static_cast<int>(sizesPos.size()))
+            != SLICER_OK
+        || slicer_check_labels_length(labelsNegSec.len, negCount, static_cast<int>(sizesNeg.size())) != SLICER_OK
+        || table.len != 9 * sizes.size())
     {
         return SLICER_ERR_PAYLOAD;
     }
+    // --- block table (quant.read_group_table) ---
     float const top = dtype == 2 ? kFLOAT16_MAX : std::numeric_limits<float>::max();
     std::vector<int> q(sizes.size());
     std::vector<float> lo(sizes.size()), step(sizes.size());
     for (size_t b = 0; b < sizes.size(); ++b)
     {
-        q[b] = sec[9 * b];
-        lo[b] = readF32(sec + 9 * b + 1);
-        float const hi = readF32(sec + 9 * b + 5);
+        uint8_t const* row = table.data + 9 * b;
+        q[b] = row[0];
+        lo[b] = readF32(row + 1);
+        float const hi = readF32(row + 5);
         if (!std::isfinite(lo[b]) || !std::isfinite(hi) || lo[b] < 0.0f || hi < lo[b] || hi > top)
         {
             return SLICER_ERR_PAYLOAD;
@@ -228,20 +236,27 @@ slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits con
         }
         step[b] = stepOf(lo[b], hi, q[b]);
     }
-    // --- values ---
-    if (!sections.next(&sec, &secLen) || !sections.finished())
-    {
-        return SLICER_ERR_PAYLOAD;
-    }
     size_t need = 0;
     for (size_t b = 0; b < sizes.size(); ++b)
     {
         need += packedNbytes(static_cast<uint64_t>(sizes[b]), q[b]);
     }
-    if (secLen != need)
+    if (codes.len != need)
     {
         return SLICER_ERR_PAYLOAD;
     }
+    // --- positions and labels: the lengths hold, decode them ---
+    kept->assign(keptCount ? keptCount : 1, 0);
+    std::vector<int64_t> negSel(negCount ? negCount : 1);
+    std::vector<uint8_t> labelsPos, labelsNeg;
+    if (slicer_decode_subset(mask.data, mask.len, keptCount, T, kept->data()) != SLICER_OK
+        || slicer_decode_subset(signs.data, signs.len, negCount, keptCount, negSel.data()) != SLICER_OK
+        || !readLabels(labelsPosSec.data, labelsPosSec.len, sizesPos, &labelsPos)
+        || !readLabels(labelsNegSec.data, labelsNegSec.len, sizesNeg, &labelsNeg))
+    {
+        return SLICER_ERR_PAYLOAD;
+    }
+    uint8_t const* sec = codes.data;
     *ndim = dims;
     *dtypeCode = dtype;
     *elements = T;
@@ -276,7 +291,7 @@ slicer_status decodeSparse(uint8_t const* payload, size_t len, slicer_limits con
         {
             readers[b].get(q[b], &code);
         }
-        float const magnitude = static_cast<float>(code) * step[b] + lo[b];
+        float const magnitude = clampFinite(static_cast<float>(code) * step[b] + lo[b]);
         (*values)[i] = b >= sizesPos.size() ? -magnitude : magnitude;
     }
     return SLICER_OK;

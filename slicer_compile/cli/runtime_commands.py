@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from pathlib import Path
 
 import click
@@ -24,6 +23,7 @@ from slicer_compile.cli.output import note
 from slicer_compile.cli.select_command import conditions_from, describe
 from slicer_compile.cli.status import EXIT_INFEASIBLE, EXIT_OK
 from slicer_compile.errors import SlicerCompileError
+from slicer_compile.runtime.access import TOKEN_ENV
 from slicer_compile.storage import atomic_path
 
 
@@ -51,30 +51,53 @@ def load_npy(path: Path) -> np.ndarray:
               type=Quantity("time", maximum=10.0, allow_zero=True), help="Longest wait to fill a batch.")
 @click.option("--max-request-bytes", default="64MiB", show_default=True,
               type=Quantity("bytes", minimum=4096, maximum=2**34), help="Larger requests get 413.")
+@click.option("--max-connections", default=256, show_default=True, type=POSITIVE,
+              help="Open connections (gRPC: concurrent calls) at most; beyond, 503.")
+@click.option("--request-timeout", default="60s", show_default=True, type=Quantity("time", minimum=0.1, maximum=3600),
+              help="A request body must arrive within this (else 408).")
+@click.option("--idle-timeout", default="10s", show_default=True, type=Quantity("time", minimum=0.1, maximum=3600),
+              help="Idle connections, and requests whose headers stall, are closed after this.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM certificate: serve HTTPS (and gRPC over TLS).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM private key of --tls-cert.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Require 'Authorization: Bearer <token>' (first line of this file; or ${TOKEN_ENV}).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["error", "warning", "info", "debug"]),
               help="info: one access-log line per request on stderr.")
 @backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
 @verbosity_options
 def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
-                  max_queue_delay: float,
-                  max_request_bytes: float, log_level: str, backend: str) -> None:
-    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol)."""
+                  max_queue_delay: float, max_request_bytes: float, max_connections: int, request_timeout: float,
+                  idle_timeout: float, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None,
+                  log_level: str, backend: str) -> None:
+    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol).
+
+    Beyond loopback, give --tls-cert/--tls-key and a token (--token-file or
+    $SLICER_SERVER_TOKEN): without them anyone who reaches the port may use it."""
     import signal
 
+    from slicer_compile.runtime.access import Access, read_token
     from slicer_compile.runtime.server import ServerConfig, serve
 
     level = getattr(logging, log_level.upper())
     logging.getLogger("slicer_compile").setLevel(min(level, logging.getLogger("slicer_compile").level))
     logging.getLogger("slicer_compile.access").setLevel(level)
     require_backend(backend)
+    access = Access(tls_cert, tls_key, read_token(token_file))
     config = ServerConfig(max_batch=max_batch, max_queue_delay_s=max_queue_delay,
-                          max_request_bytes=int(max_request_bytes), backend=backend)
-    server = serve(artifact_dir, host, port, config, grpc_port=grpc_port)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
+                          max_request_bytes=int(max_request_bytes), max_connections=max_connections,
+                          request_timeout_s=request_timeout, client_timeout_s=idle_timeout, backend=backend)
+    server = serve(artifact_dir, host, port, config, grpc_port=grpc_port, access=access)
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    if host not in ("127.0.0.1", "localhost", "::1") and not (access.tls and access.token):
+        note(f"listening on {host} without {'TLS' if not access.tls else 'a token'}: anyone who reaches the port "
+             "can use it (see --tls-cert/--tls-key and --token-file)")
     grpc = f" and gRPC {server.grpc.url}" if server.grpc is not None else ""
-    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on http://{server.url}{grpc} "
-               f"(/v2/models/<split>/infer, /metrics); Ctrl-C stops after in-flight requests", err=True)
+    click.echo(f"serving {', '.join(server.models)} of artifact {server.artifact.id} on {server.scheme}://"
+               f"{server.url}{grpc} (/v2/models/<split>/infer, /metrics); Ctrl-C stops after in-flight requests",
+               err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -84,7 +107,12 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
 @click.command("run")
 @artifact_argument
 @click.option("--server", "server_url", required=True,
-              help="host:port of slicer-compile serve or Triton (host alone: port 8700).")
+              help="host:port of slicer-compile serve or Triton (host alone: port 8700; https://, grpc://, "
+                   "grpcs:// as named).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Send this bearer token (first line of the file; or ${TOKEN_ENV}).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA certificate that signed the server's (default: the system's).")
 @click.option("--input", "input_paths", multiple=True, required=True,
               help="Input .npy (NAME=path.npy for a model with several inputs).")
 @click.option("--split", "split_id", help="Split to use (default: the selector's choice).")
@@ -93,7 +121,8 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the first output .npy.")
 @backend_option("tensorrt: the split's edge.plan, encoder inside.")
 @verbosity_options
-def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...], split_id: str | None,
+def run_command(artifact_dir: Path, server_url: str, token_file: Path | None, tls_ca: Path | None,
+                input_paths: tuple[str, ...], split_id: str | None,
                 sparsity: float | None, bandwidth: float, snr_db: float | None, deadline: float | None,
                 memory: float, epsilon: float, accuracy_budget: float, output: Path | None, backend: str) -> int:
     """Run one input through the split: edge part here, server part on --server.
@@ -102,10 +131,12 @@ def run_command(artifact_dir: Path, server_url: str, input_paths: tuple[str, ...
     whose calibrated fidelity stays within --accuracy-budget, at the highest
     sparsity that does (fewest bytes); the output says which, and its fidelity.
     Exit status 3 when no split meets --snr-db/--deadline."""
-    from slicer_compile.runtime.client import EdgeClient, check_inputs
+    from slicer_compile.runtime.access import read_token
+    from slicer_compile.runtime.client import ClientAccess, EdgeClient, check_inputs
 
     require_backend(backend)
-    client = EdgeClient(artifact_dir, server_url, backend=backend)
+    client = EdgeClient(artifact_dir, server_url, backend=backend,
+                        access=ClientAccess(read_token(token_file), tls_ca))
     expected = client.artifact.manifest["inputs"]
     names = [i["name"] for i in expected]
     inputs = {}

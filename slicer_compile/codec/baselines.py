@@ -83,11 +83,20 @@ def encode_int8(x: np.ndarray, cfg: Int8Config) -> bytes:
 def decode_int8(payload: bytes, header: Header) -> np.ndarray:
     reader = PayloadReader(payload, header)
     (scale,) = unpack_struct(_SCALE, reader.section("scale"), "int8 scale")
-    if not (math.isfinite(scale) and 0 <= scale * 128 <= float(np.finfo(header.dtype).max)):
+    top = float(np.finfo(header.dtype).max)
+    # The encoder's codes are in [-127, 127] and scale = peak / 127 in float32, so
+    # 127·scale is the peak give or take a rounding: allow that rounding, no more.
+    if not (math.isfinite(scale) and 0 <= scale * 127 <= top * (1 + 2.0 ** -20)):
         raise PayloadError(f"int8 scale {scale} is negative, non-finite or overflows {header.dtype}")
     codes = np.frombuffer(_section_exact(reader, header.num_elements, "int8 codes"), dtype=np.int8)
     reader.finish()
-    return (codes.astype(np.float32) * np.float32(scale)).reshape(header.shape).astype(header.dtype)
+    if codes.size and int(codes.min()) == -128:
+        raise PayloadError("int8 code -128 is outside the encoder's range [-127, 127]")
+    with np.errstate(over="ignore"):
+        values = codes.astype(np.float32) * np.float32(scale)
+    # That rounding may land just past the dtype's maximum: saturate, never Inf.
+    values = np.clip(values, -top, top, out=values)
+    return values.reshape(header.shape).astype(header.dtype)
 
 
 def predict_bits_int8(shape: tuple[int, ...], cfg: Int8Config) -> int:
@@ -120,11 +129,14 @@ def decode_zstd(payload: bytes, header: Header) -> np.ndarray:
     frame = bytes(reader.section("zstd"))
     reader.finish()
     try:
-        # The frame's declared size is checked before zstd allocates from it.
         declared = zstd.frame_content_size(frame)
         if declared != expected:
             raise PayloadError(f"zstd frame declares {declared} bytes, the tensor needs {expected}")
-        raw = zstd.ZstdDecompressor().decompress(frame, max_output_size=expected)
+        # Streamed, not one-shot: a one-shot decompress allocates the declared size up
+        # front, so a truncated frame of a few bytes would cost 2·T before its refusal.
+        # Streamed, the output grows only with what the frame's blocks really hold
+        # (and zstd refuses a frame that produces more than it declares).
+        raw = zstd.ZstdDecompressor().decompressobj().decompress(frame)
     except zstd.ZstdError as exc:
         raise PayloadError(f"zstd frame is corrupt: {exc}") from None
     if len(raw) != expected:

@@ -121,7 +121,8 @@ def _golomb_encode(gaps: np.ndarray, m: int) -> bytes:
     return b"".join(parts)
 
 
-def _golomb_decode(buf: memoryview, count: int, space: int) -> np.ndarray:
+def _golomb_streams(buf: memoryview, count: int, space: int) -> tuple[int, int, int, int]:
+    """Check a Golomb body's header and length; (m, unary bits, unary bytes, field bytes)."""
     if len(buf) < _GOLOMB_HEADER.size:
         raise PayloadError("Golomb section truncated before its header")
     m, unary_bits = _GOLOMB_HEADER.unpack_from(buf)
@@ -132,12 +133,20 @@ def _golomb_decode(buf: memoryview, count: int, space: int) -> np.ndarray:
     # from overflowing int64.
     if unary_bits < count or (unary_bits - count) * m > space:
         raise PayloadError(f"Golomb unary stream of {unary_bits} bits is inconsistent with {count} of {space}")
+    width, _ = _golomb_shape(m)
+    unary_nbytes = packed_nbytes(unary_bits, 1)
+    field_nbytes = packed_nbytes(count, width) if m > 1 else 0
+    streams_end = _GOLOMB_HEADER.size + unary_nbytes + field_nbytes
+    # m = 1 has no fields and no extra bits: the unary stream ends the section.
+    if len(buf) < streams_end or (m == 1 and len(buf) != streams_end):
+        raise PayloadError(f"Golomb section is {len(buf)} bytes, its streams need {streams_end}")
+    return m, unary_bits, unary_nbytes, field_nbytes
+
+
+def _golomb_decode(buf: memoryview, count: int, space: int) -> np.ndarray:
+    m, unary_bits, unary_nbytes, field_nbytes = _golomb_streams(buf, count, space)
     width, u = _golomb_shape(m)
     offset = _GOLOMB_HEADER.size
-    unary_nbytes = packed_nbytes(unary_bits, 1)
-    field_nbytes = packed_nbytes(count, width)
-    if len(buf) < offset + unary_nbytes + field_nbytes:
-        raise PayloadError("Golomb section truncated")
     unary = unpack_flags(buf[offset: offset + unary_nbytes], unary_bits)
     ends = np.flatnonzero(unary)
     if ends.size != count or not unary[-1]:
@@ -158,8 +167,6 @@ def _golomb_decode(buf: memoryview, count: int, space: int) -> np.ndarray:
         if rem.size and int(rem.max()) >= m:
             raise PayloadError(f"Golomb remainder outside [0, {m})")
         gaps += rem
-    elif len(buf) != offset:
-        raise PayloadError(f"Golomb section is {len(buf)} bytes, its streams need {offset}")
     positions = np.cumsum(gaps + 1) - 1
     if positions.size and positions[-1] >= space:
         raise PayloadError(f"position {int(positions[-1])} outside a space of {space}")
@@ -203,44 +210,57 @@ def encode_subset(indices: np.ndarray, space: int) -> bytes:
     return bytes([method]) + _golomb_encode(gaps, m)
 
 
-def decode_subset(buf: memoryview, count: int, space: int) -> np.ndarray:
-    """Decode a subset section into ``count`` sorted indices below ``space``."""
+def check_subset_length(buf: memoryview, count: int, space: int) -> None:
+    """Refuse a subset section whose length does not fit its method for ``count`` of
+    ``space``: cheap (a few header bytes), and what every decoder checks of every
+    section before it allocates anything sized by a count."""
     if len(buf) < 1:
         raise PayloadError("empty position section")
     if not 0 <= count <= space:
         raise PayloadError(f"position count {count} outside [0, {space}]")
-    method, body = buf[0], buf[1:]
+    method, body_nbytes = buf[0], len(buf) - 1
     if method == TRIVIAL:
         if count not in (0, space):
             raise PayloadError(f"trivial position section for {count} of {space}")
-        if len(body):
+        if body_nbytes:
             raise PayloadError("trivial position section carries data")
-        return np.arange(count, dtype=np.int64)
+        return
     if count in (0, space):
         raise PayloadError(f"non-trivial position section for {count} of {space}")
     if method == BITMAP:
-        if len(body) != packed_nbytes(space, 1):
-            raise PayloadError(f"bitmap of {len(body)} bytes for a space of {space}")
+        if body_nbytes != packed_nbytes(space, 1):
+            raise PayloadError(f"bitmap of {body_nbytes} bytes for a space of {space}")
+    elif method == FIXED:
+        if body_nbytes != packed_nbytes(count, index_width(space)):
+            raise PayloadError(f"fixed-width index section of {body_nbytes} bytes for {count} indices")
+    elif method in (GOLOMB, GOLOMB_COMPLEMENT):
+        _golomb_streams(buf[1:], count if method == GOLOMB else space - count, space)
+    else:
+        raise PayloadError(f"unknown position coding method {method}")
+
+
+def decode_subset(buf: memoryview, count: int, space: int) -> np.ndarray:
+    """Decode a subset section into ``count`` sorted indices below ``space``."""
+    check_subset_length(buf, count, space)
+    method, body = buf[0], buf[1:]
+    if method == TRIVIAL:
+        return np.arange(count, dtype=np.int64)
+    if method == BITMAP:
         positions = np.flatnonzero(unpack_flags(body, space))
         if positions.size != count:
             raise PayloadError(f"bitmap holds {positions.size} positions, expected {count}")
         return positions
     if method == FIXED:
-        width = index_width(space)
-        if len(body) != packed_nbytes(count, width):
-            raise PayloadError(f"fixed-width index section of {len(body)} bytes for {count} indices")
-        positions = unpack_uint(body, count, width).astype(np.int64)
+        positions = unpack_uint(body, count, index_width(space)).astype(np.int64)
         if positions[-1] >= space or (count > 1 and not (np.diff(positions) > 0).all()):
             raise PayloadError("fixed-width indices are not strictly increasing below the space size")
         return positions
     if method == GOLOMB:
         return _golomb_decode(body, count, space)
-    if method == GOLOMB_COMPLEMENT:
-        absent = _golomb_decode(body, space - count, space)
-        mask = np.ones(space, dtype=bool)
-        mask[absent] = False
-        return np.flatnonzero(mask)
-    raise PayloadError(f"unknown position coding method {method}")
+    absent = _golomb_decode(body, space - count, space)
+    mask = np.ones(space, dtype=bool)
+    mask[absent] = False
+    return np.flatnonzero(mask)
 
 
 # --- Labels -------------------------------------------------------------------
@@ -284,16 +304,27 @@ def encode_labels(labels: np.ndarray, base: int) -> bytes:
     return pack_uint(acc, bits)
 
 
+def labels_nbytes(count: int, base: int) -> int:
+    """Bytes of :func:`encode_labels` for ``count`` labels in ``base``."""
+    if base <= 1 or count == 0:
+        return 0
+    per_word, bits = label_chunk(base)
+    return packed_nbytes(-(-count // per_word), bits)
+
+
+def check_labels_length(buf: memoryview, count: int, base: int) -> None:
+    """Refuse a label section that is not exactly the size ``count`` labels need."""
+    if len(buf) != labels_nbytes(count, base):
+        raise PayloadError(f"label section of {len(buf)} bytes for {count} labels in base {base}")
+
+
 def decode_labels(buf: memoryview, count: int, base: int) -> np.ndarray:
     """Inverse of :func:`encode_labels`; validates every word and the padding."""
+    check_labels_length(buf, count, base)
     if base <= 1 or count == 0:
-        if len(buf):
-            raise PayloadError("label section carries data it should not")
         return np.zeros(count, dtype=np.uint8)
     per_word, bits = label_chunk(base)
     words = -(-count // per_word)
-    if len(buf) != packed_nbytes(words, bits):
-        raise PayloadError(f"label section of {len(buf)} bytes for {count} labels in base {base}")
     acc = unpack_uint(buf, words, bits)
     if int(acc.max()) >= base ** per_word:
         raise PayloadError("label word out of range")

@@ -12,6 +12,7 @@ import numpy as np
 from slicer_compile.errors import PayloadError
 
 _F32 = np.float32
+_F32_MAX = np.finfo(np.float32).max
 #: One quantiser group on the wire: bit-width, then the magnitude range (9 bytes, unaligned).
 GROUP_DTYPE = np.dtype([("q", "u1"), ("lo", "<f4"), ("hi", "<f4")])
 
@@ -43,15 +44,22 @@ def quantize_groups(mags: np.ndarray, starts: np.ndarray, sizes: np.ndarray, lo:
 
 
 def dequantize_groups(codes: np.ndarray, sizes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """``lo + code·step`` in float32 per group: a product then a sum, never fused."""
-    if sizes.size <= _SLICE_MAX_GROUPS:
-        out = np.empty(codes.size, dtype=_F32)
-        start = 0
-        for size, g_lo, g_step in zip(sizes, lo, step):
-            out[start: start + size] = codes[start: start + size].astype(_F32) * g_step + g_lo
-            start += size
-        return out
-    return codes.astype(_F32) * np.repeat(step, sizes) + np.repeat(lo, sizes)
+    """``lo + code·step`` in float32 per group: a product then a sum, never fused.
+
+    Near the float32 maximum the sum can round past ``hi`` to +Inf; it is clamped to
+    the largest finite value (as every C++ and CUDA decoder does: codec_math.h
+    clampFinite), so that a finite tensor never decodes to Inf.
+    """
+    with np.errstate(over="ignore"):
+        if sizes.size <= _SLICE_MAX_GROUPS:
+            out = np.empty(codes.size, dtype=_F32)
+            start = 0
+            for size, g_lo, g_step in zip(sizes, lo, step):
+                out[start: start + size] = codes[start: start + size].astype(_F32) * g_step + g_lo
+                start += size
+        else:
+            out = codes.astype(_F32) * np.repeat(step, sizes) + np.repeat(lo, sizes)
+    return np.minimum(out, _F32_MAX, out=out)
 
 
 def block_step(lo: np.ndarray, hi: np.ndarray, q: np.ndarray) -> np.ndarray:

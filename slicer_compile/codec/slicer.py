@@ -34,6 +34,8 @@ from slicer_compile.codec.quant import (
     read_group_table,
 )
 from slicer_compile.codec.positions import (
+    check_labels_length,
+    check_subset_length,
     decode_labels,
     decode_subset,
     encode_labels,
@@ -212,7 +214,12 @@ def read_config(header: Header) -> SlicerConfig:
 
 
 def decode(payload: bytes, header: Header) -> np.ndarray:
-    """Decode a SLICER payload whose header was validated by ``wire.read_header``."""
+    """Decode a SLICER payload whose header was validated by ``wire.read_header``.
+
+    The counts in the meta section can claim up to T values from a few bytes, so
+    every section's length is checked against them before anything is sized from a
+    count (docs/wire-format.md, decoder contract).
+    """
     cfg = read_config(header)
     T = header.num_elements
     reader = PayloadReader(payload, header)
@@ -221,22 +228,27 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
         raise PayloadError(f"{kept_count} kept values exceed k = {cfg.kept_count(T)} for {T} elements")
     if neg_count > kept_count:
         raise PayloadError(f"{neg_count} negative values among {kept_count} kept")
-    kept = decode_subset(reader.section("mask"), kept_count, T)
-    neg_sel = decode_subset(reader.section("signs"), neg_count, kept_count)
+    mask, signs, labels_pos_buf, labels_neg_buf, table, values_buf = (
+        reader.section(name) for name in ("mask", "signs", "labels+", "labels-", "blocks", "values"))
+    reader.finish()
     m_pos, m_neg = cfg.blocks
     pos_count = kept_count - neg_count
     sizes_pos, sizes_neg = block_sizes(pos_count, m_pos), block_sizes(neg_count, m_neg)
-    labels_pos = _read_labels(reader.section("labels+"), sizes_pos)
-    labels_neg = _read_labels(reader.section("labels-"), sizes_neg)
     sizes = np.concatenate([sizes_pos, sizes_neg])
-
-    q, lo, hi = read_group_table(reader.section("blocks"), sizes.size, header.dtype, cfg.q_min, cfg.q_bits, "block")
-
-    values_buf = reader.section("values")
-    reader.finish()
+    check_subset_length(mask, kept_count, T)
+    check_subset_length(signs, neg_count, kept_count)
+    check_labels_length(labels_pos_buf, pos_count, sizes_pos.size)
+    check_labels_length(labels_neg_buf, neg_count, sizes_neg.size)
+    q, lo, hi = read_group_table(table, sizes.size, header.dtype, cfg.q_min, cfg.q_bits, "block")
     block_nbytes = [packed_nbytes(int(n), int(w)) for n, w in zip(sizes, q)]
     if len(values_buf) != sum(block_nbytes):
         raise PayloadError(f"value section of {len(values_buf)} bytes, the blocks need {sum(block_nbytes)}")
+
+    # Every length holds: decode.
+    kept = decode_subset(mask, kept_count, T)
+    neg_sel = decode_subset(signs, neg_count, kept_count)
+    labels_pos = _read_labels(labels_pos_buf, sizes_pos)
+    labels_neg = _read_labels(labels_neg_buf, sizes_neg)
     codes, offset = [], 0
     for n, w, nbytes in zip(sizes, q, block_nbytes):
         codes.append(unpack_uint(values_buf[offset: offset + nbytes], int(n), int(w)))

@@ -26,7 +26,7 @@ import numpy as np
 
 from slicer_compile.codec.bits import pack_flags, pack_uint, packed_nbytes, unpack_flags, unpack_uint
 from slicer_compile.codec.config import MAX_Q_BITS, TabqConfig
-from slicer_compile.codec.positions import decode_subset, encode_subset
+from slicer_compile.codec.positions import check_subset_length, decode_subset, encode_subset
 from slicer_compile.codec.quant import (
     GROUP_DTYPE,
     block_step,
@@ -98,6 +98,12 @@ def read_config(header: Header) -> TabqConfig:
 
 
 def decode(payload: bytes, header: Header) -> np.ndarray:
+    """Decode a TS + TAB-Q payload whose header was validated by ``wire.read_header``.
+
+    Every section's length is checked against the counts before anything is sized
+    by T: the sign section alone carries a bit per quantised element, so once the
+    lengths hold, T is bounded by eight times the payload (docs/wire-format.md).
+    """
     cfg = read_config(header)
     T = header.num_elements
     width = token_length(header.shape)
@@ -106,23 +112,29 @@ def decode(payload: bytes, header: Header) -> np.ndarray:
     (above_count,) = unpack_struct(META, reader.section("meta"), "TAB-Q meta")
     if above_count > T:
         raise PayloadError(f"{above_count} exact values among {T} elements")
-    above = decode_subset(reader.section("mask"), above_count, T)
-    above_buf = reader.section("above")
+    mask, above_buf, tokens_buf, signs_buf, values_buf = (
+        reader.section(name) for name in ("mask", "above", "tokens", "signs", "values"))
+    reader.finish()
+    below_count = T - above_count
+    check_subset_length(mask, above_count, T)
     if len(above_buf) != above_count * header.dtype.itemsize:
         raise PayloadError(f"exact-value section of {len(above_buf)} bytes for {above_count} values")
+    _exact(signs_buf, packed_nbytes(below_count, 1), "sign")
+    # A token with quantised elements holds 1 to `width` of them.
+    quantised_tokens, rest = divmod(len(tokens_buf), TOKEN_DTYPE.itemsize)
+    if rest or not (-(-below_count // max(width, 1)) <= quantised_tokens <= min(num_tokens, below_count)):
+        raise PayloadError(f"token table of {len(tokens_buf)} bytes for {below_count} quantised values "
+                           f"in {num_tokens} tokens")
+
+    # The lengths hold: decode.
+    above = decode_subset(mask, above_count, T)
     above_values = np.frombuffer(above_buf, dtype=header.dtype.newbyteorder("<"))
     if not np.isfinite(above_values).all():
         raise PayloadError("exact values include NaN or Inf")
-
     per_token = width - np.bincount(above // max(width, 1), minlength=num_tokens)
     sizes = per_token[per_token > 0]
-    q, lo, hi = read_group_table(reader.section("tokens"), sizes.size, header.dtype, cfg.q_min, cfg.q_max - 1,
-                                 "token")
-
-    below_count = T - above_count
-    negative = unpack_flags(_exact(reader.section("signs"), packed_nbytes(below_count, 1), "sign"), below_count)
-    values_buf = reader.section("values")
-    reader.finish()
+    q, lo, hi = read_group_table(tokens_buf, sizes.size, header.dtype, cfg.q_min, cfg.q_max - 1, "token")
+    negative = unpack_flags(signs_buf, below_count)
     q_elem = np.repeat(q, sizes)
     group_counts = [int(np.count_nonzero(q_elem == w)) for w in range(1, cfg.q_max)]
     group_nbytes = [packed_nbytes(n, w) for w, n in zip(range(1, cfg.q_max), group_counts)]

@@ -24,7 +24,13 @@ from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
 from slicer_compile.runtime.parts import EDGE, open_part
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, InferMessage
-from slicer_compile.runtime.transport import DEFAULT_PORT, ServerError, open_transport, parse_server_address  # noqa: F401
+from slicer_compile.runtime.transport import (  # noqa: F401 (re-exported)
+    DEFAULT_PORT,
+    ClientAccess,
+    ServerError,
+    open_transport,
+    parse_server_address,
+)
 
 
 _log = logging.getLogger(__name__)
@@ -80,7 +86,7 @@ class EdgeClient:
     """Runs the edge side of an artifact against a server at ``server_url`` ("host:port")."""
 
     def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0,
-                 backend: str = "onnxruntime"):
+                 backend: str = "onnxruntime", access: ClientAccess | None = None):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         # A backend without the codec in its engines runs the edge part, then the numpy
         # encoder; one with it (TensorRT: edge.plan) encodes inside, the knobs an engine input.
@@ -88,7 +94,7 @@ class EdgeClient:
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
-        self.transport = open_transport(server_url, timeout_s)
+        self.transport = open_transport(server_url, timeout_s, access)
         self.host, self.port = self.transport.host, self.transport.port
         self._runners: dict = {}
         self._selector = None

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import math
 from concurrent import futures
+from pathlib import Path
 
 import numpy as np
 
 from slicer_compile import __version__
 from slicer_compile.errors import BackendUnavailableError, SlicerCompileError
+from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError, ModelHost
 from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, DATATYPES, InferMessage, datatype_of
 
 #: HTTP status (what the host speaks) -> gRPC status code name.
-_GRPC_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 500: "INTERNAL", 503: "UNAVAILABLE"}
+_GRPC_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 500: "INTERNAL",
+              503: "UNAVAILABLE"}
 
 
 def _grpc_modules():
@@ -100,6 +103,29 @@ class _Service:
             outputs=[tensor(name=t["name"], datatype=t.get("datatype", ""), shape=t.get("shape", []))
                      for t in meta["outputs"]])
 
+    def ModelConfig(self, request, context):  # noqa: N802
+        from google.protobuf import json_format
+        from tritonclient.grpc import model_config_pb2
+
+        try:
+            entry = self.host.model(request.name).config_entry()
+        except HostError as exc:
+            return self._abort(context, exc)
+        return self.pb.ModelConfigResponse(config=json_format.ParseDict(entry, model_config_pb2.ModelConfig()))
+
+    def ModelStatistics(self, request, context):  # noqa: N802
+        from google.protobuf import json_format
+
+        try:
+            stats = self.host.statistics(request.name)
+        except HostError as exc:
+            return self._abort(context, exc)
+        return json_format.ParseDict({"model_stats": stats}, self.pb.ModelStatisticsResponse())
+
+    def RepositoryIndex(self, request, context):  # noqa: N802
+        index = self.pb.RepositoryIndexResponse.ModelIndex
+        return self.pb.RepositoryIndexResponse(models=[index(**entry) for entry in self.host.repository_index()])
+
     def ModelInfer(self, request, context):  # noqa: N802
         if not self.host.admit():
             return self._abort(context, HostError(503, "shutting_down", "the server is shutting down"))
@@ -129,21 +155,56 @@ class _Service:
         return response
 
 
-class GrpcEndpoint:
-    """A grpcio server for one host on ``address:port`` (port 0: any free one)."""
+def _token_interceptor(grpc, access: Access):
+    """Refuse (UNAUTHENTICATED) every call but the health checks without the token."""
+    open_methods = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
 
-    def __init__(self, host: ModelHost, address: str = "127.0.0.1", port: int = 8701, max_workers: int = 16):
+    def refuse(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+    refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    class TokenInterceptor(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            metadata = dict(details.invocation_metadata or ())
+            if details.method in open_methods or access.authorized(metadata.get("authorization")):
+                return continuation(details)
+            return refusal
+
+    return TokenInterceptor()
+
+
+class GrpcEndpoint:
+    """A grpcio server for one host on ``address:port`` (port 0: any free one).
+
+    grpcio bounds what the HTTP side bounds by hand: message sizes (the request limit),
+    and concurrent calls (``max_connections``; beyond, RESOURCE_EXHAUSTED).
+    """
+
+    def __init__(self, host: ModelHost, address: str = "127.0.0.1", port: int = 8701, access: Access | None = None):
         grpc, service_pb2, service_pb2_grpc = _grpc_modules()
-        limit = int(host.config.max_request_bytes)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        access = access or Access()
+        config = host.config
+        limit = int(config.max_request_bytes)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
                                   options=[("grpc.max_receive_message_length", limit),
                                            ("grpc.max_send_message_length", max(limit, 64 << 20))],
-                                  maximum_concurrent_rpcs=4 * max_workers)
+                                  maximum_concurrent_rpcs=config.max_connections,
+                                  interceptors=[_token_interceptor(grpc, access)] if access.token else None)
         servicer = type("Servicer", (_Service, service_pb2_grpc.GRPCInferenceServiceServicer), {})
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer(host, service_pb2, grpc), self.server)
-        self.port = self.server.add_insecure_port(f"{address}:{port}")
+        target = f"{address}:{port}"
+        try:
+            if access.tls:
+                credentials = grpc.ssl_server_credentials([(Path(access.tls_key).read_bytes(),
+                                                            Path(access.tls_cert).read_bytes())])
+                self.port = self.server.add_secure_port(target, credentials)
+            else:
+                self.port = self.server.add_insecure_port(target)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise SlicerCompileError(f"cannot listen for gRPC on {address}:{port}")
+            raise SlicerCompileError(f"cannot listen for gRPC on {target}")
         self.address = address
 
     @property

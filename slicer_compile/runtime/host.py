@@ -22,13 +22,14 @@ from slicer_compile import __version__
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.base import Runner, RunSettings
 from slicer_compile.backends.registry import get_backend
-from slicer_compile.codec import PayloadError, SlicerConfig, decode
-from slicer_compile.codec.wire import DEFAULT_LIMITS, read_header
+from slicer_compile.artifact import CrossingTensor
+from slicer_compile.codec import CODECS, DecodeLimits, PayloadError, SlicerConfig, decode
+from slicer_compile.codec.wire import read_header
 from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name
 from slicer_compile.runtime.metrics import Metrics
-from slicer_compile.runtime.parts import SERVER, open_part
-from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, InferMessage, ProtocolError, datatype_of
+from slicer_compile.runtime.parts import SERVER, open_part, part_outputs
+from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, DATATYPE_OF, InferMessage, ProtocolError
 
 
 class HostError(SlicerCompileError):
@@ -42,15 +43,35 @@ class HostError(SlicerCompileError):
 
 @dataclass
 class ServerConfig:
+    """How a server batches and what it lets one caller, or all of them, cost."""
+
     max_batch: int = 16
     max_queue_delay_s: float = 0.0005
+    #: a larger body is refused (413) before it is read
     max_request_bytes: int = 64 << 20
+    #: an idle connection, or one whose request headers have not all arrived, is closed after this
     client_timeout_s: float = 10.0
+    #: a request body must have arrived whole within this (else 408 and the connection closes)
+    request_timeout_s: float = 60.0
+    #: open connections at most; a request on one beyond them is answered 503
+    max_connections: int = 256
+    #: request bodies held at once (being read or served), bytes; beyond, 503
+    max_buffered_bytes: int = 512 << 20
+    #: threads that decode payloads and wait for batches (HTTP); gRPC has as many
+    workers: int = 32
     threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
     #: "onnxruntime": decode in Python, batch the server part; "tensorrt": run each
     #: split's server.plan with the decoder plugin inside (one request at a time: the
     #: decoder's output shape, batch included, is fixed in the engine)
     backend: str = "onnxruntime"
+
+
+#: The platform a split model reports (metadata, configuration).
+PLATFORM = "slicer_split"
+
+
+def codec_name(codec_id: int) -> str:
+    return CODECS[codec_id].config.name if codec_id in CODECS else f"id {codec_id}"
 
 
 #: Queued to wake a batcher that waits to fill a batch (a drain has begun).
@@ -79,11 +100,15 @@ class SplitModel:
         self.activations = [t for t in self.crossing if t.kind == "activation"]
         backend = get_backend(config.backend)
         self.decodes_in_engine = backend.codec_in_engine
+        # The artifact's codec only (the TensorRT decoder plugin reads SLICER alone).
+        self.accepted_codecs = {SlicerConfig.codec_id} if self.decodes_in_engine else {artifact.codec.codec_id}
         self.batch_bound = backend.server_batch_bound or config.max_batch
         self.runner: Runner = open_part(artifact, split_id, SERVER, backend.name,
                                         RunSettings(threads=config.threads, optimize=True))
         self.runner.activate()
         self.output_names = self.runner.output_names
+        specs = {name: (name, dtype, shape) for name, dtype, shape in part_outputs(artifact, split_id, SERVER)}
+        self.output_specs = [specs.get(name, (name, "float32", [-1])) for name in self.output_names]
         self.config = config
         self.metrics = metrics
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -106,21 +131,14 @@ class SplitModel:
                     raise ProtocolError(f"missing input {name!r}")
                 if payload.dtype != np.uint8 or payload.ndim != 1:
                     raise ProtocolError(f"input {name!r} must be a 1-d UINT8 tensor of payload bytes")
+                data = payload.tobytes()
+                limits = self._check_payload_header(t, data)  # raises PayloadError
                 if self.decodes_in_engine:
-                    # The engine decodes; the frame (magic, CRC, shape) is checked here so
-                    # that a bad payload is the client's error (400), not the engine's.
-                    header = read_header(payload.tobytes(), DEFAULT_LIMITS)  # raises PayloadError
-                    if header.codec_id != SlicerConfig.codec_id:
-                        raise PayloadError("the TensorRT server part decodes SLICER payloads only")
-                    if list(header.shape) != list(t.shape):
-                        raise PayloadError(f"payload for {t.name} is of shape {header.shape}, expected "
-                                           f"{tuple(t.shape)}")
+                    # The engine decodes; the frame was checked here so that a bad
+                    # payload is the client's error (400), not the engine's.
                     feeds[name] = payload
-                    continue
-                value = decode(payload.tobytes())  # raises PayloadError
-                if list(value.shape) != list(t.shape):
-                    raise PayloadError(f"payload for {t.name} decodes to {value.shape}, expected {tuple(t.shape)}")
-                feeds[t.name] = value.astype(t.dtype, copy=False)
+                else:
+                    feeds[t.name] = decode(data, limits).astype(t.dtype, copy=False)  # raises PayloadError
             else:
                 value = message.tensors.get(t.name)
                 if value is None:
@@ -134,6 +152,20 @@ class SplitModel:
         if extra:
             raise ProtocolError(f"unknown input(s) {sorted(extra)}")
         return feeds
+
+    def _check_payload_header(self, t: CrossingTensor, payload: bytes) -> DecodeLimits:
+        """The frame, codec, dtype and shape against the crossing, before any decoding;
+        the limits to decode with: this tensor's size, not the library default (a
+        valid payload of a hundred bytes can describe 2^28 elements)."""
+        limits = DecodeLimits(max_elements=t.num_elements)
+        header = read_header(payload, limits)
+        if header.codec_id not in self.accepted_codecs:
+            raise PayloadError(f"payload for {t.name} is of codec {codec_name(header.codec_id)}; this split "
+                               f"accepts {', '.join(codec_name(c) for c in sorted(self.accepted_codecs))}")
+        if list(header.shape) != list(t.shape) or header.dtype != np.dtype(t.dtype):
+            raise PayloadError(f"payload for {t.name} is {header.dtype}{tuple(header.shape)}, expected "
+                               f"{t.dtype}{tuple(t.shape)}")
+        return limits
 
     def submit(self, feeds: dict[str, np.ndarray]) -> _Job | None:
         """Queue one sample; None once the model is closed (the caller answers 503)."""
@@ -208,16 +240,47 @@ class SplitModel:
         self._thread.join(timeout=30)
         self.runner.deactivate()
 
-    def metadata(self) -> dict:
+    def inputs(self) -> list[dict]:
+        """The request's tensors, KServe v2 style: a payload per activation, side tensors raw."""
         inputs = []
         for t in self.crossing:
             if t.kind == "activation":
                 inputs.append({"name": payload_name(t.name), "datatype": "UINT8", "shape": [-1]})
             else:
-                inputs.append({"name": t.name, "datatype": datatype_of(np.zeros(0, t.dtype)),
-                               "shape": list(t.shape)})
-        return {"name": self.split_id, "versions": ["1"], "platform": "slicer_split", "inputs": inputs,
-                "outputs": [{"name": n} for n in self.output_names]}
+                inputs.append({"name": t.name, "datatype": DATATYPE_OF[np.dtype(t.dtype)], "shape": list(t.shape)})
+        return inputs
+
+    def outputs(self) -> list[dict]:
+        return [{"name": name, "datatype": DATATYPE_OF[np.dtype(dtype)], "shape": shape}
+                for name, dtype, shape in self.output_specs]
+
+    def metadata(self) -> dict:
+        return {"name": self.split_id, "versions": ["1"], "platform": PLATFORM, "inputs": self.inputs(),
+                "outputs": self.outputs()}
+
+    def config_entry(self) -> dict:
+        """Triton's model configuration (model_config.proto, as JSON)."""
+        def tensors(entries):
+            return [{"name": e["name"], "data_type": f"TYPE_{e['datatype']}", "dims": e["shape"]} for e in entries]
+
+        return {"name": self.split_id, "platform": PLATFORM, "backend": "slicer", "max_batch_size": 0,
+                "input": tensors(self.inputs()), "output": tensors(self.outputs()),
+                "dynamic_batching": {"max_queue_delay_microseconds": int(self.config.max_queue_delay_s * 1e6)}}
+
+    def statistics(self) -> dict:
+        """Triton's model statistics: counts, and nanosecond totals (success, queue, compute)."""
+        totals = self.metrics.snapshot(self.split_id)
+        n = totals["requests"]
+
+        def ns(seconds: float) -> int:
+            return int(seconds * 1e9)
+
+        return {"name": self.split_id, "version": "1", "last_inference": totals["last_request_ms"],
+                "inference_count": n, "execution_count": totals["batches"],
+                "inference_stats": {"success": {"count": n, "ns": ns(totals["request_s"])},
+                                    "fail": {"count": self.metrics.failures(self.split_id), "ns": 0},
+                                    "queue": {"count": n, "ns": ns(totals["queue_s"])},
+                                    "compute_infer": {"count": n, "ns": ns(totals["compute_s"])}}}
 
 
 class ModelHost:
@@ -308,10 +371,20 @@ class ModelHost:
         job.done.wait()
         if job.error is not None:
             raise HostError(500, "server_failure", job.error)
-        self.metrics.count_request(model_name)
+        total_s = time.perf_counter() - received
+        self.metrics.count_request(model_name, total_s)
         parameters = {"server_compute_us": round(job.compute_s * 1e6, 1), "queue_us": round(job.queue_s * 1e6, 1),
-                      "batch_size": job.batch_size, "server_total_us": round((time.perf_counter() - received) * 1e6, 1)}
+                      "batch_size": job.batch_size, "server_total_us": round(total_s * 1e6, 1)}
         return InferMessage(job.outputs, parameters, message.id, model_name)
+
+    def repository_index(self) -> list[dict]:
+        """Every model this host serves, ready while it accepts requests."""
+        state = "READY" if self.accepting else "UNAVAILABLE"
+        return [{"name": name, "version": "1", "state": state, "reason": ""} for name in self.models]
+
+    def statistics(self, name: str = "") -> list[dict]:
+        """One model's statistics (``name``), or every model's (empty name)."""
+        return [self.model(name).statistics()] if name else [m.statistics() for m in self.models.values()]
 
     def server_metadata(self) -> dict:
         return {"name": "slicer-compile", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 
@@ -18,10 +19,25 @@ class Metrics:
         self.compute_s: dict[str, float] = defaultdict(float)
         self.queue_s: dict[str, float] = defaultdict(float)
         self.max_batch: dict[str, int] = defaultdict(int)
+        self.request_s: dict[str, float] = defaultdict(float)  # received to answered, answered requests
+        self.last_request_ms: dict[str, int] = defaultdict(int)  # wall clock, ms since the epoch
 
-    def count_request(self, split: str) -> None:
+    def count_request(self, split: str, seconds: float = 0.0) -> None:
         with self._lock:
             self.requests[split] += 1
+            self.request_s[split] += seconds
+            self.last_request_ms[split] = int(time.time() * 1000)
+
+    def failures(self, split: str) -> int:
+        with self._lock:
+            return sum(n for (s, _), n in self.errors.items() if s == split)
+
+    def snapshot(self, split: str) -> dict:
+        """One split's totals (what the statistics endpoints report)."""
+        with self._lock:
+            return {"requests": self.requests[split], "request_s": self.request_s[split],
+                    "batches": self.batches[split], "compute_s": self.compute_s[split],
+                    "queue_s": self.queue_s[split], "last_request_ms": self.last_request_ms[split]}
 
     def count_error(self, split: str, reason: str) -> None:
         with self._lock:

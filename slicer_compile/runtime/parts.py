@@ -42,3 +42,16 @@ def open_part(artifact: Artifact, split_id: str, part: str, backend: str = "onnx
         raise ArtifactError(f"split {split_id} has no {key.replace('_', '.')} for the {chosen.name} backend: "
                             f"compile with --backend {chosen.name}")
     return chosen.open(artifact.path / relative, name, settings)
+
+
+def part_outputs(artifact: Artifact, split_id: str, part: str) -> list[tuple[str, str, list[int]]]:
+    """(name, numpy dtype, shape; -1 for a symbolic dimension) of each output of an ONNX part."""
+    import onnx
+
+    model = onnx.load(str(artifact.part_path(split_id, part)), load_external_data=False)
+    outputs = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        outputs.append((value.name, str(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+    return outputs

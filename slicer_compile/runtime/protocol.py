@@ -90,6 +90,8 @@ def decode_message(body: bytes, header_length: int | None, request: bool, max_el
         header = json.loads(body[:header_length])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"JSON header is malformed: {exc}") from None
+    except RecursionError:  # json nests by recursion: a header 100,000 brackets deep
+        raise ProtocolError("JSON header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("JSON header must be an object")
     key = "inputs" if request else "outputs"
@@ -104,19 +106,32 @@ def decode_message(body: bytes, header_length: int | None, request: bool, max_el
         tensors[name] = array
     if offset != len(body):
         raise ProtocolError(f"{len(body) - offset} bytes after the last tensor")
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ProtocolError("parameters must be an object")
+    parameters = _parameters(header, "the request" if request else "the response")
+    request_id, model_name = header.get("id", ""), header.get("model_name", "")
+    if not isinstance(request_id, str) or not isinstance(model_name, str):
+        raise ProtocolError("id and model_name must be strings")
     requested = None
     binary_outputs = True
-    if request and isinstance(header.get("outputs"), list):
-        requested = [str(o.get("name")) for o in header["outputs"] if isinstance(o, dict)]
-        binary_outputs = any((o.get("parameters") or {}).get("binary_data", False) for o in header["outputs"]
-                             if isinstance(o, dict))
+    outputs = header.get("outputs") if request else None
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                    for o in outputs):
+            raise ProtocolError("outputs must be a list of objects with a name")
+        requested = [o["name"] for o in outputs]
+        binary_outputs = any(_parameters(o, f"output {o['name']!r}").get("binary_data", False) for o in outputs)
     elif request:
         binary_outputs = bool(parameters.get("binary_data_output", False))
-    return InferMessage(tensors, parameters, str(header.get("id", "")), str(header.get("model_name", "")),
-                        requested, binary_outputs)
+    return InferMessage(tensors, parameters, request_id, model_name, requested, binary_outputs)
+
+
+def _parameters(entry: dict, what: str) -> dict:
+    """An entry's ``parameters``: absent, or an object (KServe v2: a map)."""
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"parameters of {what} must be an object, got {type(parameters).__name__}")
+    return parameters
 
 
 def _tensor(entry, body: bytes, offset: int, max_elements: int) -> tuple[str, np.ndarray, int]:
@@ -132,13 +147,15 @@ def _tensor(entry, body: bytes, offset: int, max_elements: int) -> tuple[str, np
     count = math.prod(shape)
     if count > max_elements:
         raise ProtocolError(f"tensor {name!r}: {count} elements exceed the limit of {max_elements}")
-    size = (entry.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(entry, f"tensor {name!r}").get("binary_data_size")
     if size is None:  # JSON data
         data = entry.get("data")
         if not isinstance(data, list):
             raise ProtocolError(f"tensor {name!r} has neither binary data nor a data list")
         try:
             array = np.array(data, dtype=dtype).reshape(shape)
+        except RecursionError:
+            raise ProtocolError(f"tensor {name!r}: data is nested too deeply") from None
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"tensor {name!r}: data does not fit shape {shape}: {exc}") from None
         return name, array, offset

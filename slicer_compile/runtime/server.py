@@ -2,23 +2,36 @@
 (binary tensor extension) in front of a :class:`~slicer_compile.runtime.host.ModelHost`,
 which checks, decodes, batches and answers. One model per materialised split.
 
-Failure handling: a body over ``max_request_bytes`` is refused before it is
-read (413); malformed or inconsistent bodies, payloads from another artifact
-and undecodable payloads get 400 with the reason; a client that stalls past
-``client_timeout_s`` is dropped. ``stop()`` finishes in-flight requests and
-answers new ones with 503.
+HTTP itself is aiohttp's (its C parser, llhttp, reads request lines, headers and
+Content-Length strictly: a negative, non-decimal or repeated length is a 400), so
+this module holds only the KServe v2 semantics and the server's bounds:
+
+* a body over ``max_request_bytes`` is refused from its Content-Length (413), and one
+  without a length (chunked) is refused (411);
+* request headers must arrive within ``client_timeout_s`` of the connection opening or
+  of the last answer (aiohttp's keep-alive timer), a body within ``request_timeout_s``
+  (408, and the connection closes): a client trickling bytes is dropped;
+* beyond ``max_connections`` open connections, or ``max_buffered_bytes`` of bodies
+  held at once, a request is answered 503 with ``Retry-After``;
+* payloads are decoded on at most ``workers`` threads; the event loop only reads and
+  writes.
+
+``stop()`` answers new requests 503, finishes in-flight ones, then closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from aiohttp import web
+
 from slicer_compile.errors import SlicerCompileError
+from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError, ModelHost, ServerConfig, SplitModel  # noqa: F401 (re-exported)
 from slicer_compile.runtime.protocol import (
     HEADER_LENGTH,
@@ -28,71 +41,128 @@ from slicer_compile.runtime.protocol import (
     encode_message,
 )
 
-
-#: At most this much of a refused body is read and thrown away (beyond it the client gets a reset).
-_DISCARD_LIMIT = 16 << 20
-
 #: One line per request at INFO (``slicer-compile serve --log-level info``).
 _access_log = logging.getLogger("slicer_compile.access")
+
+#: Paths that answer without a token (orchestrators' probes).
+_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class _BodyBudget:
+    """Bytes of request bodies held at once, across connections (event-loop side only)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def reserve(self, nbytes: int) -> bool:
+        if self.held + nbytes > self.limit:
+            return False
+        self.held += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
 
 
 class SplitServer:
     """Serves every materialised split of an artifact over HTTP (KServe v2), on a
-    :class:`~slicer_compile.runtime.host.ModelHost`."""
+    :class:`~slicer_compile.runtime.host.ModelHost`; optionally gRPC beside it."""
 
     def __init__(self, artifact_dir: str | Path, host: str = "127.0.0.1", port: int = 8700,
-                 config: ServerConfig | None = None, splits: list[str] | None = None, grpc_port: int | None = None):
+                 config: ServerConfig | None = None, splits: list[str] | None = None, grpc_port: int | None = None,
+                 access: Access | None = None):
         self.host = ModelHost(artifact_dir, config, splits)
         self.artifact, self.config, self.metrics, self.models = (self.host.artifact, self.host.config,
                                                                  self.host.metrics, self.host.models)
-        handler = type("Handler", (_Handler,), {"server_state": self.host, "timeout": self.config.client_timeout_s})
-        try:
-            self.httpd = _HTTPServer((host, port), handler)
-        except OSError as exc:
-            self.host.stop_models()
-            raise SlicerCompileError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.httpd.daemon_threads = False  # server_close() waits for in-flight requests
+        self.access = access or Access()
+        self._budget = _BodyBudget(self.config.max_buffered_bytes)
+        self._workers = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="infer")
+        self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        # The same host behind KServe v2 gRPC too (tritonclient.grpc), where asked for.
+        self._stopped = False
         self.grpc = None
-        if grpc_port is not None:
-            from slicer_compile.runtime.grpc_server import GrpcEndpoint
-
+        try:
+            self._runner = web.AppRunner(self._app(), handle_signals=False, access_log=_access_log,
+                                         keepalive_timeout=self.config.client_timeout_s,
+                                         shutdown_timeout=60.0)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, host, port, ssl_context=self.access.server_ssl_context(), backlog=1024)
             try:
-                self.grpc = GrpcEndpoint(self.host, host, grpc_port)
-            except BaseException:
-                self.httpd.server_close()
-                self.host.stop_models()
-                raise
+                self._loop.run_until_complete(site.start())
+            except OSError as exc:
+                raise SlicerCompileError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            self._address = self._runner.addresses[0][:2]
+            if grpc_port is not None:
+                from slicer_compile.runtime.grpc_server import GrpcEndpoint
+
+                self.grpc = GrpcEndpoint(self.host, host, grpc_port, access=self.access)
+        except BaseException:
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+            self._workers.shutdown()
+            self.host.stop_models()
+            raise
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"{host}:{port}"
+        """host:port (the scheme is https with TLS: see :attr:`scheme`)."""
+        host, port = self._address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.access.tls else "http"
+
+    # --- running -------------------------------------------------------------------
 
     def start(self) -> "SplitServer":
+        """Serve on a background thread."""
         if self.grpc is not None:
             self.grpc.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        """Serve on this thread until :meth:`stop` (from a signal handler or another
+        thread) or Ctrl-C; then stop gracefully."""
         if self.grpc is not None:
             self.grpc.start()
         try:
-            self.httpd.serve_forever()
+            self._loop.run_forever()
         finally:
             self.stop()
 
     def stop(self) -> None:
-        """Graceful shutdown: refuse new requests, finish in-flight ones, release."""
+        """Graceful shutdown: refuse new requests (503), finish in-flight ones, release.
+        Safe to call from any thread, and more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.host.accepting = False
-        self.httpd.shutdown()
-        self.host.drain()
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
+        else:
+            self._loop.run_until_complete(self._shutdown())
+        self._loop.close()
+
+    def request_stop(self) -> None:
+        """Ask a :meth:`serve_forever` loop to stop (signal-handler safe: returns at once)."""
+        if not self._stopped and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.host.drain)  # every admitted request is answered
         if self.grpc is not None:
-            self.grpc.stop()  # in-flight requests finish (each gets its answer) before the models stop
-        self.httpd.server_close()
+            await loop.run_in_executor(None, self.grpc.stop)
+        await self._runner.cleanup()
+        self._workers.shutdown(wait=True)
         self.host.stop_models()
 
     def wait_for_inflight(self, count: int, timeout_s: float | None = None) -> bool:
@@ -104,136 +174,155 @@ class SplitServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    # --- the application -------------------------------------------------------------
 
-class _HTTPServer(ThreadingHTTPServer):
-    # socketserver's default backlog of 5 resets connections when many clients
-    # connect at once.
-    request_queue_size = 1024
+    def _app(self) -> web.Application:
+        # client_max_size: aiohttp's own cap on a body it reads, the same as ours.
+        app = web.Application(client_max_size=self.config.max_request_bytes, middlewares=[self._guard])
+        app.router.add_get("/v2/health/live", self._live)
+        app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_get("/v2", self._server_metadata)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v2/repository/index", self._repository_index)
+        app.router.add_get("/v2/models/stats", self._statistics)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            app.router.add_get(prefix, self._model_metadata)
+            app.router.add_get(prefix + "/ready", self._model_ready)
+            app.router.add_get(prefix + "/config", self._model_config)
+            app.router.add_get(prefix + "/stats", self._statistics)
+            app.router.add_post(prefix + "/infer", self._infer)
+        return app
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_state: SplitServer  # set per server instance
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay on replies
-
-    def log_message(self, format, *args):
-        # The access log: off unless the logger is at INFO (serve --log-level info).
-        if _access_log.isEnabledFor(logging.INFO):
-            _access_log.info("%s %s", self.address_string(), format % args)
-
-    # --- plumbing ------------------------------------------------------------------
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, close: bool = False) -> None:
-        self.send_response(status)
-        for key, value in (headers or {"Content-Type": "application/json"}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
+    def _error(self, status: int, message: str, reason: str, model: str = "", close: bool = False,
+               headers: dict | None = None) -> web.Response:
+        self.metrics.count_error(model, reason)
+        response = web.Response(status=status, body=json.dumps({"error": message}).encode(),
+                                headers={**_JSON, **(headers or {})})
         if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+            response.force_close()
+        return response
 
-    def _error(self, status: int, message: str, reason: str, model: str = "", close: bool = False) -> None:
-        self.server_state.metrics.count_error(model, reason)
-        self._send(status, json.dumps({"error": message}).encode(), close=close)
-
-    def _discard_body(self, length: int) -> None:
-        """After refusing a body unread, read (a bounded part of) it: a client still
-        sending would otherwise get a broken pipe before it can read the refusal."""
-        remaining = min(length, _DISCARD_LIMIT)
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        """Per request, before any endpoint: the connection cap, then the token."""
+        connections = len(self._runner.server.connections) if self._runner.server is not None else 0
+        if connections > self.config.max_connections:  # this one included
+            return self._error(503, f"the server holds {connections} connections, more than its limit of "
+                               f"{self.config.max_connections}", "too_many_connections", close=True,
+                               headers={"Retry-After": "1"})
+        if request.path not in _OPEN_PATHS and not self.access.authorized(request.headers.get("Authorization")):
+            return self._error(401, "a valid bearer token is required", "unauthorized",
+                               headers={"WWW-Authenticate": "Bearer"})
         try:
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-        except OSError:
-            pass
+            return await handler(request)
+        except web.HTTPNotFound:
+            return self._error(404, f"no endpoint {request.method} {request.path}", "bad_path")
+        except web.HTTPMethodNotAllowed:
+            return self._error(405, f"{request.method} is not allowed on {request.path}", "bad_method")
 
-    # --- endpoints -----------------------------------------------------------------
+    def _model(self, request: web.Request) -> SplitModel:
+        version = request.match_info.get("version", "1")
+        if version not in ("1", ""):
+            raise HostError(404, "unknown_model", f"model {request.match_info['model']!r} has no version {version!r}")
+        return self.host.model(request.match_info["model"])
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        state = self.server_state
-        path = self.path.rstrip("/")
-        if path == "/v2/health/live":
-            self._send(200, b"")
-        elif path == "/v2/health/ready":
-            self._send(200 if state.accepting else 503, b"")
-        elif path == "/v2":
-            self._send(200, json.dumps(state.server_metadata()).encode())
-        elif path == "/metrics":
-            self._send(200, state.metrics.render(state).encode(), {"Content-Type": "text/plain; version=0.0.4"})
-        elif path.startswith("/v2/models/"):
-            parts = path.split("/")[3:]
-            model = state.models.get(parts[0]) if parts else None
-            if model is None:
-                self._error(404, f"unknown model {parts[0] if parts else ''!r}", "unknown_model")
-            elif parts[1:] == ["ready"] or parts[1:] == ["versions", "1", "ready"]:
-                self._send(200 if state.accepting else 503, b"")
-            elif len(parts) == 1 or parts[1:] == ["versions", "1"]:
-                self._send(200, json.dumps(model.metadata()).encode())
-            else:
-                self._error(404, f"no endpoint {self.path}", "bad_path")
-        else:
-            self._error(404, f"no endpoint {self.path}", "bad_path")
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
 
-    def do_POST(self) -> None:  # noqa: N802
-        state = self.server_state
-        admitted = state.admit()  # in flight from here on: stop() finishes it
+    async def _ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.host.accepting else 503)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self.host.server_metadata())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(self.host), content_type="text/plain",
+                            headers={"X-Content-Format": "prometheus 0.0.4"})
+
+    async def _repository_index(self, request: web.Request) -> web.Response:
+        return web.json_response(self.host.repository_index())
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        return await self._about_model(request, lambda m: m.metadata())
+
+    async def _model_config(self, request: web.Request) -> web.Response:
+        return await self._about_model(request, lambda m: m.config_entry())
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        return await self._about_model(request, lambda m: None)
+
+    async def _statistics(self, request: web.Request) -> web.Response:
+        if "model" not in request.match_info:
+            return web.json_response({"model_stats": self.host.statistics()})
+        return await self._about_model(request, lambda m: {"model_stats": [m.statistics()]})
+
+    async def _about_model(self, request: web.Request, answer) -> web.Response:
         try:
-            self._infer(state, admitted)
-        except (ConnectionError, TimeoutError, OSError):
-            self.close_connection = True  # the client vanished or stalled: drop it
-        finally:
-            if admitted:
-                state.release()
-
-    def _infer(self, state: ModelHost, admitted: bool) -> None:
-        parts = self.path.rstrip("/").split("/")
-        # /v2/models/<name>[/versions/<v>]/infer
-        if len(parts) < 5 or parts[1:3] != ["v2", "models"] or parts[-1] != "infer":
-            self._error(404, f"no endpoint {self.path}", "bad_path", close=True)
-            return
-        model_name = parts[3]
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(411, "a Content-Length header is required", "no_length", model_name, close=True)
-            return
-        if length > state.config.max_request_bytes:
-            self._error(413, f"request of {length} bytes exceeds the limit of {state.config.max_request_bytes}",
-                        "too_large", model_name, close=True)
-            self._discard_body(length)
-            return
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True  # the client went away mid-body
-            return
-        if not admitted:
-            self._error(503, "the server is shutting down", "shutting_down", model_name, close=True)
-            return
-        try:
-            header_length = self.headers.get(HEADER_LENGTH)
-            message = decode_message(body, int(header_length) if header_length else None, request=True)
-            reply = state.infer(model_name, message)
-        except ProtocolError as exc:
-            self._error(400, str(exc), "bad_request", model_name)
-            return
+            body = answer(self._model(request))
         except HostError as exc:
-            self._error(exc.status, str(exc), exc.reason, model_name, close=exc.status == 503)
-            return
+            return self._error(exc.status, str(exc), exc.reason)
+        if body is None:  # readiness
+            return web.Response(status=200 if self.host.accepting else 503)
+        return web.json_response(body)
+
+    async def _infer(self, request: web.Request) -> web.StreamResponse:
+        model_name = request.match_info["model"]
+        if not self.host.admit():  # in flight from here on: stop() finishes it
+            return self._error(503, "the server is shutting down", "shutting_down", model_name, close=True)
+        try:
+            return await self._read_and_answer(request, model_name)
+        finally:
+            self.host.release()
+
+    async def _read_and_answer(self, request: web.Request, model_name: str) -> web.StreamResponse:
+        length = request.content_length
+        if length is None:
+            return self._error(411, "a Content-Length header is required", "no_length", model_name, close=True)
+        limit = self.config.max_request_bytes
+        # Refusals of a body not yet read keep the connection: aiohttp then reads and
+        # discards the rest for a bounded time (its lingering close), so that a client
+        # still sending sees the answer rather than a reset.
+        if length > limit:
+            return self._error(413, f"request of {length} bytes exceeds the limit of {limit}", "too_large", model_name)
+        if not self._budget.reserve(length):
+            return self._error(503, "the server holds as many request bytes as it may; retry shortly", "busy",
+                               model_name, headers={"Retry-After": "1"})
+        try:
+            try:
+                body = await asyncio.wait_for(request.read(), self.config.request_timeout_s)
+            except asyncio.TimeoutError:
+                return self._error(408, f"the request body did not arrive within {self.config.request_timeout_s:g} s",
+                                   "timeout", model_name, close=True)
+            except ConnectionError:
+                return self._error(400, "the client went away mid-body", "disconnected", model_name, close=True)
+            header_length = request.headers.get(HEADER_LENGTH)
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(self._workers, self._answer, model_name, body, header_length)
+        finally:
+            self._budget.release(length)
+        if isinstance(answer, HostError):
+            return self._error(answer.status, str(answer), answer.reason, model_name, close=answer.status == 503)
+        body, headers = answer
+        return web.Response(status=200, body=body, headers=headers)
+
+    def _answer(self, model_name: str, body: bytes, header_length: str | None) -> tuple[bytes, dict] | HostError:
+        """On a worker thread: parse, check, decode, batch, encode; (body, headers), or
+        the refusal."""
+        try:
+            if header_length is not None and not (header_length.isascii() and header_length.isdigit()):
+                raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer, got {header_length[:40]!r}")
+            message = decode_message(body, int(header_length) if header_length else None, request=True)
+            reply = self.host.infer(model_name, message)
+        except ProtocolError as exc:
+            return HostError(400, "bad_request", str(exc))
+        except HostError as exc:
+            return exc
         if message.binary_outputs:
-            body, headers = encode_message(reply, request=False)
-            self._send(200, body, headers)
-        else:
-            self._send(200, encode_json_response(reply))
+            return encode_message(reply, request=False)
+        return encode_json_response(reply), dict(_JSON)
 
 
-def serve(artifact_dir: str | Path, host: str, port: int, config: ServerConfig,
-          grpc_port: int | None = None) -> SplitServer:
+def serve(artifact_dir: str | Path, host: str, port: int, config: ServerConfig, grpc_port: int | None = None,
+          access: Access | None = None) -> SplitServer:
     """Build a server (models loaded, sockets bound) ready to ``serve_forever``."""
-    return SplitServer(artifact_dir, host, port, config, grpc_port=grpc_port)
+    return SplitServer(artifact_dir, host, port, config, grpc_port=grpc_port, access=access)

@@ -1,13 +1,19 @@
 """How an edge client reaches a server: KServe v2 over HTTP (binary tensor
 extension), or over gRPC. Both carry an :class:`InferMessage` to a model (a split id)
 and bring the reply back; :func:`open_transport` picks one from the address
-(``host:port`` or ``http://…`` for HTTP, ``grpc://host:port`` for gRPC).
+(``host:port`` or ``http://…`` for HTTP, ``https://…`` for HTTP over TLS,
+``grpc://host:port`` for gRPC, ``grpcs://host:port`` for gRPC over TLS). A
+:class:`ClientAccess` carries the bearer token and the CA that signed the server's
+certificate, where the server asks for them (runtime/access.py).
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +22,24 @@ from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, datatyp
 
 #: The port ``slicer-compile serve`` listens on by default (and what "host" alone means).
 DEFAULT_PORT = 8700
+
+
+@dataclass(frozen=True)
+class ClientAccess:
+    """What a client presents: a bearer token, and for TLS the CA file that signed the
+    server's certificate (None: the system's trusted CAs)."""
+
+    token: str | None = None
+    ca_file: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise InputError(f"cannot load the CA file {self.ca_file}: {exc}") from None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 class ServerError(SlicerCompileError, RuntimeError):
     """The server answered with an error, or could not be reached."""
@@ -28,7 +52,9 @@ def parse_server_address(address: str) -> tuple[str, int]:
         InputError: an empty host or a port that is not an integer in 1..65535.
     """
     text = address.strip()
-    text = text.removeprefix("http://").rstrip("/")
+    for scheme in ("http://", "https://", "grpc://", "grpcs://"):
+        text = text.removeprefix(scheme)
+    text = text.rstrip("/")
     if text.startswith("["):  # [IPv6]:port
         host, _, rest = text[1:].partition("]")
         port_text = rest.removeprefix(":")
@@ -47,16 +73,24 @@ def parse_server_address(address: str) -> tuple[str, int]:
 
 
 class HttpTransport:
-    """KServe v2 over HTTP/1.1, one kept-alive connection."""
+    """KServe v2 over HTTP/1.1 (over TLS with ``tls``), one kept-alive connection."""
 
-    def __init__(self, host: str, port: int, timeout_s: float = 30.0):
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0, tls: bool = False,
+                 access: ClientAccess | None = None):
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.access = access or ClientAccess()
+        self._ssl = self.access.ssl_context() if tls else None
         self._connection: http.client.HTTPConnection | None = None
 
     def infer(self, model: str, message: InferMessage) -> tuple[InferMessage, int]:
         """The reply, and the request's size in bytes on the wire (body)."""
         body, headers = encode_message(message, request=True)
-        return self._post(f"/v2/models/{model}/infer", body, headers), len(body)
+        return self._post(f"/v2/models/{model}/infer", body, {**headers, **self.access.headers()}), len(body)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._ssl is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s, context=self._ssl)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> InferMessage:
         # A kept-alive connection the server has closed (idle timeout) fails on reuse:
@@ -67,7 +101,7 @@ class HttpTransport:
             try:
                 if self._connection is None:
                     fresh_attempts += 1
-                    self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    self._connection = self._connect()
                     self._connection.connect()
                     # Headers and body go out in two writes: without this, Nagle's
                     # algorithm and delayed ACKs add ~40 ms to every request.
@@ -76,6 +110,9 @@ class HttpTransport:
                 response = self._connection.getresponse()
                 data = response.read()
                 break
+            except ssl.SSLError as exc:  # a certificate problem does not go away on a retry
+                self.close()
+                raise ServerError(f"TLS with {self.host}:{self.port} failed: {exc.reason or exc}") from None
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
                 if not reused and fresh_attempts >= 2:
@@ -94,15 +131,19 @@ class HttpTransport:
 class GrpcTransport:
     """KServe v2 over gRPC, through tritonclient's client (the triton extra)."""
 
-    def __init__(self, host: str, port: int, timeout_s: float = 30.0):
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0, tls: bool = False,
+                 access: ClientAccess | None = None):
         try:
             import tritonclient.grpc as grpcclient
         except ImportError:
             raise SlicerCompileError("a grpc:// server needs tritonclient's gRPC client: pip install '.[triton]' in "
                                      "the slicer-compile source tree") from None
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.access = access or ClientAccess()
         self._g = grpcclient
-        self._client = grpcclient.InferenceServerClient(f"{host}:{port}")
+        ca = str(self.access.ca_file) if tls and self.access.ca_file else None
+        self._client = grpcclient.InferenceServerClient(f"{host}:{port}", ssl=tls, root_certificates=ca)
+        self._headers = {key.lower(): value for key, value in self.access.headers().items()}
 
     def infer(self, model: str, message: InferMessage) -> tuple[InferMessage, int]:
         from tritonclient.utils import InferenceServerException
@@ -116,7 +157,7 @@ class GrpcTransport:
             size += array.nbytes
         try:
             result = self._client.infer(model, inputs, parameters=dict(message.parameters),
-                                        client_timeout=self.timeout_s)
+                                        client_timeout=self.timeout_s, headers=self._headers or None)
         except InferenceServerException as exc:
             raise ServerError(f"server answered: {exc.message() or exc}") from None
         response = result.get_response()
@@ -129,10 +170,11 @@ class GrpcTransport:
         self._client.close()
 
 
-def open_transport(address: str, timeout_s: float = 30.0):
-    """The transport an address names: ``grpc://host:port`` for gRPC, else HTTP."""
-    if address.strip().startswith("grpc://"):
-        host, port = parse_server_address(address.strip()[len("grpc://"):])
-        return GrpcTransport(host, port, timeout_s)
-    host, port = parse_server_address(address)
-    return HttpTransport(host, port, timeout_s)
+def open_transport(address: str, timeout_s: float = 30.0, access: ClientAccess | None = None):
+    """The transport an address names: ``grpc://`` / ``grpcs://`` for gRPC (over TLS),
+    ``https://`` for HTTP over TLS, else HTTP."""
+    text = address.strip()
+    host, port = parse_server_address(text)
+    if text.startswith(("grpc://", "grpcs://")):
+        return GrpcTransport(host, port, timeout_s, tls=text.startswith("grpcs://"), access=access)
+    return HttpTransport(host, port, timeout_s, tls=text.startswith("https://"), access=access)

@@ -4,6 +4,7 @@ byte for byte: the CUDA path's payloads must decode with the numpy decoder."""
 from __future__ import annotations
 
 import shutil
+import struct
 import zlib
 
 import numpy as np
@@ -317,3 +318,119 @@ def test_every_coder_keeps_a_persons_count(coder, sparsity):
         assert coder.encode_slicer(x, cfg) == expected
         np.testing.assert_array_equal(coder.decode_slicer(expected), decode(expected))
         np.testing.assert_array_equal(coder.decode_parallel(expected, max_elements=4096), decode(expected))
+
+
+# --- bounded decoding and agreement of every decoder ---------------------------------
+
+_RSS_PROBE = """
+import resource, sys
+from slicer_compile.codec.crafted import slicer_constant, slicer_short_values
+from slicer_compile.codec.native import HostCoder
+from slicer_compile.errors import PayloadError
+coder = HostCoder(sys.argv[1])
+payloads = [slicer_constant(valid=False), slicer_short_values()]
+coder.decode_slicer(slicer_constant(4096))  # warm: code paths and buffers touched once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+refused = 0
+for payload in payloads:
+    for decode in (coder.decode_slicer, coder.decode_sparse):
+        try:
+            decode(payload)
+        except PayloadError:
+            refused += 1
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(refused, (after - before) * 1024)
+"""
+
+
+def test_cpp_decoders_refuse_a_tiny_payload_claiming_2_26_elements_before_allocating(coder, tmp_path):
+    """The host and sparse decoders (the CUDA decoder's host half) check every section
+    length before sizing anything by the kept count: peak RSS grows < 64 MB."""
+    import subprocess
+    import sys
+
+    library = coder._lib._name
+    done = subprocess.run([sys.executable, "-c", _RSS_PROBE, library], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    refused, growth = (int(v) for v in done.stdout.split())
+    assert refused == 4
+    assert growth < 64 << 20, f"peak RSS grew {growth >> 20} MiB"
+
+
+def _golomb_m1(positions: np.ndarray) -> bytes:
+    """A Golomb (m = 1) position section: each gap in unary, no fields, no extra bits."""
+    gaps = np.diff(positions, prepend=-1) - 1
+    bits = np.zeros(int(gaps.sum()) + positions.size, dtype=np.uint8)
+    bits[np.cumsum(gaps + 1) - 1] = 1
+    return bytes([3]) + np.array([1, bits.size], dtype="<u4").tobytes() + np.packbits(bits).tobytes()
+
+
+def _with_section(payload: bytes, index: int, data: bytes) -> bytes:
+    from slicer_compile.codec.fuzz import restamp
+    from slicer_compile.codec.wire import PayloadReader, read_header
+
+    header = read_header(payload)
+    reader = PayloadReader(payload, header)
+    sections = []
+    while True:
+        try:
+            sections.append(bytes(reader.section("any")))
+        except PayloadError:
+            break
+    sections[index] = data
+    body = payload[:header.body_offset] + b"".join(struct.pack("<I", len(s)) + s for s in sections)
+    return restamp(body + b"\0\0\0\0")
+
+
+def test_all_four_decoders_agree_on_every_fuzzed_payload(coder):
+    """numpy, the host decoder, the sparse decoder (the CUDA decoder's host half) and
+    the data-parallel decoder (the CUDA and TensorRT decoders' template): the same
+    refusals and the same tensors, on mutated payloads and on crafted ones."""
+    from slicer_compile.codec import SlicerConfig, decode, encode
+    from slicer_compile.codec.crafted import slicer_constant, slicer_short_values
+    from slicer_compile.codec.fuzz import mutated_payloads
+    from slicer_compile.codec.wire import read_header
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 40)).astype(np.float32)
+    seeds = [encode(x, SlicerConfig(sparsity=0.8)),
+             encode(rng.standard_normal(3000).astype(np.float32), SlicerConfig(sparsity=0.3, blocks=(5, 3))),
+             encode(x.astype(np.float16), SlicerConfig(sparsity=0.5, lam=0.4, blocks=(3, 7), q_bits=4)),
+             slicer_constant(4096)]
+    kept = np.flatnonzero(decode(seeds[0]).ravel())
+    m1 = _with_section(seeds[0], 1, _golomb_m1(kept))
+    assert np.array_equal(decode(m1), decode(seeds[0]))  # m = 1 is a valid code of the same mask
+    crafted = [m1, _with_section(seeds[0], 1, _golomb_m1(kept) + b"\0"),  # m = 1, then a trailing byte
+               slicer_constant(4096, valid=False), slicer_short_values(4096)]
+    limit = 1 << 16
+    outcomes = {"all_refuse": 0, "all_decode": 0}
+    for payload in [*crafted, *mutated_payloads(seeds + crafted[:1], 3000, np.random.default_rng(4))]:
+        try:
+            if read_header(payload).codec_id != 1:
+                continue  # another codec: the C++ decoders are SLICER's
+        except PayloadError:
+            pass
+        results = []
+        for decoder in (decode, coder.decode_slicer, coder.decode_parallel, coder.decode_sparse):
+            try:
+                out = decoder(payload) if decoder is decode else decoder(payload, max_elements=limit)
+            except PayloadError:
+                out = None
+            if out is not None and decoder == coder.decode_sparse:
+                shape, positions, values = out
+                dense = np.zeros(int(np.prod(shape)), np.float32)
+                dense[positions] = values
+                out = dense.reshape(shape)
+            results.append(out)
+        expected = results[0]
+        if expected is not None and expected.size > limit:
+            continue  # numpy's default limit is larger than the one given to the C++ decoders
+        if expected is None:
+            assert all(r is None for r in results), f"numpy refuses, {[r is None for r in results]}"
+            outcomes["all_refuse"] += 1
+        else:
+            for got in results[1:]:
+                assert got is not None, "numpy decodes, a C++ decoder refuses"
+                np.testing.assert_array_equal(got.astype(expected.dtype), expected)
+            outcomes["all_decode"] += 1
+    assert outcomes["all_refuse"] > 800 and outcomes["all_decode"] > 10
