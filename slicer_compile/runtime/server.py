@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from slicer_compile.errors import SlicerCompileError
 from slicer_compile.runtime.access import Access
@@ -43,6 +44,22 @@ from slicer_compile.runtime.protocol import (
 
 #: One line per request at INFO (``slicer-compile serve --log-level info``).
 _access_log = logging.getLogger("slicer_compile.access")
+
+
+
+class _NoParserTracebacks(logging.Filter):
+    """aiohttp answers a malformed request 400 itself, and logs the parser's exception
+    with a traceback at ERROR: that is the client's mistake, not the server's, so it
+    goes to the access log in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            _access_log.info("refused a malformed request: %s", str(record.exc_info[1]).splitlines()[0])
+            return False
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_NoParserTracebacks())
 
 #: Paths that answer without a token (orchestrators' probes).
 _OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
