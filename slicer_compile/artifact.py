@@ -25,7 +25,7 @@ import numpy as np
 
 from slicer_compile.codec.config import CONFIG_BY_NAME, SlicerConfig
 from slicer_compile.errors import ArtifactError, ConfigError
-from slicer_compile.storage import write_text_atomically
+from slicer_compile.storage import sha256_of, write_text_atomically
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,6 +36,9 @@ SPLIT_ID_KEY = "slicer.split_id"
 
 #: Split ids are s + four digits: safe as folder names, never a path.
 SPLIT_ID = re.compile(r"^s\d{4}$")
+#: A part's file name inside splits/<id>/: no separators, no leading dot.
+PART_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Crossing kinds: through the codec, or raw beside it.
 CROSSING_KINDS = ("activation", "side")
 
@@ -82,6 +85,8 @@ class CrossingTensor:
                                                   for d in shape):
             raise ArtifactError(f"crossing tensor {name!r}: shape must be a list of positive integers, got {shape!r}")
         try:
+            if not isinstance(dtype, str):  # np.dtype(None) is float64: only a name will do
+                raise TypeError
             np.dtype(dtype)
         except TypeError:
             raise ArtifactError(f"crossing tensor {name!r}: unknown dtype {dtype!r}") from None
@@ -108,6 +113,7 @@ class SplitInfo:
     payload_bytes_limit: int  # the encoder node's fixed output size, summed over activations
     fidelity: dict[float, float] | None  # sparsity -> fidelity, None without calibration
     files: dict | None  # {"edge": "splits/<id>/edge.onnx", "server": ...} once materialised
+    digests: dict | None = None  # SHA-256 (hex) of each file, by the same keys
 
     @property
     def activations(self) -> list[CrossingTensor]:
@@ -143,7 +149,7 @@ class SplitInfo:
         """A row of the manifest, checked (ArtifactError on anything malformed)."""
         if not isinstance(data, dict):
             raise ArtifactError(f"a split must be an object, got {type(data).__name__}")
-        missing = sorted({f.name for f in fields(SplitInfo)} - set(data))
+        missing = sorted({f.name for f in fields(SplitInfo)} - {"digests"} - set(data))
         if missing:
             raise ArtifactError(f"split {data.get('id')!r} lacks {', '.join(missing)}")
         split_id = data["id"]
@@ -153,10 +159,11 @@ class SplitInfo:
             crossing = data["crossing"]
             if not isinstance(crossing, list):
                 raise ArtifactError("crossing must be a list")
-            files = data["files"]
-            if files is not None and not (isinstance(files, dict) and all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
-                raise ArtifactError("files must map part names to relative paths")
+            files = _part_files(split_id, data["files"])
+            digests = data.get("digests")
+            if digests is not None and not (isinstance(digests, dict) and files is not None and all(
+                    k in files and isinstance(v, str) and SHA256.match(v) for k, v in digests.items())):
+                raise ArtifactError("digests must map the split's file keys to SHA-256 hex digests")
             return SplitInfo(
                 id=split_id, position=_int(data["position"]),
                 crossing=tuple(CrossingTensor.from_dict(t) for t in crossing),
@@ -166,11 +173,26 @@ class SplitInfo:
                 if_bytes=_int(data["if_bytes"]), payload_bound_bytes=_by_sparsity(data["payload_bound_bytes"], _int),
                 payload_bytes_limit=_int(data["payload_bytes_limit"]),
                 fidelity=None if data["fidelity"] is None else _by_sparsity(data["fidelity"], _number),
-                files=None if files is None else dict(files))
+                files=files, digests=None if digests is None else dict(digests))
         except ArtifactError as exc:
             raise ArtifactError(f"split {split_id}: {exc}") from None
         except TypeError as exc:
             raise ArtifactError(f"split {split_id}: malformed ({exc})") from None
+
+
+def _part_files(split_id: str, files) -> dict | None:
+    """A split's file table, each path exactly ``splits/<id>/<name>``: nothing a
+    manifest names can lead outside the artifact (no "..", no absolute path)."""
+    if files is None:
+        return None
+    if not isinstance(files, dict):
+        raise ArtifactError("files must map part names to relative paths")
+    for key, relative in files.items():
+        parts = relative.split("/") if isinstance(relative, str) else []
+        if not (isinstance(key, str) and len(parts) == 3 and parts[:2] == ["splits", split_id]
+                and PART_FILE.match(parts[2])):
+            raise ArtifactError(f"file {key!r} = {relative!r} is not a file of splits/{split_id}/")
+    return dict(files)
 
 
 def _int(value) -> int:
@@ -257,6 +279,7 @@ class Artifact:
     path: Path
     manifest: dict
     splits: list[SplitInfo] = field(default_factory=list)
+    _verified: dict = field(default_factory=dict, repr=False, compare=False)  # (path, size, mtime) -> SHA-256
 
     @property
     def id(self) -> str:
@@ -295,15 +318,47 @@ class Artifact:
         return updated
 
     def part_path(self, split_id: str, part: str) -> Path:
-        """Path of a materialised part ("edge" or "server")."""
+        """Path of a materialised part ("edge", "server", or a backend's engine key),
+        inside the artifact and matching the digest the manifest records.
+
+        Raises:
+            ArtifactError: not materialised, missing, reached through a symbolic link,
+                or changed since it was written.
+        """
         info = self.split(split_id)
         if not info.files or part not in info.files:
             raise ArtifactError(f"split {split_id} is not materialised: run slicer-compile materialize {self.path} --split {split_id}")
-        path = self.path / info.files[part]
+        path = self.confined(info.files[part])
         if not path.is_file():
             raise ArtifactError(f"split {split_id}'s {part} part is missing: {path} (run slicer-compile materialize "
                                 f"{self.path} --split {split_id}, or recompile)")
+        expected = (info.digests or {}).get(part)
+        if expected is not None and self._digest(path) != expected:
+            raise ArtifactError(f"split {split_id}'s {part} part ({path}) is not the file slicer-compile wrote: its "
+                                "SHA-256 differs from the manifest's (recompile, or materialize again)")
         return path
+
+    def confined(self, relative: str) -> Path:
+        """``relative`` under the artifact, refused where a symbolic link (of the file or
+        of a folder on the way) would lead elsewhere."""
+        root = self.path.resolve()
+        path = root / relative
+        if path.resolve() != path or not path.resolve().is_relative_to(root):
+            raise ArtifactError(f"{self.path / relative} is reached through a symbolic link; an artifact's files "
+                                "must lie inside it")
+        return path
+
+    def load_part_model(self, split_id: str, part: str, load_external_data: bool = True):
+        """The ONNX graph of a part; ONNX's own refusals (an external-data path that leaves
+        the folder, a truncated file) as ArtifactError."""
+        return load_model_file(self.part_path(split_id, part), load_external_data)
+
+    def _digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._verified:
+            self._verified[key] = sha256_of(path)
+        return self._verified[key]
 
     def example_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """One sample (batch of one) for the model's inputs: what benchmarks and checks feed."""
@@ -325,8 +380,10 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(f"{path} is not an artifact directory (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except ValueError as exc:
-        raise ArtifactError(f"{manifest_path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        raise ArtifactError(f"{manifest_path} is not valid JSON: {exc or 'nested too deeply'}") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {manifest_path}: {exc.strerror or exc}") from None
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{manifest_path} has schema version {version}; this build reads {SCHEMA_VERSION}")
@@ -335,6 +392,7 @@ def load_artifact(path: str | Path) -> Artifact:
         if not isinstance(rows, list):
             raise ArtifactError("the split table must be a list")
         splits = [SplitInfo.from_dict(s) for s in rows]
+        _check_top_level(manifest, {s.id for s in splits})
         artifact = Artifact(path, manifest, splits)
         artifact.codec, artifact.calibration  # the typed sections parse, or the load fails here
     except KeyError as exc:
@@ -342,6 +400,46 @@ def load_artifact(path: str | Path) -> Artifact:
     except ArtifactError as exc:
         raise ArtifactError(f"{manifest_path}: {exc}") from None
     return artifact
+
+
+def load_model_file(path: Path, load_external_data: bool = True):
+    """``onnx.load`` of an artifact's file, its failures as ArtifactError (ONNX refuses an
+    external-data location outside the model's folder; protobuf, a file that is not a model)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except (onnx.checker.ValidationError, DecodeError, ValueError, OSError) as exc:
+        raise ArtifactError(f"cannot load {path} as an ONNX model: {exc}") from None
+
+
+def _check_top_level(manifest: dict, split_ids: set[str]) -> None:
+    """The manifest's other sections, as the layers above read them."""
+    if not isinstance(manifest["artifact_id"], str) or not re.fullmatch(r"[0-9a-f]{16}", manifest["artifact_id"]):
+        raise ArtifactError(f"artifact_id {manifest['artifact_id']!r} is not 16 hex digits")
+    for key in ("inputs", "outputs"):
+        entries = manifest[key]
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
+                and isinstance(e.get("shape"), list) and all(isinstance(d, (int, str)) for d in e["shape"])
+                for e in entries):
+            raise ArtifactError(f"{key} must be a list of {{name, shape, dtype}}")
+    pareto = manifest["pareto"]
+    if not isinstance(pareto, list) or not all(isinstance(p, str) and p in split_ids for p in pareto):
+        raise ArtifactError("pareto must list split ids of the table")
+    source = manifest["source"]
+    if not (isinstance(source, dict) and isinstance(source.get("path"), str)):
+        raise ArtifactError("source must be an object with the model's path")
+    for key in ("device", "server_device"):
+        device = manifest.get(key)
+        if not (isinstance(device, dict) and isinstance(device.get("name"), str)):
+            raise ArtifactError(f"{key} must be an object with a name")
+        memory = device.get("memory_bytes")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
+            raise ArtifactError(f"{key}.memory_bytes must be a positive number")
+    if manifest.get("engine") is not None and not isinstance(manifest["engine"], dict):
+        raise ArtifactError("engine must be an object or null")
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

@@ -27,6 +27,7 @@ from slicer_compile.artifact import (
     Artifact,
     SplitInfo,
     is_artifact_dir,
+    load_model_file,
     sparsity_key,
     load_artifact,
     write_manifest,
@@ -42,7 +43,7 @@ from slicer_compile.graph.partition import Partitioner
 from slicer_compile.profile.costs import NodeCost, node_costs
 from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, fit_device, get_device
 from slicer_compile.profile.measure import Profile, measure_profile, profile_costs
-from slicer_compile.storage import StagedDirectory, save_onnx_atomically
+from slicer_compile.storage import StagedDirectory, save_onnx_atomically, sha256_of
 
 DEFAULT_SERVER_DEVICE = "a100"
 #: Precisions an engine backend may be asked for (each backend says which it builds).
@@ -320,7 +321,13 @@ def _materialize_into(artifact: Artifact, partitioner: Partitioner, split_id: st
         onnx.checker.check_model(model)
         files[part] = f"splits/{split_id}/{part}.onnx"
         save_onnx_atomically(model, artifact.path / files[part])
-    return artifact.update_split(split_id, files=files)
+    return artifact.update_split(split_id, files=files, digests=_digests(artifact, files))
+
+
+def _digests(artifact: Artifact, files: dict) -> dict:
+    """SHA-256 of each part just written: a part is code-like (custom ops, engine
+    plans), so what is loaded later is checked against it."""
+    return {key: sha256_of(artifact.path / relative) for key, relative in files.items()}
 
 
 def _int8_feeds(feeds: dict, opts: CompileOptions):
@@ -339,10 +346,10 @@ def _build_engines(artifact: Artifact, backend, split_id: str, options, calibrat
 
     info = artifact.split(split_id)
     split_dir = artifact.path / "splits" / split_id
-    server_core = strip_decoders(onnx.load(str(split_dir / "server.onnx")), list(info.crossing))
+    server_core = strip_decoders(artifact.load_part_model(split_id, "server"), list(info.crossing))
     built = backend.build_split(split_dir, server_core, options, calibration=calibration)
     files = {**(info.files or {}), **{key: f"splits/{split_id}/{path.name}" for key, path in built.items()}}
-    return artifact.update_split(split_id, files=files)
+    return artifact.update_split(split_id, files=files, digests=_digests(artifact, files))
 
 
 def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
@@ -353,7 +360,7 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
     info = artifact.split(split_id)
     if info.files and all((artifact.path / f).is_file() for f in info.files.values()):
         return info
-    model_path = artifact.path / FULL_MODEL
+    model_path = artifact.confined(FULL_MODEL)
     if not model_path.is_file():
         raise ArtifactError(f"{out_dir} has no {FULL_MODEL} to cut")
     backend = get_backend(artifact.manifest.get("backend", "onnxruntime"))
@@ -364,7 +371,7 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
             raise ConfigError(f"materialising a split of an INT8 {backend.name} artifact needs its calibration "
                               "inputs: recompile with a larger --max-pairs")
         options = backend.check_build(engine["precision"], False, artifact.path)
-    updated = _materialize_into(artifact, Partitioner(onnx.load(str(model_path))), split_id)
+    updated = _materialize_into(artifact, Partitioner(load_model_file(model_path)), split_id)
     if options is not None:
         updated = _build_engines(artifact, backend, split_id, options, None)
     write_manifest(artifact.path, artifact.manifest)

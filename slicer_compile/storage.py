@@ -22,6 +22,7 @@ written, and a set-aside old directory whose swap never finished is moved back.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -231,3 +232,12 @@ def save_onnx_atomically(model, target: str | Path) -> None:
         os.replace(scratch / target.name, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

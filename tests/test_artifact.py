@@ -49,3 +49,91 @@ def test_a_malformed_manifest_is_one_artifact_error(compiled, tmp_path, mutate, 
     write_manifest(broken, manifest)
     with pytest.raises(ArtifactError, match=re.escape(fragment)):
         load_artifact(broken)
+
+
+# --- an artifact is input too: confined paths, recorded digests ---------------------------
+
+
+def _materialised(artifact):
+    return next(s for s in artifact.splits if s.files)
+
+
+def _broken_copy(compiled, tmp_path, mutate=None):
+    broken = tmp_path / "out"
+    shutil.copytree(compiled.path, broken, symlinks=True)
+    if mutate is not None:
+        manifest = json.loads((broken / "manifest.json").read_text())
+        mutate(manifest, _materialised(compiled))
+        write_manifest(broken, manifest)
+    return broken
+
+
+def _row(manifest, split):
+    return next(r for r in manifest["splits"] if r["id"] == split.id)
+
+
+@pytest.mark.parametrize("path", ["../../../elsewhere/model.onnx", "/etc/passwd", "splits/s0000/../../x.onnx",
+                                  "splits/{id}/.hidden", "splits/{id}/sub/server.onnx", "splits/s9999/server.onnx"])
+def test_manifest_paths_that_leave_the_split_folder_are_refused_at_load(compiled, tmp_path, path):
+    def point_elsewhere(manifest, split):
+        _row(manifest, split)["files"]["server"] = path.format(id=split.id)
+
+    with pytest.raises(ArtifactError, match="is not a file of splits/"):
+        load_artifact(_broken_copy(compiled, tmp_path, point_elsewhere))
+
+
+def test_every_part_carries_a_sha256_and_a_changed_part_is_refused(compiled, tmp_path):
+    from slicer_compile.runtime.host import ModelHost
+    from slicer_compile.storage import sha256_of
+
+    split = _materialised(compiled)
+    assert set(split.digests) == set(split.files)
+    assert all(split.digests[k] == sha256_of(compiled.path / f) for k, f in split.files.items())
+    broken = _broken_copy(compiled, tmp_path)
+    with open(broken / split.files["server"], "ab") as f:
+        f.write(b"\0")
+    artifact = load_artifact(broken)  # the manifest is fine; the part is not what it records
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        artifact.part_path(split.id, "server")
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        ModelHost(broken, splits=[split.id])
+
+
+@pytest.mark.parametrize("link", ["part", "splits folder"])
+def test_a_part_reached_through_a_symbolic_link_is_refused(compiled, tmp_path, link):
+    split = _materialised(compiled)
+    broken = _broken_copy(compiled, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    if link == "part":
+        elsewhere.mkdir()
+        target = broken / split.files["server"]
+        shutil.move(target, elsewhere / "server.onnx")
+        target.symlink_to(elsewhere / "server.onnx")
+    else:
+        shutil.move(broken / "splits", elsewhere)
+        (broken / "splits").symlink_to(elsewhere)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        load_artifact(broken).part_path(split.id, "server")
+
+
+def test_digests_must_name_the_splits_files(compiled, tmp_path):
+    def bad_digest(manifest, split):
+        _row(manifest, split)["digests"]["server"] = "not-a-digest"
+
+    with pytest.raises(ArtifactError, match="SHA-256 hex"):
+        load_artifact(_broken_copy(compiled, tmp_path, bad_digest))
+
+
+def test_a_part_that_is_not_an_onnx_model_is_an_artifact_error(compiled, tmp_path):
+    from slicer_compile.storage import sha256_of
+
+    split = _materialised(compiled)
+
+    def garbage_part(manifest, split):
+        _row(manifest, split)["digests"].pop("server")  # an artifact from before digests
+
+    broken = _broken_copy(compiled, tmp_path, garbage_part)
+    (broken / split.files["server"]).write_bytes(b"\x08\x07garbage that is no protobuf" * 10)
+    assert sha256_of(broken / split.files["server"])  # readable, just not a model
+    with pytest.raises(ArtifactError, match="ONNX model"):
+        load_artifact(broken).load_part_model(split.id, "server")

@@ -14,12 +14,10 @@ EDGE, SERVER = "edge", "server"
 
 def part_without_codec(artifact: Artifact, split_id: str, part: str):
     """The ONNX part with its encoder (edge) or decoder (server) nodes removed."""
-    import onnx
-
     from slicer_compile.graph.codec_nodes import strip_decoders, strip_encoders
 
     crossing = list(artifact.split(split_id).crossing)
-    model = onnx.load(str(artifact.part_path(split_id, part)))
+    model = artifact.load_part_model(split_id, part)
     return strip_encoders(model, crossing) if part == EDGE else strip_decoders(model, crossing)
 
 
@@ -41,14 +39,14 @@ def open_part(artifact: Artifact, split_id: str, part: str, backend: str = "onnx
     if not relative or not (artifact.path / relative).is_file():
         raise ArtifactError(f"split {split_id} has no {key.replace('_', '.')} for the {chosen.name} backend: "
                             f"compile with --backend {chosen.name}")
-    return chosen.open(artifact.path / relative, name, settings)
+    return chosen.open(artifact.part_path(split_id, key), name, settings)
 
 
 def part_outputs(artifact: Artifact, split_id: str, part: str) -> list[tuple[str, str, list[int]]]:
     """(name, numpy dtype, shape; -1 for a symbolic dimension) of each output of an ONNX part."""
     import onnx
 
-    model = onnx.load(str(artifact.part_path(split_id, part)), load_external_data=False)
+    model = artifact.load_part_model(split_id, part, load_external_data=False)
     outputs = []
     for value in model.graph.output:
         tensor = value.type.tensor_type

@@ -123,14 +123,14 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
             # Server part: batched, so its dims leave out the batch dimension.
             server_name = f"{info.id}_server"
             # The batched server core (no decoder inside: the Python models decode).
-            plan = artifact.path / "splits" / info.id / "server_core.plan"
-            backend = 'platform: "tensorrt_plan"' if plan.is_file() else 'backend: "onnxruntime"'
+            plan = artifact.part_path(info.id, "server_core_plan") if "server_core_plan" in (info.files or {}) else None
+            backend = 'platform: "tensorrt_plan"' if plan else 'backend: "onnxruntime"'
             engine_batch = (artifact.manifest.get("engine") or {}).get("server_core_max_batch", max_batch)
-            if plan.is_file() and max_batch > engine_batch:
+            if plan and max_batch > engine_batch:
                 raise ConfigError(f"--max-batch {max_batch} exceeds the {engine_batch} that server_core.plan of "
                                   f"{info.id} was built for")
             (staging / server_name / "1").mkdir(parents=True)
-            if plan.is_file():
+            if plan:
                 shutil.copy(plan, staging / server_name / "1" / "model.plan")
             else:
                 onnx.save(core, str(staging / server_name / "1" / "model.onnx"))

@@ -8,6 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from slicer_compile.backends.base import Runner
+from slicer_compile.errors import ModelError
 
 
 def session_options(optimize: bool = False, threads: int = 0, profile_prefix: str | None = None):
@@ -56,7 +57,14 @@ class OnnxrtRunner(Runner):
 
         so = session_options(self._optimize, self._threads)
         model_bytes = prepare_for_ort(self._model, so)
-        self._session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        refusals = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument, ort_errors.InvalidProtobuf,
+                    ort_errors.NotImplemented, RuntimeError, ValueError)
+        try:
+            self._session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        except refusals as exc:  # a graph ORT will not run: the model's problem, said in one line
+            raise ModelError(f"ONNX Runtime cannot load {self.name}: {str(exc).splitlines()[0][:300]}") from None
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
