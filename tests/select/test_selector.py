@@ -118,7 +118,7 @@ def test_bad_conditions_are_config_errors(kwargs, message):
 
 def test_artifact_without_tables_is_rejected(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "splits": [], "codec": {}}))
-    with pytest.raises(ArtifactError, match="malformed codec section"):  # refused at load, in one place
+    with pytest.raises(ArtifactError, match="lacks .artifact_id."):  # refused at load, in one place
         Selector.from_artifact(tmp_path)
 
 
