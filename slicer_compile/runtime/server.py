@@ -66,6 +66,9 @@ _OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 _JSON = {"Content-Type": "application/json"}
 
+#: Seconds a refused, unread body is read and dropped before the connection closes.
+_LINGER_S = 2.0
+
 
 class _BodyBudget:
     """Bytes of request bodies held at once, across connections (event-loop side only)."""
@@ -101,8 +104,12 @@ class SplitServer:
         self._stopped = False
         self.grpc = None
         try:
+            # lingering_time: after refusing a body unread (413, 503), aiohttp reads and
+            # drops the rest so the sender sees the answer, not a reset; it holds the
+            # connection that long even once the client has gone, hence short.
             self._runner = web.AppRunner(self._app(), handle_signals=False, access_log=_access_log,
                                          keepalive_timeout=self.config.client_timeout_s,
+                                         lingering_time=min(_LINGER_S, self.config.request_timeout_s),
                                          shutdown_timeout=60.0)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, host, port, ssl_context=self.access.server_ssl_context(), backlog=1024)
@@ -166,6 +173,12 @@ class SplitServer:
                 self._thread.join()
         else:
             self._loop.run_until_complete(self._shutdown())
+        # What aiohttp left (a connection still lingering over a refused body) ends here.
+        leftovers = asyncio.all_tasks(self._loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            self._loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
         self._loop.close()
 
     def request_stop(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import tracemalloc
 
 import numpy as np
@@ -257,3 +258,32 @@ def test_tokens_come_from_a_file_or_the_environment_never_empty(tmp_path):
         Access(tls_cert=token_file)
     assert Access(token="t").authorized("Bearer t") and not Access(token="t").authorized("Bearer u")
     assert not Access(token="t").authorized(None) and Access().authorized(None)
+
+
+def test_grpc_calls_beyond_the_cap_are_refused_resource_exhausted(artifact):
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+    from tritonclient.utils import InferenceServerException
+
+    sid = deep_split(artifact)
+    activation = artifact.split(sid).activations[0]
+    payload = np.frombuffer(encode(np.ones(activation.shape, np.float32), CONFIG), np.uint8)
+    entry = grpcclient.InferInput(f"{activation.name}.payload", [payload.size], "UINT8")
+    entry.set_data_from_numpy(payload)
+    # One call at a time, and a batch that waits a minute to fill: the first call stays in flight.
+    config = ServerConfig(max_connections=1, max_queue_delay_s=60, max_batch=64)
+    server = SplitServer(artifact.path, port=0, config=config, grpc_port=0).start()
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc.url)
+        answers, answered = [], threading.Event()
+
+        def keep(result, error):
+            answers.append((result, error))
+            answered.set()
+
+        client.async_infer(sid, [entry], callback=keep, parameters={"slicer_artifact_id": artifact.id})
+        assert server.wait_for_inflight(1, timeout_s=60)
+        with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED|Concurrent RPC limit"):
+            client.infer(sid, [entry], parameters={"slicer_artifact_id": artifact.id})
+    finally:
+        server.stop()  # the drain runs the waiting batch: the first call is answered
+    assert answered.wait(60) and len(answers) == 1 and answers[0][1] is None
