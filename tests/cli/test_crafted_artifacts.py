@@ -69,3 +69,13 @@ def test_every_field_of_the_wrong_type_is_one_line(compiled, tmp_path, capsys):
             outcomes["refused"] += 1
     # Most of those are refused at load; fields no command reads (tool_version, created) are not.
     assert outcomes["refused"] > 3 * outcomes["accepted"]
+
+
+@pytest.mark.parametrize("split_id", ["../../escape", "/etc", "s0000/../../x"])
+def test_a_split_id_that_is_a_path_writes_nothing_outside(compiled, tmp_path, capsys, split_id):
+    folder = tmp_path / "a"
+    shutil.copytree(compiled.path, folder)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = cli_outcome(["materialize", str(folder), "--split", split_id], capsys)
+    assert code != 0 and err.startswith("error: ") and "no split" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
