@@ -3,8 +3,9 @@
 For every split and every sparsity on a grid, the crossing activations of each
 calibration sample are encoded and decoded (one sample at a time, as the edge
 sends them), the server part finishes the model, and its output is compared
-with the uncompressed model: top-1 agreement for classifiers (a single
-``[N, C]`` output), mean cosine similarity otherwise.
+with the uncompressed model by the metric that fits the output (:data:`METRICS`:
+top-1 agreement for class logits, cosine for embeddings, mask IoU for dense maps,
+token agreement for per-position logits), inferred or given with ``--metric``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ _log = logging.getLogger(__name__)
 DEFAULT_SPARSITY_GRID = (0.5, 0.75, 0.9, 0.95, 0.99)
 TOP1 = "top1_agreement"
 COSINE = "cosine_similarity"
+IOU = "mask_iou"
+TOKEN = "token_agreement"
 
 
 @dataclass(frozen=True)
 class Calibration:
-    metric: str  # TOP1 or COSINE
+    metric: str  # a key of METRICS
     samples: int
     sparsities: tuple[float, ...]
     fidelity: dict[str, dict[float, float]]  # split id -> sparsity (artifact.sparsity_key) -> fidelity
@@ -112,25 +115,47 @@ def _checked_samples(path: Path, name: str, value: np.ndarray, value_info) -> np
     return value
 
 
-def _run(model, feeds: dict[str, np.ndarray], outputs: Sequence[str], batched: bool) -> list[np.ndarray]:
-    """Run a model on all samples, batched or one sample at a time."""
+def _run(model, feeds: dict[str, np.ndarray], outputs: Sequence[str], batch: int) -> list[np.ndarray]:
+    """Run a model on all samples, ``batch`` at a time (the last batch padded with
+    copies of its last sample, whose outputs are dropped)."""
     from slicer_compile.backends.onnxrt import OnnxrtRunner
 
+    n = len(next(iter(feeds.values())))
+    results = []
     with OnnxrtRunner(model) as runner:
-        if batched:
-            result = runner.infer(feeds)
-            return [result[n] for n in outputs]
-        n = len(next(iter(feeds.values())))
-        per_sample = [runner.infer({k: v[i: i + 1] for k, v in feeds.items()}) for i in range(n)]
-    return [np.concatenate([r[name] for r in per_sample]) for name in outputs]
+        for start in range(0, n, batch):
+            chunk = {k: _padded(v[start: start + batch], batch) for k, v in feeds.items()}
+            got = runner.infer(chunk)
+            results.append({name: got[name][: min(batch, n - start)] for name in outputs})
+    return [np.concatenate([r[name] for r in results]) for name in outputs]
 
 
-def _accepts_batch(model, n: int) -> bool:
+def _padded(x: np.ndarray, size: int) -> np.ndarray:
+    if len(x) == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+def batch_size(model, n: int) -> int:
+    """Samples per run: all ``n`` where the batch axis is free, else the model's static
+    batch (an export at batch 8 runs 8 at a time, not one)."""
+    fixed = set()
     for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
-        if not dims or (dims[0].HasField("dim_value") and dims[0].dim_value != n):
-            return False
-    return True
+        if not dims:
+            return 1
+        if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            fixed.add(dims[0].dim_value)
+    if not fixed:
+        return n
+    if len(fixed) > 1:
+        raise ModelError(f"the model's inputs have different static batch sizes {sorted(fixed)}")
+    return fixed.pop()
+
+
+def _static_batch(model) -> bool:
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0
 
 
 def _with_outputs(model, names: list[str]):
@@ -149,13 +174,58 @@ def _with_outputs(model, names: list[str]):
     return extended
 
 
-def fidelity_metric(reference: np.ndarray) -> str:
-    return TOP1 if reference.ndim == 2 and reference.shape[1] >= 2 else COSINE
+#: What an output is, and how faithful a split keeps it.
+METRICS = {
+    TOP1: "class logits: the share of samples whose top class is unchanged",
+    COSINE: "embeddings and other features: mean cosine similarity per sample",
+    IOU: "dense maps: IoU of the thresholded map (0.5 for probabilities, 0 for logits)",
+    TOKEN: "per-position logits (tokens, CTC frames): the share of positions whose argmax is unchanged",
+}
+
+_EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector", "encoding")
+_LOGIT_NAMES = ("logit", "score", "prob", "class", "label")
+_NORMALISING_OPS = {"ReduceMean", "ReduceSum", "Div", "LpNormalization", "Tanh", "ReduceL2"}
+
+
+def fidelity_metric(model, reference: np.ndarray, given: str | None = None) -> str:
+    """The metric for the model's first output: ``given`` (``--metric``), else inferred
+    from its name, the op that makes it, its rank and its values."""
+    if given is not None:
+        if given not in METRICS:
+            raise ModelError(f"unknown metric {given!r} (known: {', '.join(METRICS)})")
+        return given
+    output = model.graph.output[0].name
+    name = output.lower()
+    producer = next((n.op_type for n in model.graph.node if output in n.output), "")
+    if reference.ndim == 2 and reference.shape[1] >= 2:
+        if any(k in name for k in _EMBEDDING_NAMES):
+            return COSINE
+        if any(k in name for k in _LOGIT_NAMES) or producer in ("Softmax", "LogSoftmax"):
+            return TOP1
+        norms = np.linalg.norm(reference.reshape(len(reference), -1).astype(np.float64), axis=1)
+        if producer in _NORMALISING_OPS or np.allclose(norms, 1.0, atol=1e-3):
+            return COSINE  # pooled or normalised: an embedding, whose argmax means nothing
+        return TOP1
+    if reference.ndim == 3 and reference.shape[2] >= 2 and (
+            producer in ("Softmax", "LogSoftmax") or any(k in name for k in _LOGIT_NAMES)):
+        return TOKEN
+    if reference.ndim == 4 and (reference.shape[1] == 1 or producer == "Sigmoid"):
+        return IOU
+    return COSINE
 
 
 def score(metric: str, reference: np.ndarray, output: np.ndarray) -> float:
     if metric == TOP1:
         return float(np.mean(reference.argmax(axis=1) == output.argmax(axis=1)))
+    if metric == TOKEN:
+        return float(np.mean(reference.argmax(axis=-1) == output.argmax(axis=-1)))
+    if metric == IOU:
+        probabilities = reference.min() >= 0 and reference.max() <= 1
+        threshold = 0.5 if probabilities else 0.0
+        a = reference.reshape(len(reference), -1) > threshold
+        b = output.reshape(len(output), -1) > threshold
+        union = (a | b).sum(axis=1)
+        return float(np.mean(np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)))
     a = reference.reshape(len(reference), -1).astype(np.float64)
     b = output.reshape(len(output), -1).astype(np.float64)
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -163,25 +233,32 @@ def score(metric: str, reference: np.ndarray, output: np.ndarray) -> float:
     return float(np.mean(cos))
 
 
-def round_trip(x: np.ndarray, cfg: SlicerConfig) -> np.ndarray:
-    """Encode and decode each sample (the first axis) on its own, as the edge sends it."""
-    return np.stack([decode(encode(np.ascontiguousarray(sample), cfg)) for sample in x[:, None]])[:, 0]
+def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1) -> np.ndarray:
+    """Encode and decode as the edge sends: ``group`` samples (the first axis) per
+    payload — one for a model with a free batch axis, its static batch otherwise."""
+    out = []
+    for start in range(0, len(x), group):
+        chunk = _padded(x[start: start + group], group)
+        out.append(decode(encode(np.ascontiguousarray(chunk), cfg))[: min(group, len(x) - start)])
+    return np.concatenate(out)
 
 
 def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: SlicerConfig = SlicerConfig(),
               sparsities: Sequence[float] = DEFAULT_SPARSITY_GRID, max_samples: int = 64,
-              progress: Callable[[int, int], None] | None = None) -> Calibration:
-    """Fidelity of every cut at every sparsity against the uncompressed model."""
+              progress: Callable[[int, int], None] | None = None, metric: str | None = None) -> Calibration:
+    """Fidelity of every cut at every sparsity against the uncompressed model, by
+    ``metric`` (default: inferred from the output, :func:`fidelity_metric`)."""
     n = min(len(next(iter(feeds.values()))), max_samples)
     feeds = {k: np.ascontiguousarray(v[:n]) for k, v in feeds.items()}
-    batched = _accepts_batch(model, n)
+    batch = batch_size(model, n)
+    group = batch if _static_batch(model) else 1  # samples per payload: a static batch travels whole
     output_name = model.graph.output[0].name
     # Every crossing tensor of every cut, from one run of the full model; graph
     # inputs that cross (the cloud-only cut) are the feeds themselves.
     crossing = [n for n in dict.fromkeys(name for cut in cuts for name in cut.crossing_names) if n not in feeds]
-    values = _run(_with_outputs(model, [output_name] + crossing), feeds, [output_name] + crossing, batched)
+    values = _run(_with_outputs(model, [output_name] + crossing), feeds, [output_name] + crossing, batch)
     reference, tensors = values[0], {**feeds, **dict(zip(crossing, values[1:]))}
-    metric = fidelity_metric(reference)
+    metric = fidelity_metric(model, reference, metric)
     partitioner = Partitioner(model)
     fidelity: dict[str, dict[str, float]] = {}
     for done, cut in enumerate(cuts):
@@ -189,9 +266,9 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
         fidelity[cut.id] = {}
         for s in sparsities:
             cfg = dataclasses.replace(codec, sparsity=s)
-            server_feeds = {t.name: round_trip(tensors[t.name], cfg) if t.kind == "activation" else tensors[t.name]
-                            for t in cut.crossing}
-            (output,) = _run(server, server_feeds, [output_name], batched)
+            server_feeds = {t.name: round_trip(tensors[t.name], cfg, group) if t.kind == "activation"
+                            else tensors[t.name] for t in cut.crossing}
+            (output,) = _run(server, server_feeds, [output_name], batch)
             fidelity[cut.id][sparsity_key(s)] = score(metric, reference, output)
         if progress:
             progress(done + 1, len(cuts))

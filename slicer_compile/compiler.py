@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +37,15 @@ from slicer_compile.backends.registry import BACKENDS, get_backend
 from slicer_compile.calibrate import DEFAULT_SPARSITY_GRID, calibrate, load_calibration_inputs
 from slicer_compile.codec import SlicerConfig, predict_bits
 from slicer_compile.errors import ArtifactError, ConfigError, ModelError
-from slicer_compile.frontend.onnx_model import concretize, graph_inputs, load_onnx, model_sha256, normalise, tensor_types
+from slicer_compile.frontend.onnx_model import (
+    concretize,
+    graph_inputs,
+    load_onnx,
+    model_sha256,
+    normalise,
+    resolve_input_shapes,
+    tensor_types,
+)
 from slicer_compile.graph.codec_nodes import CodecLimits, add_decoders, add_encoders, set_metadata, strip_decoders
 from slicer_compile.graph.cuts import Cut, CrossingTensor, GraphOrder, find_cuts, order_graph
 from slicer_compile.graph.partition import Partitioner
@@ -44,6 +53,8 @@ from slicer_compile.profile.costs import NodeCost, node_costs
 from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, fit_device, get_device
 from slicer_compile.profile.measure import Profile, measure_profile, profile_costs
 from slicer_compile.storage import StagedDirectory, save_onnx_atomically, sha256_of
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_DEVICE = "a100"
 #: Precisions an engine backend may be asked for (each backend says which it builds).
@@ -61,6 +72,8 @@ class CompileOptions:
     calib: str | Path | None = None
     calib_samples: int = 64
     input_shapes: dict | None = None
+    #: the fidelity metric (calibrate.METRICS); None: inferred from the output
+    metric: str | None = None
     codec: SlicerConfig = SlicerConfig()
     limits: CodecLimits = CodecLimits()
     sparsity_grid: tuple[float, ...] = DEFAULT_SPARSITY_GRID
@@ -117,7 +130,11 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     engine_options = backend.check_build(opts.precision, opts.calib is not None)
 
     source_path, normalised = _front_end(model, example_inputs)
-    concrete = concretize(normalised, opts.input_shapes)
+    feeds = load_calibration_inputs(opts.calib, normalised) if opts.calib else None
+    input_shapes, shape_notes = resolve_input_shapes(normalised, opts.input_shapes, feeds)
+    for line in shape_notes:  # the batch axis is routine; a size taken from the samples is worth a note
+        _log.log(logging.INFO if line.startswith("batch axis") else logging.WARNING, "%s", line)
+    concrete = concretize(normalised, input_shapes)
     cuts = find_cuts(concrete, opts.max_activations)
     order = order_graph(concrete)
     costs = node_costs(concrete, order.nodes)
@@ -125,12 +142,11 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     edge_latency, device_info = _edge_latencies(concrete, costs, opts, edge_spec, progress)
     server_spec = get_device(opts.server_device)
     server_latency = server_spec.predict(costs)
-    feeds = load_calibration_inputs(opts.calib, normalised) if opts.calib else None
 
     calibration = None
     if feeds is not None:
         calibration = calibrate(normalised, cuts, feeds, opts.codec, opts.sparsity_grid, opts.calib_samples,
-                                progress=lambda d, t: progress("calibrating", d, t))
+                                progress=lambda d, t: progress("calibrating", d, t), metric=opts.metric)
 
     table = _split_table(cuts, order, costs, edge_latency, server_latency, concrete, opts, calibration)
     pareto = _pareto_ids(table, opts.max_pairs)
@@ -147,6 +163,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "backend": opts.backend,
         "engine": backend.manifest_section(engine_options) if engine_options is not None else None,
         "inputs": [_value_info(concrete, i.name) for i in graph_inputs(concrete)],
+        "shape_notes": shape_notes,
         "outputs": [_value_info(concrete, o.name) for o in concrete.graph.output],
         "codec": {"name": "slicer", "defaults": opts.codec.as_dict(), "limits": asdict(opts.limits),
                   "sparsity_grid": list(opts.sparsity_grid)},

@@ -92,6 +92,7 @@ def write_report(artifact: Artifact) -> Path:
         f"- artifact `{m['artifact_id']}`, slicer-compile {m['tool_version']}, backend {m['backend']}",
         f"- edge device: {m['device']['description']} ({m['device']['latency_source']})",
         f"- server device: {m['server_device']['description']} (roofline model)",
+        *(f"- {line}" for line in m.get("shape_notes", [])),
         f"- {len(artifact.splits)} valid splits; {len(artifact.pareto)} materialised (marked *)",
         f"- payload bound at sparsity {default_s}; fidelity = "
         + (f"{m['calibration']['metric']} on {m['calibration']['samples']} calibration samples"

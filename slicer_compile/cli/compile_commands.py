@@ -21,6 +21,9 @@ from slicer_compile.cli.options import (
 from slicer_compile.cli.output import Column, Progress, print_json, print_table, stderr_console
 from slicer_compile.errors import SlicerCompileError
 
+#: calibrate.METRICS' names, here so that the CLI starts without numpy (a test keeps them equal).
+METRIC_NAMES = ("top1_agreement", "cosine_similarity", "mask_iou", "token_agreement")
+
 
 def print_split_table(artifact) -> None:
     from slicer_compile.report import split_table, split_table_notes
@@ -52,8 +55,11 @@ def require_backend(backend: str) -> None:
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path),
               help="Calibration inputs: an .npz with one array per model input, samples on the first axis.")
 @click.option("--calib-samples", default=64, show_default=True, type=POSITIVE, help="Calibration samples used at most.")
+@click.option("--metric", type=click.Choice(METRIC_NAMES),
+              help="Fidelity metric (default: inferred from the output: top1 for class logits, cosine for "
+                   "embeddings, mask IoU for dense maps, token agreement for per-position logits).")
 @click.option("--input-shape", "input_shapes", multiple=True, type=InputShape(),
-              help="Pin an input shape: NAME=1x3x224x224.")
+              help="Size a symbolic input: NAME=1x3x224x224 (else the --calib samples' size; a symbolic batch is 1).")
 @click.option("--max-pairs", default=8, show_default=True, type=POSITIVE, help="Split pairs materialised at most.")
 @click.option("--runs", default=10, show_default=True, type=POSITIVE, help="Timed profiling runs (cpu).")
 @click.option("--force", is_flag=True,
@@ -61,8 +67,8 @@ def require_backend(backend: str) -> None:
 @codec_knob_options(SLICER_KNOBS)
 @verbosity_options
 def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, precision: str, server_device: str,
-                    profile_path: Path | None, calib_path: Path | None, calib_samples: int, input_shapes,
-                    max_pairs: int, runs: int, force: bool, **knobs) -> None:
+                    profile_path: Path | None, calib_path: Path | None, calib_samples: int, metric: str | None,
+                    input_shapes, max_pairs: int, runs: int, force: bool, **knobs) -> None:
     """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report.
 
     The codec knobs set the artifact's defaults (the report's payload bounds and the
@@ -79,7 +85,7 @@ def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, 
                                  server_device=server_device, calib_samples=calib_samples,
                                  input_shapes=shapes_dict(input_shapes), max_pairs=max_pairs, runs=runs,
                                  overwrite=force, backend=backend, precision=precision, progress=progress,
-                                 codec=SlicerConfig(**chosen_knobs(knobs)))
+                                 codec=SlicerConfig(**chosen_knobs(knobs)), metric=metric)
     print_split_table(artifact)
     click.echo(f"wrote {out_dir}/ ({len(artifact.splits)} splits, {len(artifact.pareto)} pairs materialised, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/{REPORT}")

@@ -114,6 +114,57 @@ def _toposort(graph, source: str) -> None:
         graph.node.extend(ordered)
 
 
+def resolve_input_shapes(model, given: dict | None = None, samples: dict | None = None,
+                         ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """The shape each input is compiled at, and notes on what was pinned.
+
+    A dimension that the model leaves symbolic takes, in order: the size given
+    (``--input-shape``), the calibration samples' size (``samples``, batch on axis 0),
+    or — for the batch axis alone — 1, which the notes say. Any other symbolic
+    dimension with neither is refused: a table at a size nobody runs is worse than
+    no table.
+
+    Raises:
+        ModelError: naming each input and axis still symbolic, and the option to give.
+    """
+    given, samples = given or {}, samples or {}
+    shapes, notes, missing = {}, [], []
+    for inp in graph_inputs(model):
+        if inp.name in given:
+            shapes[inp.name] = tuple(int(d) for d in given[inp.name])
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        sample = samples.get(inp.name)
+        shape = []
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                shape.append(dim.dim_value)
+                continue
+            label = dim.dim_param or "?"
+            if axis == 0:
+                shape.append(1)
+                notes.append(f"batch axis {label} of input {inp.name} pinned to 1 (the server batches requests)")
+            elif sample is not None and sample.ndim == len(dims):
+                shape.append(int(sample.shape[axis]))
+                notes.append(f"axis {axis} ({label}) of input {inp.name} set to {sample.shape[axis]}, the "
+                             "calibration samples' size")
+            else:
+                shape.append(None)
+                missing.append((inp.name, axis, label))
+        if None not in shape:
+            shapes[inp.name] = tuple(shape)
+        else:
+            example = "x".join("?" if d is None else str(d) for d in shape)
+            missing[-1] = (*missing[-1], example)
+    if missing:
+        named = "; ".join(f"input {n}: {', '.join(f'{lab} (axis {ax})' for m, ax, lab, *_ in missing if m == n)}"
+                          for n in dict.fromkeys(m[0] for m in missing))
+        examples = " ".join(f"--input-shape {m[0]}={m[3]}" for m in missing if len(m) > 3)
+        raise ModelError(f"symbolic dimensions with no size: {named}; give them with {examples} (the ? filled), "
+                         "or give --calib samples of the size you will run")
+    return shapes, notes
+
+
 def concretize(model, input_shapes: dict[str, tuple[int, ...]] | None = None, default_dim: int = 1):
     """A copy with every symbolic input dimension pinned (to ``input_shapes`` or
     ``default_dim``) and shapes re-inferred, so every tensor has a known size."""

@@ -50,6 +50,10 @@ class Partitioner:
         del part.opset_import[:]
         part.opset_import.extend(self.model.opset_import)
         part.producer_name = "slicer-compile"
+        # The model's own metadata (a recogniser's character set, labels, a version)
+        # belongs to both halves: whoever runs a part may need it.
+        del part.metadata_props[:]
+        part.metadata_props.extend(self.model.metadata_props)
         onnx.checker.check_model(part)
         return part
 

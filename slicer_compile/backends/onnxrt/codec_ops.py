@@ -8,11 +8,38 @@ before a session is created. The ops call ``slicer_compile.codec.ops``.
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
+
 from slicer_compile.codec.ops import DECODE_OP, DOMAIN, ENCODE_OP, decode_from, encode_into
 
 ORT_PYOP_DOMAIN = "ai.onnx.contrib"
 
 _registered = False
+
+# An exception escaping a Python op aborts the whole process (onnxruntime-extensions
+# cannot carry it through ONNX Runtime). So the ops never raise: a failure returns
+# zeros and is recorded here, and the runner raises it as a SlicerCompileError once
+# the run returns (runner.OnnxrtRunner.infer_impl).
+_failures: list[str] = []
+_failures_lock = threading.Lock()
+
+
+def failures_since(mark: int) -> list[str]:
+    """Failures recorded after ``mark`` (a value of :func:`failure_mark`)."""
+    with _failures_lock:
+        return _failures[mark:]
+
+
+def failure_mark() -> int:
+    with _failures_lock:
+        return len(_failures)
+
+
+def _record(exc: Exception) -> None:
+    with _failures_lock:
+        _failures.append(str(exc) or type(exc).__name__)
 
 
 def register_codec_ops() -> None:
@@ -27,13 +54,22 @@ def register_codec_ops() -> None:
              attrs={"payload_bytes": PyCustomOpDef.dt_int64, "min_sparsity": PyCustomOpDef.dt_float,
                     "max_blocks": PyCustomOpDef.dt_int64, "max_q_bits": PyCustomOpDef.dt_int64})
     def slicer_encode(x, knobs, **attrs):
-        return encode_into(x, knobs, int(attrs["payload_bytes"]), float(attrs["min_sparsity"]),
-                           int(attrs["max_blocks"]), int(attrs["max_q_bits"]))
+        try:
+            return encode_into(x, knobs, int(attrs["payload_bytes"]), float(attrs["min_sparsity"]),
+                               int(attrs["max_blocks"]), int(attrs["max_q_bits"]))
+        except Exception as exc:  # noqa: BLE001 (see _failures: raising here would abort the process)
+            _record(exc)
+            return np.zeros(int(attrs["payload_bytes"]), np.uint8), np.zeros(1, np.int64)
 
     @onnx_op(op_type=DECODE_OP, inputs=[PyCustomOpDef.dt_uint8], outputs=[PyCustomOpDef.dt_float],
              attrs={"shape": PyCustomOpDef.dt_string})
     def slicer_decode(payload, **attrs):
-        return decode_from(payload, tuple(int(d) for d in attrs["shape"].split(",") if d))
+        shape = tuple(int(d) for d in attrs["shape"].split(",") if d)
+        try:
+            return decode_from(payload, shape)
+        except Exception as exc:  # noqa: BLE001 (see _failures)
+            _record(exc)
+            return np.zeros(shape, np.float32)
 
     _registered = True
 

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from slicer_compile.backends.base import Runner
-from slicer_compile.errors import ModelError
+from slicer_compile.errors import ModelError, SlicerCompileError
 
 
 def session_options(optimize: bool = False, threads: int = 0, profile_prefix: str | None = None):
@@ -67,8 +67,15 @@ class OnnxrtRunner(Runner):
             raise ModelError(f"ONNX Runtime cannot load {self.name}: {str(exc).splitlines()[0][:300]}") from None
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from slicer_compile.backends.onnxrt.codec_ops import failure_mark, failures_since
+
         names = self.output_names
-        return dict(zip(names, self._session.run(names, dict(feeds))))
+        mark = failure_mark()
+        outputs = self._session.run(names, dict(feeds))
+        failed = failures_since(mark)
+        if failed:  # a codec op refused its input (it cannot raise inside ONNX Runtime)
+            raise SlicerCompileError(f"{self.name}: {failed[0]}")
+        return dict(zip(names, outputs))
 
     def deactivate_impl(self) -> None:
         self._session = None

@@ -1,0 +1,132 @@
+"""Models with the properties of third-party exports (symbolic image sizes, a static
+batch, model metadata, embedding / dense-map / per-token outputs): the split table
+describes the model as it is run, and calibration scores what the output means."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from slicer_compile.calibrate import COSINE, IOU, METRICS, TOKEN, TOP1
+from slicer_compile.compiler import compile_model
+from slicer_compile.errors import ModelError
+from tests.models import EXAMPLES
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(name: str, *shape: int) -> onnx.TensorProto:
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+
+def _model(nodes, inputs, outputs, initializers, path, metadata=None):
+    graph = helper.make_graph(nodes, "export", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def dense_map_model(path, batch="B", size=("H", "W"), metadata=None):
+    """Conv -> Relu -> Conv 1x1 -> Sigmoid: a probability map the size of the image."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, *size])
+    y = helper.make_tensor_value_info("prob_map", TensorProto.FLOAT, [batch, 1, *size])
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+             helper.make_node("Sigmoid", ["c2"], ["prob_map"])]
+    inits = [_weight("w1", 6, 3, 3, 3), _weight("b1", 6), _weight("w2", 1, 6, 1, 1), _weight("b2", 1)]
+    return _model(nodes, [x], [y], inits, path, metadata)
+
+
+def sequence_model(path, head: str):
+    """Tokens [B, 6, 8] -> MatMul -> Relu, then a pooled embedding or per-token probabilities."""
+    x = helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", 6, 8])
+    nodes = [helper.make_node("MatMul", ["tokens", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"])]
+    inits = [_weight("w1", 8, 16)]
+    if head == "embedding":
+        nodes.append(helper.make_node("ReduceMean", ["r"], ["sentence_embedding"], axes=[1], keepdims=0))
+        out = helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["B", 16])
+    else:
+        nodes += [helper.make_node("MatMul", ["r", "w2"], ["z"]), helper.make_node("Softmax", ["z"], ["token_probs"])]
+        inits.append(_weight("w2", 16, 5))
+        out = helper.make_tensor_value_info("token_probs", TensorProto.FLOAT, ["B", 6, 5])
+    return _model(nodes, [x], [out], inits, path)
+
+
+def _calib(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_symbolic_image_sizes_are_never_pinned_to_1_silently(tmp_path):
+    model = dense_map_model(tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=r"H \(axis 2\), W \(axis 3\).*--input-shape x=1x3x\?x\?"):
+        compile_model(model, device="jetson", out_dir=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+    given = compile_model(model, device="jetson", out_dir=tmp_path / "b", input_shapes={"x": (1, 3, 40, 24)})
+    assert given.split("s0000").if_shape == (1, 3, 40, 24)
+
+    calib = _calib(tmp_path / "c.npz", x=RNG.random((5, 3, 32, 20)))  # float64, as np.random makes it
+    sized = compile_model(model, device="jetson", out_dir=tmp_path / "c", calib=calib)
+    assert sized.split("s0000").if_shape == (1, 3, 32, 20)
+    assert max(s.if_bytes for s in sized.splits) >= 6 * 32 * 20 * 4  # the 6-channel feature at full size
+    notes = sized.manifest["shape_notes"]
+    assert any("batch axis B" in n and "pinned to 1" in n for n in notes)
+    assert any(re.search(r"axis 2 \(H\).* 32", n) for n in notes)
+    report = (sized.path / "report.md").read_text()
+    assert "set to 32, the calibration samples' size" in report
+
+
+def test_a_static_batch_calibrates_in_its_batch(tmp_path):
+    model = dense_map_model(tmp_path / "m.onnx", batch=8, size=(16, 16))
+    calib = _calib(tmp_path / "c.npz", x=RNG.random((20, 3, 16, 16)).astype(np.float32))  # 8 + 8 + 4 (padded)
+    artifact = compile_model(model, device="jetson", out_dir=tmp_path / "a", calib=calib)
+    assert artifact.calibration.measured and artifact.calibration.samples == 20
+    assert artifact.split("s0000").if_shape[0] == 8
+    fidelity = [s.fidelity_at(0.5) for s in artifact.splits]
+    assert all(f is not None and 0.5 < f <= 1.0 for f in fidelity)
+
+
+@pytest.mark.parametrize("build, expected", [
+    (lambda p: dense_map_model(p, size=(16, 16)), IOU),
+    (lambda p: sequence_model(p, "embedding"), COSINE),
+    (lambda p: sequence_model(p, "tokens"), TOKEN),
+    (lambda p: EXAMPLES / "digits_cnn.onnx", TOP1),
+], ids=["dense-map", "embedding", "per-token", "classifier"])
+def test_the_metric_follows_what_the_output_is(tmp_path, build, expected):
+    model = build(tmp_path / "m.onnx")
+    inputs = {i.name: i for i in onnx.load(str(model)).graph.input}
+    arrays = {}
+    for name, info in inputs.items():
+        dims = [d.dim_value or 6 for d in info.type.tensor_type.shape.dim][1:]
+        arrays[name] = RNG.random((6, *dims)).astype(np.float32)
+    calib = _calib(tmp_path / "c.npz", **arrays)
+    artifact = compile_model(model, device="jetson", out_dir=tmp_path / "a", calib=calib, max_pairs=2)
+    assert artifact.calibration.metric == expected
+    assert expected in (artifact.path / "report.md").read_text()
+    forced = compile_model(model, device="jetson", out_dir=tmp_path / "b", calib=calib, max_pairs=2,
+                           metric=COSINE if expected != COSINE else TOP1)
+    assert forced.calibration.metric != expected
+
+
+def test_the_cli_offers_every_metric():
+    from slicer_compile.cli.compile_commands import METRIC_NAMES
+
+    assert set(METRIC_NAMES) == set(METRICS)
+
+
+def test_model_metadata_reaches_both_parts(tmp_path):
+    model = dense_map_model(tmp_path / "m.onnx", size=(16, 16), metadata={"characters": "abc0123", "version": "7"})
+    artifact = compile_model(model, device="jetson", out_dir=tmp_path / "a", max_pairs=2)
+    split = next(s for s in artifact.splits if s.files)
+    for part in ("edge", "server"):
+        props = {p.key: p.value for p in artifact.load_part_model(split.id, part).metadata_props}
+        assert props["characters"] == "abc0123" and props["version"] == "7"
