@@ -124,6 +124,11 @@ class SplitInfo:
         return [t for t in self.crossing if t.kind == "side"]
 
     @property
+    def side_bytes(self) -> int:
+        """Bytes of the side tensors, which travel raw beside the payload."""
+        return sum(t.nbytes for t in self.sides)
+
+    @property
     def edge_share(self) -> float:
         """Share of the model's FLOPs that run on the edge."""
         total = self.edge_flops + self.server_flops
@@ -438,6 +443,9 @@ def _check_top_level(manifest: dict, split_ids: set[str]) -> None:
         memory = device.get("memory_bytes")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
             raise ArtifactError(f"{key}.memory_bytes must be a positive number")
+    notes = manifest.get("shape_notes", [])
+    if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+        raise ArtifactError("shape_notes must be a list of text")
     if manifest.get("engine") is not None and not isinstance(manifest["engine"], dict):
         raise ArtifactError("engine must be an object or null")
 

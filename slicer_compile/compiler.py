@@ -301,7 +301,8 @@ def _pareto_ids(table: list[SplitInfo], max_pairs: int) -> list[str]:
     for a in table:
         dominated = any(
             b.position > a.position and b.edge_latency_s <= a.edge_latency_s
-            and b.edge_memory_bytes <= a.edge_memory_bytes and b.payload_bytes_limit <= a.payload_bytes_limit
+            and b.edge_memory_bytes <= a.edge_memory_bytes
+            and b.payload_bytes_limit + b.side_bytes <= a.payload_bytes_limit + a.side_bytes  # all bytes sent
             for b in table)
         if not dominated:
             front.append(a)

@@ -49,7 +49,8 @@ def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[st
     (header, keep) — keep ranks what a narrow terminal shows longest — and the rows."""
     default_s, default = default_sparsity(artifact), default_sparsity_value(artifact)
     header = [("split", 100), ("edge FLOPs", 40), ("activations", 20), ("IF shape", 30), ("IF KiB", 50),
-              (f"payload bound KiB (s={default_s})", 85), (f"edge ms ({latency_label(artifact)})", 90),
+              (f"payload bound KiB (s={default_s})", 85), ("side KiB (raw)", 75),
+              (f"edge ms ({latency_label(artifact)})", 90),
               ("server ms (roofline)", 60), ("edge MiB", 70), (fidelity_label(artifact), 80)]
     rows = []
     pareto = set(artifact.pareto)
@@ -64,6 +65,7 @@ def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[st
             "x".join(map(str, s.if_shape)),
             _kib(s.if_bytes),
             _kib(s.payload_bound_at(default) or 0),
+            _kib(s.side_bytes),
             _ms(s.edge_latency_s),
             _ms(s.server_latency_s),
             f"{s.edge_memory_bytes / 2**20:.2f}",
@@ -132,8 +134,9 @@ def write_plots(artifact: Artifact) -> list[Path]:
     ax.set_ylabel("ms")
     ax2 = ax.twinx()
     ax2.bar(x, [s.if_bytes / 1024 for s in splits], alpha=0.2, color="gray", label="IF raw KiB")
-    ax2.bar(x, [(s.payload_bound_at(default_sparsity_value(artifact)) or 0) / 1024 for s in splits], alpha=0.5, color="tab:green",
-            label=f"payload bound KiB (s={default_s})")
+    ax2.bar(x, [((s.payload_bound_at(default_sparsity_value(artifact)) or 0) + s.side_bytes) / 1024 for s in splits],
+            alpha=0.5, color="tab:green",
+            label=f"bytes sent KiB: payload bound (s={default_s}) + side tensors")
     ax2.set_ylabel("KiB")
     ax.set_xticks(x, [s.id for s in splits], rotation=90, fontsize=6)
     lines1, labels1 = ax.get_legend_handles_labels()

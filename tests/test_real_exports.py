@@ -130,3 +130,78 @@ def test_model_metadata_reaches_both_parts(tmp_path):
     for part in ("edge", "server"):
         props = {p.key: p.value for p in artifact.load_part_model(split.id, part).metadata_props}
         assert props["characters"] == "abc0123" and props["version"] == "7"
+
+
+def attention_model(path, seq: int = 16, dim: int = 128):
+    """Attention over positions whose additive bias [B, 1, S, S] comes from an int64 mask
+    [B, S] by cheap ops, pooled to an embedding: the bias crosses the cuts inside."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, dim])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", seq])
+    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", dim])
+    inits = [_weight("w1", dim, dim), _weight("ws", dim, seq), _weight("w2", dim, dim),
+             numpy_helper.from_array(np.ones((1, 1, seq, 1), np.float32), "rows"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axes12"], ["mask4"]),         # B,1,1,S
+        helper.make_node("Sub", ["one", "mask4"], ["hidden"]),
+        helper.make_node("Mul", ["hidden", "big"], ["bias_row"]),
+        helper.make_node("Mul", ["bias_row", "rows"], ["bias"]),                 # B,1,S,S
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+        helper.make_node("MatMul", ["h", "ws"], ["scores"]),                     # B,S,S
+        helper.make_node("Unsqueeze", ["scores", "axis1"], ["scores4"]),
+        helper.make_node("Add", ["scores4", "bias"], ["biased"]),
+        helper.make_node("Softmax", ["biased"], ["attn4"]),
+        helper.make_node("Squeeze", ["attn4", "axis1"], ["attn"]),
+        helper.make_node("MatMul", ["attn", "h"], ["mixed"]),
+        helper.make_node("MatMul", ["mixed", "w2"], ["projected"]),
+        helper.make_node("ReduceMean", ["projected"], ["embedding"], axes=[1], keepdims=0),
+    ]
+    return _model(nodes, [x, mask], [out], inits, path)
+
+
+def order_of(model, tensor: str) -> int:
+    """Position of the node that makes ``tensor`` among the model's non-static nodes."""
+    from slicer_compile.graph.cuts import order_graph
+
+    return next(i for i, n in enumerate(order_graph(model).nodes) if tensor in n.output)
+
+
+def test_a_side_tensor_the_server_can_recompute_is_not_sent(tmp_path):
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.frontend import concretize, load_onnx, normalise
+    from slicer_compile.graph.cuts import find_cuts
+    from slicer_compile.graph.partition import Partitioner
+
+    model = concretize(normalise(load_onnx(attention_model(tmp_path / "m.onnx"))))
+    cuts = find_cuts(model)
+    # Every cut between the bias and its use would ship it; each ships the mask instead.
+    inside = [c for c in cuts if "h" in c.crossing_names and c.position <= order_of(model, "biased")]
+    assert inside, [c.crossing_names for c in cuts]
+    for cut in inside:
+        names = cut.crossing_names
+        assert "bias" not in names and "attention_mask" in names, names  # 128 B of mask, not 1 KiB of bias
+    # The pair still computes the model: the server part rebuilds the bias from the mask.
+    feeds = {"x": RNG.standard_normal((1, 16, 128)).astype(np.float32),
+             "attention_mask": (np.arange(16) < 10).astype(np.int64)[None]}
+    with OnnxrtRunner(model) as full:
+        expected = full.infer(feeds)["embedding"]
+    pair = Partitioner(model).split(inside[0])
+    with OnnxrtRunner(pair.edge) as edge, OnnxrtRunner(pair.server) as server:
+        middle = edge.infer({k: v for k, v in feeds.items() if k in edge.input_names})
+        got = server.infer({k: middle[k] for k in server.input_names})["embedding"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_side_bytes_are_in_the_table(tmp_path):
+    from slicer_compile.report import split_table
+
+    artifact = compile_model(EXAMPLES / "transformer.onnx", device="jetson", out_dir=tmp_path / "a", max_pairs=2)
+    header, rows = split_table(artifact)
+    column = [h for h, _ in header].index("side KiB (raw)")
+    with_sides = [s for s in artifact.splits if s.sides]
+    assert with_sides and all(s.side_bytes == sum(t.nbytes for t in s.sides) for s in with_sides)
+    assert any(float(row[column]) > 0 for row in rows)

@@ -128,6 +128,11 @@ def resolve_input_shapes(model, given: dict | None = None, samples: dict | None 
         ModelError: naming each input and axis still symbolic, and the option to give.
     """
     given, samples = given or {}, samples or {}
+    names = [i.name for i in graph_inputs(model)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ModelError(f"input shape given for {', '.join(map(repr, unknown))}, which is not an input of the model "
+                         f"(inputs: {', '.join(names)})")
     shapes, notes, missing = {}, [], []
     for inp in graph_inputs(model):
         if inp.name in given:

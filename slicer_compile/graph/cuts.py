@@ -101,6 +101,89 @@ def classify(names: list[str], types: dict) -> tuple[CrossingTensor, ...] | None
     return tuple(out)
 
 
+#: Ops cheap enough to redo on the server rather than send what they make: elementwise
+#: arithmetic, comparisons, casts and shape plumbing (what turns an integer attention
+#: mask into an additive bias), never a matrix product or a convolution.
+CHEAP_OPS = frozenset({
+    "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Not", "And", "Or", "Equal", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "Where", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Shape", "Gather", "Concat", "Slice",
+    "Transpose", "ConstantOfShape", "Range", "Identity", "Tile", "Min", "Max", "Clip", "CumSum",
+})
+
+
+class RecomputableSides:
+    """Side tensors the server can compute itself from model inputs, by cheap ops only:
+    at a cut, such a tensor is replaced in the crossing by those inputs where they
+    are no more bytes (an int64 mask [B, S] instead of its float bias [B, 1, S, S]),
+    and the server part then recomputes it (the partitioner extracts it with the rest).
+    """
+
+    def __init__(self, model, order: GraphOrder, types: dict):
+        self._producer = {out: node for node in model.graph.node for out in node.output}
+        self._inputs = {i.name for i in graph_inputs(model)}
+        self._static = order.static_tensors
+        self._types = types
+        self._memo: dict[str, frozenset[str] | None] = {}
+
+    def inputs_of(self, name: str) -> frozenset[str] | None:
+        """The model inputs ``name`` is computed from by cheap ops alone; None if it needs more."""
+        if name in self._memo:
+            return self._memo[name]
+        stack, order = [name], []
+        while stack:  # iterative post-order: deep graphs would exhaust the recursion limit
+            current = stack.pop()
+            if current in self._memo or current in order:
+                continue
+            order.append(current)
+            node = self._producer.get(current)
+            if node is not None and current not in self._static:
+                stack.extend(i for i in node.input if i and i not in self._memo)
+        for current in reversed(order):
+            self._memo[current] = self._resolve(current)
+        return self._memo[name]
+
+    def _resolve(self, name: str) -> frozenset[str] | None:
+        if name in self._inputs:
+            return frozenset({name})
+        if name in self._static or not name:
+            return frozenset()
+        node = self._producer.get(name)
+        if node is None or node.op_type not in CHEAP_OPS:
+            return None
+        found: set[str] = set()
+        for i in node.input:
+            sub = self._memo.get(i) if i else frozenset()
+            if sub is None:
+                return None
+            found |= sub
+        return frozenset(found)
+
+    def _nbytes(self, name: str) -> int | None:
+        shape, dtype = self._types.get(name, (None, None))
+        if shape is None or any(d is None for d in shape):
+            return None
+        return math.prod(shape) * np.dtype(dtype).itemsize
+
+    def substitute(self, names: list[str], only: list[str]) -> list[str]:
+        """``names`` with each recomputable tensor of ``only`` (the side tensors) replaced
+        by its model inputs, where that sends no more bytes. Activations stay: the cut
+        is where the edge's work ends, not something to recompute."""
+        out = list(names)
+        for name in only:
+            if name in self._inputs:
+                continue
+            sources = self.inputs_of(name)
+            size = self._nbytes(name)
+            if not sources or size is None:
+                continue
+            added = [s for s in sorted(sources) if s not in out]
+            added_bytes = [self._nbytes(s) for s in added]
+            if None in added_bytes or sum(added_bytes) > size:
+                continue
+            out = [n for n in out if n != name] + added
+        return out
+
+
 def crossing_sets(model, order: GraphOrder | None = None) -> list[list[str]]:
     """For every prefix length p (0 … n-1), the names of the tensors crossing it.
 
@@ -142,14 +225,23 @@ def find_cuts(concrete_model, max_activations: int = 1) -> list[Cut]:
     if not order.nodes:
         raise ModelError("the model has no computation to split (every node is constant)")
     types = tensor_types(concrete_model)
-    cuts = []
+    recomputable = RecomputableSides(concrete_model, order, types)
+    cuts, offered = [], set()
     for position, names in enumerate(crossing_sets(concrete_model, order)):
         crossing = classify(names, types)
+        if crossing is not None and any(t.kind == "side" for t in crossing):
+            sides = [t.name for t in crossing if t.kind == "side"]
+            crossing = classify(recomputable.substitute(names, only=sides), types)
         if crossing is None:
             continue
         activations = sum(t.kind == "activation" for t in crossing)
-        if activations <= max_activations:
-            cuts.append(Cut(split_id(position), position, crossing))
+        if activations > max_activations:
+            continue
+        names = frozenset(t.name for t in crossing)
+        if names in offered:
+            continue  # the same tensors cross at a shallower cut: more edge work, nothing gained
+        offered.add(names)
+        cuts.append(Cut(split_id(position), position, crossing))
     if len(cuts) < 2:
         raise ModelError(
             f"the model has no valid cut: {len(order.nodes)} node(s), and fewer than two points where "
