@@ -134,7 +134,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     input_shapes, shape_notes = resolve_input_shapes(normalised, opts.input_shapes, feeds)
     for line in shape_notes:  # the batch axis is routine; a size taken from the samples is worth a note
         _log.log(logging.INFO if line.startswith("batch axis") else logging.WARNING, "%s", line)
-    concrete = concretize(normalised, input_shapes)
+    concrete = _fill_unknown_shapes(concretize(normalised, input_shapes), feeds)
     cuts = find_cuts(concrete, opts.max_activations)
     order = order_graph(concrete)
     costs = node_costs(concrete, order.nodes)
@@ -144,12 +144,14 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     server_latency = server_spec.predict(costs)
 
     calibration = None
-    if feeds is not None:
-        calibration = calibrate(normalised, cuts, feeds, opts.codec, opts.sparsity_grid, opts.calib_samples,
-                                progress=lambda d, t: progress("calibrating", d, t), metric=opts.metric)
-
     table = _split_table(cuts, order, costs, edge_latency, server_latency, concrete, opts, calibration)
-    pareto = _pareto_ids(table, opts.max_pairs)
+    pareto = _pareto_ids(table, opts.max_pairs)  # on latency, memory and bytes: fidelity does not move it
+    if feeds is not None:
+        # Every split at the default sparsity (the table's column), the Pareto splits at every one.
+        calibration = calibrate(normalised, cuts, feeds, opts.codec, opts.sparsity_grid, opts.calib_samples,
+                                progress=lambda d, t: progress("calibrating", d, t), metric=opts.metric,
+                                refine=set(pareto))
+        table = _split_table(cuts, order, costs, edge_latency, server_latency, concrete, opts, calibration)
     model_bytes = normalised.SerializeToString()
     artifact_id = hashlib.sha256(model_bytes + repr(sorted(asdict(opts).items())).encode()).hexdigest()[:16]
     manifest = {
@@ -315,6 +317,61 @@ def _pareto_ids(table: list[SplitInfo], max_pairs: int) -> list[str]:
 def _value_info(model, name: str) -> dict:
     shape, dtype = tensor_types(model)[name]
     return {"name": name, "shape": list(shape) if shape else None, "dtype": str(dtype)}
+
+
+def _fill_unknown_shapes(concrete, feeds: dict | None):
+    """Shapes ONNX's inference cannot follow (run-time shape arithmetic: ``Shape ->
+    Cast -> Mul -> Concat -> Reshape``) taken from one run of the model in ONNX Runtime
+    on an example input (the first calibration batch, else generated inputs); where
+    inference did give a dimension, the run must agree with it.
+
+    Without this, every cut past such a chain is dropped (its tensors cannot be sized).
+    """
+    import onnx
+
+    from slicer_compile.backends.base import RunSettings
+    from slicer_compile.frontend.onnx_model import example_feeds
+
+    order = order_graph(concrete)
+    types = tensor_types(concrete)
+    unknown = [name for node in order.nodes for name in node.output
+               if name and (types.get(name, (None, None))[0] is None or None in types[name][0])]
+    if not unknown:
+        return concrete
+    inputs = graph_inputs(concrete)
+    specs = [(i.name, *types[i.name]) for i in inputs]
+    if feeds is not None:
+        example = {name: feeds[name][: shape[0]] for name, shape, _ in specs}
+        if any(len(example[name]) != shape[0] for name, shape, _ in specs):
+            example = example_feeds(specs)  # fewer samples than a static batch: generated inputs
+    else:
+        example = example_feeds(specs)
+    probe = onnx.ModelProto.FromString(concrete.SerializeToString())
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in unknown)
+    with get_backend("onnxruntime").open(probe, "shape probe", RunSettings(optimize=False)) as runner:
+        values = runner.infer(example)
+    filled = onnx.ModelProto.FromString(concrete.SerializeToString())
+    known = {v.name: v for v in filled.graph.value_info}
+    for name in unknown:
+        value = values[name]
+        inferred = types.get(name, (None, None))[0]
+        if inferred is not None and len(inferred) == value.ndim and any(
+                d is not None and d != v for d, v in zip(inferred, value.shape)):
+            raise ModelError(f"tensor {name}: shape inference says {inferred}, a run of the model gives "
+                             f"{value.shape}")
+        info = onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                  list(value.shape))
+        if name in known:
+            known[name].CopyFrom(info)
+        else:
+            filled.graph.value_info.append(info)
+    for output in filled.graph.output:
+        if output.name in values:
+            output.type.tensor_type.shape.CopyFrom(
+                onnx.helper.make_tensor_type_proto(1, list(values[output.name].shape)).tensor_type.shape)
+    _log.info("%d tensor shape(s) ONNX's inference left open were taken from a run of the model", len(unknown))
+    return filled
 
 
 def _cut_of(info: SplitInfo) -> Cut:

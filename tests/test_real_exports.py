@@ -205,3 +205,42 @@ def test_side_bytes_are_in_the_table(tmp_path):
     with_sides = [s for s in artifact.splits if s.sides]
     assert with_sides and all(s.side_bytes == sum(t.nbytes for t in s.sides) for s in with_sides)
     assert any(float(row[column]) > 0 for row in rows)
+
+
+def shape_arithmetic_model(path):
+    """A head that reshapes by a size computed at run time (Shape -> Gather -> Cast -> Mul
+    -> Cast -> Concat -> Reshape): ONNX's shape inference loses every shape after it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 10])
+    inits = [_weight("w", 4, 3, 3, 3), _weight("fc", 256, 10), _weight("fc2", 10, 10),
+             numpy_helper.from_array(np.array([0], np.int64), "i0"),
+             numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "onef")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Shape", ["r"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["nf", "onef"], ["nf2"]),
+             helper.make_node("Cast", ["nf2"], ["n2"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["n2", "m1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["r", "target"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "fc"], ["z"]), helper.make_node("Relu", ["z"], ["z2"]),
+             helper.make_node("MatMul", ["z2", "fc2"], ["logits"])]
+    return _model(nodes, [x], [y], inits, path)
+
+
+def test_shapes_lost_to_run_time_arithmetic_are_taken_from_a_run(tmp_path):
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.runtime.parts import part_without_codec
+
+    artifact = compile_model(shape_arithmetic_model(tmp_path / "m.onnx"), device="jetson", out_dir=tmp_path / "a",
+                             max_pairs=20)
+    crossing = {t.name: t.shape for s in artifact.splits for t in s.crossing}
+    assert crossing.get("flat") == (1, 256) and crossing.get("z2") == (1, 10)  # past the Reshape: offered, sized
+    deepest = max(artifact.splits, key=lambda s: s.position)
+    assert deepest.files  # materialised, and its parts check
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with OnnxrtRunner(onnx.load(str(artifact.path / "model.onnx"))) as full, \
+            OnnxrtRunner(part_without_codec(artifact, deepest.id, "edge")) as edge, \
+            OnnxrtRunner(part_without_codec(artifact, deepest.id, "server")) as server:
+        middle = edge.infer({"x": x})
+        np.testing.assert_allclose(server.infer(middle)["logits"], full.infer({"x": x})["logits"], rtol=1e-5)
