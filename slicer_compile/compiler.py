@@ -329,7 +329,7 @@ def _fill_unknown_shapes(concrete, feeds: dict | None):
     """
     import onnx
 
-    from slicer_compile.backends.base import RunSettings
+    from slicer_compile.backends.registry import RunSettings
     from slicer_compile.frontend.onnx_model import example_feeds
 
     order = order_graph(concrete)
