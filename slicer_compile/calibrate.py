@@ -116,21 +116,6 @@ def _checked_samples(path: Path, name: str, value: np.ndarray, value_info) -> np
     return value
 
 
-def _run(model, feeds: dict[str, np.ndarray], outputs: Sequence[str], batch: int) -> list[np.ndarray]:
-    """Run a model on all samples, ``batch`` at a time (the last batch padded with
-    copies of its last sample, whose outputs are dropped)."""
-    from slicer_compile.backends.onnxrt import OnnxrtRunner
-
-    n = len(next(iter(feeds.values())))
-    results = []
-    with OnnxrtRunner(model) as runner:
-        for start in range(0, n, batch):
-            chunk = {k: _padded(v[start: start + batch], batch) for k, v in feeds.items()}
-            got = runner.infer(chunk)
-            results.append({name: got[name][: min(batch, n - start)] for name in outputs})
-    return [np.concatenate([r[name] for r in results]) for name in outputs]
-
-
 def _padded(x: np.ndarray, size: int) -> np.ndarray:
     if len(x) == size:
         return x
@@ -256,41 +241,61 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     at the codec's default sparsity, which the table shows (``None``: all at every one).
     A (cut, sparsity) left unmeasured is never chosen by the selector.
     """
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+
     n = min(len(next(iter(feeds.values()))), max_samples)
-    feeds = {k: np.ascontiguousarray(v[:n]) for k, v in feeds.items()}
     batch = batch_size(model, n)
     static = _static_batch(model)
     group = batch if static else 1  # samples per payload: a static batch travels whole
+    # The samples in runs of `batch` (the last padded): every tensor below is kept per
+    # run as the model made it, so that shape tensors (Shape -> ... -> Reshape), which
+    # have no sample axis and depend on the run's batch, stay consistent with it.
+    runs = [(start, min(batch, n - start)) for start in range(0, n, batch)]
+    chunks = [{k: _padded(np.ascontiguousarray(v[start: start + count]), batch) for k, v in feeds.items()}
+              for start, count in runs]
     output_name = model.graph.output[0].name
-    # Every crossing tensor of every cut, from one run of the full model; graph
+    # Every crossing tensor of every cut, from one pass of the full model; graph
     # inputs that cross (the cloud-only cut) are the feeds themselves.
     crossing = [n for n in dict.fromkeys(name for cut in cuts for name in cut.crossing_names) if n not in feeds]
-    values = _run(_with_outputs(model, [output_name] + crossing), feeds, [output_name] + crossing, batch)
-    reference, tensors = values[0], {**feeds, **dict(zip(crossing, values[1:]))}
+    with OnnxrtRunner(_with_outputs(model, [output_name] + crossing)) as full:
+        passes = [full.infer(chunk) for chunk in chunks]
+    tensors = {name: [chunk[name] for chunk in chunks] for name in feeds}
+    tensors.update({name: [p[name] for p in passes] for name in crossing})
+    reference = np.concatenate([p[output_name][:count] for p, (_, count) in zip(passes, runs)])
     metric = fidelity_metric(model, reference, metric)
     partitioner = Partitioner(model)
-    round_trips: dict[tuple[str, float], np.ndarray] = {}
+    round_trips: dict[tuple[str, float], list[np.ndarray]] = {}
     # Cuts still to come that send each activation: a coded tensor is kept until its last.
     uses_left = Counter(t.name for cut in cuts for t in cut.activations)
 
-    def coded(name: str, sparsity: float) -> np.ndarray:
-        """A tensor through the codec, once per sparsity however many cuts it crosses."""
+    def coded(name: str, sparsity: float) -> list[np.ndarray]:
+        """A tensor through the codec (per run), once per sparsity however many cuts it crosses."""
         key = (name, sparsity)
         if key not in round_trips:
-            round_trips[key] = round_trip(tensors[name], dataclasses.replace(codec, sparsity=sparsity), group)
+            cfg = dataclasses.replace(codec, sparsity=sparsity)
+            round_trips[key] = [round_trip(value, cfg, group) for value in tensors[name]]
         return round_trips[key]
+
+    def feeds_at(cut: Cut, sparsity: float, index: int) -> dict[str, np.ndarray]:
+        return {t.name: coded(t.name, sparsity)[index] if t.kind == "activation" else tensors[t.name][index]
+                for t in cut.crossing}
 
     fidelity: dict[str, dict[str, float]] = {}
     for done, cut in enumerate(cuts):
-        # One server-part session per cut, one run for every sparsity: the samples of
-        # all sparsities stacked on the batch axis (a static batch runs in its chunks).
-        server = partitioner.server_part(cut)
         grid = sparsities if refine is None or cut.id in refine else [codec.sparsity]
-        stacked = {t.name: np.concatenate([coded(t.name, s) for s in grid]) if t.kind == "activation"
-                   else np.concatenate([tensors[t.name]] * len(grid)) for t in cut.crossing}
-        (outputs,) = _run(server, stacked, [output_name], batch if static else len(grid) * n)
-        fidelity[cut.id] = {sparsity_key(s): score(metric, reference, outputs[i * n: (i + 1) * n])
-                            for i, s in enumerate(grid)}
+        # Where the batch is free and every crossing tensor has the sample axis, all
+        # sparsities run at once, stacked on it; otherwise one run per sparsity and run.
+        stackable = not static and len(runs) == 1 and all(
+            tensors[t.name][0].ndim and len(tensors[t.name][0]) == batch for t in cut.crossing)
+        with OnnxrtRunner(partitioner.server_part(cut)) as server:
+            if stackable:
+                stacked = {name: np.concatenate([feeds_at(cut, s, 0)[name] for s in grid]) for name in cut.crossing_names}
+                out = server.infer(stacked)[output_name]
+                outputs = [out[i * n: (i + 1) * n] for i in range(len(grid))]
+            else:
+                outputs = [np.concatenate([server.infer(feeds_at(cut, s, i))[output_name][:count]
+                                           for i, (_, count) in enumerate(runs)]) for s in grid]
+        fidelity[cut.id] = {sparsity_key(s): score(metric, reference, out) for s, out in zip(grid, outputs)}
         for t in cut.activations:
             uses_left[t.name] -= 1
             if not uses_left[t.name]:

@@ -9,55 +9,12 @@ import re
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from slicer_compile.calibrate import COSINE, IOU, METRICS, TOKEN, TOP1
 from slicer_compile.compiler import compile_model
 from slicer_compile.errors import ModelError
+from tests.export_models import RNG, attention_model, dense_map_model, sequence_model, shape_arithmetic_model
 from tests.models import EXAMPLES
-
-RNG = np.random.default_rng(0)
-
-
-def _weight(name: str, *shape: int) -> onnx.TensorProto:
-    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.5).astype(np.float32), name)
-
-
-def _model(nodes, inputs, outputs, initializers, path, metadata=None):
-    graph = helper.make_graph(nodes, "export", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    for key, value in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
-    return path
-
-
-def dense_map_model(path, batch="B", size=("H", "W"), metadata=None):
-    """Conv -> Relu -> Conv 1x1 -> Sigmoid: a probability map the size of the image."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, *size])
-    y = helper.make_tensor_value_info("prob_map", TensorProto.FLOAT, [batch, 1, *size])
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
-             helper.make_node("Sigmoid", ["c2"], ["prob_map"])]
-    inits = [_weight("w1", 6, 3, 3, 3), _weight("b1", 6), _weight("w2", 1, 6, 1, 1), _weight("b2", 1)]
-    return _model(nodes, [x], [y], inits, path, metadata)
-
-
-def sequence_model(path, head: str):
-    """Tokens [B, 6, 8] -> MatMul -> Relu, then a pooled embedding or per-token probabilities."""
-    x = helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", 6, 8])
-    nodes = [helper.make_node("MatMul", ["tokens", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"])]
-    inits = [_weight("w1", 8, 16)]
-    if head == "embedding":
-        nodes.append(helper.make_node("ReduceMean", ["r"], ["sentence_embedding"], axes=[1], keepdims=0))
-        out = helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["B", 16])
-    else:
-        nodes += [helper.make_node("MatMul", ["r", "w2"], ["z"]), helper.make_node("Softmax", ["z"], ["token_probs"])]
-        inits.append(_weight("w2", 16, 5))
-        out = helper.make_tensor_value_info("token_probs", TensorProto.FLOAT, ["B", 6, 5])
-    return _model(nodes, [x], [out], inits, path)
 
 
 def _calib(path, **arrays):
@@ -132,37 +89,6 @@ def test_model_metadata_reaches_both_parts(tmp_path):
         assert props["characters"] == "abc0123" and props["version"] == "7"
 
 
-def attention_model(path, seq: int = 16, dim: int = 128):
-    """Attention over positions whose additive bias [B, 1, S, S] comes from an int64 mask
-    [B, S] by cheap ops, pooled to an embedding: the bias crosses the cuts inside."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, dim])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", seq])
-    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", dim])
-    inits = [_weight("w1", dim, dim), _weight("ws", dim, seq), _weight("w2", dim, dim),
-             numpy_helper.from_array(np.ones((1, 1, seq, 1), np.float32), "rows"),
-             numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
-    nodes = [
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axes12"], ["mask4"]),         # B,1,1,S
-        helper.make_node("Sub", ["one", "mask4"], ["hidden"]),
-        helper.make_node("Mul", ["hidden", "big"], ["bias_row"]),
-        helper.make_node("Mul", ["bias_row", "rows"], ["bias"]),                 # B,1,S,S
-        helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
-        helper.make_node("MatMul", ["h", "ws"], ["scores"]),                     # B,S,S
-        helper.make_node("Unsqueeze", ["scores", "axis1"], ["scores4"]),
-        helper.make_node("Add", ["scores4", "bias"], ["biased"]),
-        helper.make_node("Softmax", ["biased"], ["attn4"]),
-        helper.make_node("Squeeze", ["attn4", "axis1"], ["attn"]),
-        helper.make_node("MatMul", ["attn", "h"], ["mixed"]),
-        helper.make_node("MatMul", ["mixed", "w2"], ["projected"]),
-        helper.make_node("ReduceMean", ["projected"], ["embedding"], axes=[1], keepdims=0),
-    ]
-    return _model(nodes, [x, mask], [out], inits, path)
-
-
 def order_of(model, tensor: str) -> int:
     """Position of the node that makes ``tensor`` among the model's non-static nodes."""
     from slicer_compile.graph.cuts import order_graph
@@ -207,33 +133,17 @@ def test_side_bytes_are_in_the_table(tmp_path):
     assert any(float(row[column]) > 0 for row in rows)
 
 
-def shape_arithmetic_model(path):
-    """A head that reshapes by a size computed at run time (Shape -> Gather -> Cast -> Mul
-    -> Cast -> Concat -> Reshape): ONNX's shape inference loses every shape after it."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 8, 8])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 10])
-    inits = [_weight("w", 4, 3, 3, 3), _weight("fc", 256, 10), _weight("fc2", 10, 10),
-             numpy_helper.from_array(np.array([0], np.int64), "i0"),
-             numpy_helper.from_array(np.array([-1], np.int64), "m1"),
-             numpy_helper.from_array(np.array([1.0], np.float32), "onef")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Shape", ["r"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
-             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["nf", "onef"], ["nf2"]),
-             helper.make_node("Cast", ["nf2"], ["n2"], to=TensorProto.INT64),
-             helper.make_node("Concat", ["n2", "m1"], ["target"], axis=0),
-             helper.make_node("Reshape", ["r", "target"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "fc"], ["z"]), helper.make_node("Relu", ["z"], ["z2"]),
-             helper.make_node("MatMul", ["z2", "fc2"], ["logits"])]
-    return _model(nodes, [x], [y], inits, path)
-
-
 def test_shapes_lost_to_run_time_arithmetic_are_taken_from_a_run(tmp_path):
     from slicer_compile.backends.onnxrt import OnnxrtRunner
     from slicer_compile.runtime.parts import part_without_codec
 
+    # Calibrated too: the Shape outputs that cross have no sample axis and depend on the
+    # run's batch, so calibration keeps each run's tensors together.
+    calib = _calib(tmp_path / "c.npz", x=RNG.standard_normal((6, 3, 8, 8)).astype(np.float32))
     artifact = compile_model(shape_arithmetic_model(tmp_path / "m.onnx"), device="jetson", out_dir=tmp_path / "a",
-                             max_pairs=20)
+                             max_pairs=20, calib=calib)
+    assert all(0.0 <= s.fidelity_at(0.9) <= 1.0 for s in artifact.splits)
+    assert artifact.calibration.samples == 6
     crossing = {t.name: t.shape for s in artifact.splits for t in s.crossing}
     assert crossing.get("flat") == (1, 256) and crossing.get("z2") == (1, 10)  # past the Reshape: offered, sized
     deepest = max(artifact.splits, key=lambda s: s.position)
