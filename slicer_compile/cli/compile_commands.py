@@ -106,7 +106,7 @@ def profile_command(model_path: Path, output: Path, input_shapes, warmup: int, r
                     precision: str) -> None:
     """Measure per-node latency and memory of MODEL.onnx on this machine (run it on the target)."""
     from slicer_compile.frontend import concretize, load_onnx
-    from slicer_compile.profile.measure import measure_on_backend
+    from slicer_compile.profile.by_backend import measure_on_backend
     from slicer_compile.storage import atomic_path
 
     require_backend(backend)

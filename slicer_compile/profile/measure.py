@@ -137,20 +137,3 @@ def measure_profile(concrete_model, device_name: str = "cpu", device_description
 
 def profile_costs(profile: Profile) -> list[NodeCost]:
     return [NodeCost(n.name, n.op_type, n.flops, n.bytes_moved, n.output_bytes, n.weight_bytes) for n in profile.nodes]
-
-
-def measure_on_backend(concrete_model, backend: str, warmup: int = 3, runs: int = 10, precision: str = "fp16",
-                       progress: Callable[[int, int], None] | None = None) -> Profile:
-    """Profile on this machine with the named backend: ONNX Runtime on the CPU (one
-    event per node), or an engine backend on this GPU (per engine layer, mapped back)."""
-    if backend == "onnxruntime":
-        from slicer_compile.profile.devices import local_cpu
-
-        return measure_profile(concrete_model, "cpu", local_cpu().description, warmup=warmup, runs=runs,
-                               progress=progress)
-    if backend == "tensorrt":
-        from slicer_compile.profile.measure_tensorrt import local_gpu_description, measure_profile_tensorrt
-
-        return measure_profile_tensorrt(concrete_model, "gpu", local_gpu_description(), warmup=warmup, runs=runs,
-                                        precision=precision, progress=progress)
-    raise ModelError(f"no profiler for backend {backend!r}")

@@ -103,6 +103,7 @@ class SplitServer:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.grpc = None
+        self._runner: web.AppRunner | None = None
         try:
             # lingering_time: after refusing a body unread (413, 503), aiohttp reads and
             # drops the rest so the sender sees the answer, not a reset; it holds the
@@ -122,8 +123,9 @@ class SplitServer:
                 from slicer_compile.runtime.grpc_server import GrpcEndpoint
 
                 self.grpc = GrpcEndpoint(self.host, host, grpc_port, access=self.access)
-        except BaseException:
-            self._loop.run_until_complete(self._runner.cleanup())
+        except BaseException:  # a port taken, a certificate that will not load: release what was made
+            if self._runner is not None:
+                self._loop.run_until_complete(self._runner.cleanup())
             self._loop.close()
             self._workers.shutdown()
             self.host.stop_models()
