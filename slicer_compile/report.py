@@ -128,17 +128,21 @@ def write_plots(artifact: Artifact) -> list[Path]:
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(x, [s.edge_latency_s * 1e3 for s in splits], "o-", label="edge latency")
-    ax.plot(x, [s.server_latency_s * 1e3 for s in splits], "s-", label="server latency")
+    few = len(splits) <= ALL_LABELS_UP_TO  # a marker per split where they can be told apart
+    ax.plot(x, [s.edge_latency_s * 1e3 for s in splits], "o-" if few else "-", label="edge latency")
+    ax.plot(x, [s.server_latency_s * 1e3 for s in splits], "s-" if few else "-", label="server latency")
     ax.set_xlabel("split (shallow → deep)")
     ax.set_ylabel("ms")
     ax2 = ax.twinx()
-    ax2.bar(x, [s.if_bytes / 1024 for s in splits], alpha=0.2, color="gray", label="IF raw KiB")
-    ax2.bar(x, [((s.payload_bound_at(default_sparsity_value(artifact)) or 0) + s.side_bytes) / 1024 for s in splits],
-            alpha=0.5, color="tab:green",
-            label=f"bytes sent KiB: payload bound (s={default_s}) + side tensors")
+    # Filled steps, not bars: one artist per series however many splits (a bar is a
+    # patch each, and drawing 800 of them was most of a compile).
+    ax2.fill_between(x, [s.if_bytes / 1024 for s in splits], step="mid", alpha=0.2, color="gray", label="IF raw KiB")
+    ax2.fill_between(x, [((s.payload_bound_at(default_sparsity_value(artifact)) or 0) + s.side_bytes) / 1024
+                         for s in splits], step="mid", alpha=0.5, color="tab:green",
+                     label=f"bytes sent KiB: payload bound (s={default_s}) + side tensors")
     ax2.set_ylabel("KiB")
-    ax.set_xticks(x, [s.id for s in splits], rotation=90, fontsize=6)
+    ticks = _labelled_splits(artifact)
+    ax.set_xticks([x[i] for i in ticks], [splits[i].id for i in ticks], rotation=90, fontsize=6)
     lines1, labels1 = ax.get_legend_handles_labels()
     lines2, labels2 = ax2.get_legend_handles_labels()
     ax.legend(lines1 + lines2, labels1 + labels2, fontsize=8, loc="upper center")
@@ -204,7 +208,8 @@ def write_sweep_plot(artifact: Artifact, path: Path) -> Path | None:
         bottom.plot([r["snr_db"] for r in pts], [r["latency_s"] * 1e3 if r["feasible"] else np.nan for r in pts],
                     "o-", markersize=3, label=label)
     top.set_ylabel("chosen split (index; -1 = none)")
-    top.set_yticks(range(-1, len(artifact.splits)), ["none"] + [s.id for s in artifact.splits], fontsize=6)
+    chosen = sorted({order[r["split_id"]] for r in rows if r["feasible"]})  # a tick per split ever chosen
+    top.set_yticks([-1, *chosen], ["none"] + [artifact.splits[i].id for i in chosen], fontsize=6)
     top.legend(fontsize=8)
     bottom.set_ylabel("predicted latency (ms)")
     bottom.set_xlabel("SNR (dB)")
@@ -213,6 +218,21 @@ def write_sweep_plot(artifact: Artifact, path: Path) -> Path | None:
     _save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+#: Up to this many splits every one gets a tick label; beyond, the Pareto ones and a
+#: sample spread over depth (a label per split is unreadable there, and slow to draw).
+ALL_LABELS_UP_TO = 60
+
+
+def _labelled_splits(artifact: Artifact) -> list[int]:
+    splits = artifact.splits
+    if len(splits) <= ALL_LABELS_UP_TO:
+        return list(range(len(splits)))
+    pareto = {i for i, s in enumerate(splits) if s.id in set(artifact.pareto)}
+    spread = np.round(np.linspace(0, len(splits) - 1, ALL_LABELS_UP_TO // 2)).astype(int).tolist()
+    room = len(splits) / ALL_LABELS_UP_TO  # a sample label gives way to a Pareto one this close
+    return sorted(pareto | {i for i in spread if all(abs(i - p) >= room for p in pareto)})
 
 
 def _save_figure(fig, path: Path) -> None:

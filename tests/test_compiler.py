@@ -241,3 +241,28 @@ def test_bench_tensorrt_without_tensorrt_says_what_is_missing(tmp_path):
     result = cli("bench", "tensorrt", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.startswith("error: --backend tensorrt needs TensorRT") and len(result.stderr.splitlines()) == 1
+
+
+def test_plots_of_many_splits_label_the_pareto_ones_and_a_spread(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slicer_compile.report import ALL_LABELS_UP_TO, _labelled_splits
+
+    layers = 60
+    inits = [numpy_helper.from_array(np.full((4, 4, 1, 1), 0.1, np.float32), f"w{i}") for i in range(layers)]
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(tmp_path / "chain.onnx"))
+    artifact = compile_model(tmp_path / "chain.onnx", device="jetson", out_dir=tmp_path / "a")
+    assert len(artifact.splits) > ALL_LABELS_UP_TO
+    labelled = _labelled_splits(artifact)
+    assert len(labelled) <= ALL_LABELS_UP_TO
+    ids = {artifact.splits[i].id for i in labelled}
+    assert set(artifact.pareto) <= ids and {artifact.splits[0].id, artifact.splits[-1].id} <= ids
+    assert (artifact.path / "plots" / "latency.png").stat().st_size > 10_000

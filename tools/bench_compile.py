@@ -114,11 +114,41 @@ def cost_model_error(fit_on: Path, predict: Path) -> dict:
     }
 
 
+def chain_compile_times(nodes: int) -> dict:
+    """Compile of a Conv+Relu chain (device jetson: roofline, no profiling) and the share
+    the report's plots take of it (write_plots timed again on the result)."""
+    from bench_calibration import chain
+
+    import onnx
+
+    from slicer_compile.report import write_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chain.onnx"
+        onnx.save(chain(nodes // 2), str(path))
+        start = time.perf_counter()
+        artifact = compile_model(path, device="jetson", out_dir=Path(tmp) / "out")
+        total = time.perf_counter() - start
+        start = time.perf_counter()
+        write_plots(artifact)
+        plots = time.perf_counter() - start
+    return {"nodes": nodes, "splits": len(artifact.splits), "compile_s": round(total, 2), "plots_s": round(plots, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-resnet50", action="store_true")
+    parser.add_argument("--chains", help="only compile Conv+Relu chains of these node counts, e.g. 50,200,800")
     args = parser.parse_args()
+    if args.chains:
+        print("| nodes | splits | compile s | of which plots s | without plots s |")
+        print("|---:|---:|---:|---:|---:|")
+        for nodes in (int(v) for v in args.chains.split(",")):
+            row = chain_compile_times(nodes)
+            print(f"| {row['nodes']} | {row['splits']} | {row['compile_s']:.2f} | {row['plots_s']:.2f} | "
+                  f"{row['compile_s'] - row['plots_s']:.2f} |", flush=True)
+        return
     results = {"compile": [], "cost_model": []}
     results["compile"].append(time_compile(EXAMPLES / "digits_cnn.onnx"))
     results["compile"].append(time_compile(EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"))
