@@ -33,6 +33,7 @@ TOP1 = "top1_agreement"
 COSINE = "cosine_similarity"
 IOU = "mask_iou"
 TOKEN = "token_agreement"
+NEIGHBOURS = "neighbour_agreement"
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ METRICS = {
     COSINE: "embeddings and other features: mean cosine similarity per sample",
     IOU: "dense maps: IoU of the thresholded map (0.5 for probabilities, 0 for logits)",
     TOKEN: "per-position logits (tokens, CTC frames): the share of positions whose argmax is unchanged",
+    NEIGHBOURS: "embeddings for retrieval (--metric): the share of samples whose nearest other sample, by "
+                "cosine, is unchanged",
 }
 
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector", "encoding")
@@ -212,11 +215,22 @@ def score(metric: str, reference: np.ndarray, output: np.ndarray) -> float:
         b = output.reshape(len(output), -1) > threshold
         union = (a | b).sum(axis=1)
         return float(np.mean(np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)))
+    if metric == NEIGHBOURS:
+        return float(np.mean(_nearest(reference) == _nearest(output))) if len(reference) > 1 else 1.0
     a = reference.reshape(len(reference), -1).astype(np.float64)
     b = output.reshape(len(output), -1).astype(np.float64)
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1), 1.0)
     return float(np.mean(cos))
+
+
+def _nearest(embeddings: np.ndarray) -> np.ndarray:
+    """Index of each sample's nearest other sample by cosine similarity."""
+    x = embeddings.reshape(len(embeddings), -1).astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
 
 
 def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1) -> np.ndarray:

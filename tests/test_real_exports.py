@@ -154,3 +154,12 @@ def test_shapes_lost_to_run_time_arithmetic_are_taken_from_a_run(tmp_path):
             OnnxrtRunner(part_without_codec(artifact, deepest.id, "server")) as server:
         middle = edge.infer({"x": x})
         np.testing.assert_allclose(server.infer(middle)["logits"], full.infer({"x": x})["logits"], rtol=1e-5)
+
+
+def test_neighbour_agreement_scores_retrieval():
+    from slicer_compile.calibrate import NEIGHBOURS, score
+
+    reference = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert score(NEIGHBOURS, reference, reference * 3) == 1.0  # scale does not move a neighbour
+    swapped = reference[[0, 2, 1, 3]]  # samples 1 and 2 trade places: every nearest pair changes
+    assert score(NEIGHBOURS, reference, swapped) == 0.0

@@ -22,7 +22,7 @@ from slicer_compile.cli.output import Column, Progress, print_json, print_table,
 from slicer_compile.errors import SlicerCompileError
 
 #: calibrate.METRICS' names, here so that the CLI starts without numpy (a test keeps them equal).
-METRIC_NAMES = ("top1_agreement", "cosine_similarity", "mask_iou", "token_agreement")
+METRIC_NAMES = ("top1_agreement", "cosine_similarity", "mask_iou", "token_agreement", "neighbour_agreement")
 
 
 def print_split_table(artifact) -> None:
@@ -57,7 +57,8 @@ def require_backend(backend: str) -> None:
 @click.option("--calib-samples", default=64, show_default=True, type=POSITIVE, help="Calibration samples used at most.")
 @click.option("--metric", type=click.Choice(METRIC_NAMES),
               help="Fidelity metric (default: inferred from the output: top1 for class logits, cosine for "
-                   "embeddings, mask IoU for dense maps, token agreement for per-position logits).")
+                   "embeddings, mask IoU for dense maps, token agreement for per-position logits; "
+                   "neighbour_agreement scores embeddings for retrieval).")
 @click.option("--input-shape", "input_shapes", multiple=True, type=InputShape(),
               help="Size a symbolic input: NAME=1x3x224x224 (else the --calib samples' size; a symbolic batch is 1).")
 @click.option("--max-pairs", default=8, show_default=True, type=POSITIVE, help="Split pairs materialised at most.")
