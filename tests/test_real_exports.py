@@ -163,3 +163,28 @@ def test_neighbour_agreement_scores_retrieval():
     assert score(NEIGHBOURS, reference, reference * 3) == 1.0  # scale does not move a neighbour
     swapped = reference[[0, 2, 1, 3]]  # samples 1 and 2 trade places: every nearest pair changes
     assert score(NEIGHBOURS, reference, swapped) == 0.0
+
+
+def test_recomputable_sides_follow_a_dag_of_cheap_ops():
+    """A tensor reached by two paths from a mask (one through the other) resolves to the
+    mask; one that needs a matrix product does not."""
+    from onnx import TensorProto, helper
+
+    from slicer_compile.frontend import concretize, normalise, tensor_types
+    from slicer_compile.graph.cuts import RecomputableSides, order_graph
+    from tests.export_models import weight
+
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, [1, 8])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])
+    nodes = [helper.make_node("Cast", ["mask"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["c", "c"], ["d"]),
+             helper.make_node("Add", ["d", "c"], ["t"]),           # t needs c directly and through d
+             helper.make_node("MatMul", ["x", "w"], ["xw"]),
+             helper.make_node("Add", ["t", "xw"], ["out"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [mask, x], [out], [weight("w", 8, 8)]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    model = concretize(normalise(model))
+    sides = RecomputableSides(model, order_graph(model), tensor_types(model))
+    assert sides.inputs_of("t") == frozenset({"mask"})
+    assert sides.inputs_of("xw") is None and sides.inputs_of("out") is None

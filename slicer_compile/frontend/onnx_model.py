@@ -133,14 +133,15 @@ def resolve_input_shapes(model, given: dict | None = None, samples: dict | None 
     if unknown:
         raise ModelError(f"input shape given for {', '.join(map(repr, unknown))}, which is not an input of the model "
                          f"(inputs: {', '.join(names)})")
-    shapes, notes, missing = {}, [], []
+    shapes, notes = {}, []
+    unsized: dict[str, tuple[list[str], str]] = {}  # input -> (its symbolic dims, a shape to fill in)
     for inp in graph_inputs(model):
         if inp.name in given:
             shapes[inp.name] = tuple(int(d) for d in given[inp.name])
             continue
         dims = inp.type.tensor_type.shape.dim
         sample = samples.get(inp.name)
-        shape = []
+        shape: list[int | None] = []
         for axis, dim in enumerate(dims):
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 shape.append(dim.dim_value)
@@ -155,16 +156,14 @@ def resolve_input_shapes(model, given: dict | None = None, samples: dict | None 
                              "calibration samples' size")
             else:
                 shape.append(None)
-                missing.append((inp.name, axis, label))
-        if None not in shape:
-            shapes[inp.name] = tuple(shape)
+                unsized.setdefault(inp.name, ([], ""))[0].append(f"{label} (axis {axis})")
+        if inp.name in unsized:
+            unsized[inp.name] = (unsized[inp.name][0], "x".join("?" if d is None else str(d) for d in shape))
         else:
-            example = "x".join("?" if d is None else str(d) for d in shape)
-            missing[-1] = (*missing[-1], example)
-    if missing:
-        named = "; ".join(f"input {n}: {', '.join(f'{lab} (axis {ax})' for m, ax, lab, *_ in missing if m == n)}"
-                          for n in dict.fromkeys(m[0] for m in missing))
-        examples = " ".join(f"--input-shape {m[0]}={m[3]}" for m in missing if len(m) > 3)
+            shapes[inp.name] = tuple(shape)
+    if unsized:
+        named = "; ".join(f"input {name}: {', '.join(dims)}" for name, (dims, _) in unsized.items())
+        examples = " ".join(f"--input-shape {name}={example}" for name, (_, example) in unsized.items())
         raise ModelError(f"symbolic dimensions with no size: {named}; give them with {examples} (the ? filled), "
                          "or give --calib samples of the size you will run")
     return shapes, notes

@@ -129,17 +129,21 @@ class RecomputableSides:
         """The model inputs ``name`` is computed from by cheap ops alone; None if it needs more."""
         if name in self._memo:
             return self._memo[name]
-        stack, order = [name], []
-        while stack:  # iterative post-order: deep graphs would exhaust the recursion limit
-            current = stack.pop()
-            if current in self._memo or current in order:
+        # Post-order without recursion (deep graphs would exhaust the limit): a tensor is
+        # resolved once every input of its producer is.
+        stack = [(name, False)]
+        while stack:
+            current, inputs_done = stack.pop()
+            if current in self._memo:
                 continue
-            order.append(current)
             node = self._producer.get(current)
-            if node is not None and current not in self._static:
-                stack.extend(i for i in node.input if i and i not in self._memo)
-        for current in reversed(order):
-            self._memo[current] = self._resolve(current)
+            pending = [] if node is None or current in self._static else [
+                i for i in node.input if i and i not in self._memo]
+            if inputs_done or not pending:
+                self._memo[current] = self._resolve(current)
+            else:
+                stack.append((current, True))
+                stack.extend((i, False) for i in pending)
         return self._memo[name]
 
     def _resolve(self, name: str) -> frozenset[str] | None:
