@@ -105,6 +105,22 @@ def shape_arithmetic_model(path):
     return save_model(nodes, [x], [y], inits, path)
 
 
+def neck_model(path):
+    """Two branches of very different sizes that meet late (a detector's neck): at the
+    cuts between them a small float feature crosses beside the large one."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 16, 16])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 10])
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["big"], pads=[1, 1, 1, 1]),                   # B,32,16,16
+             helper.make_node("Conv", ["x", "ws"], ["small"], pads=[1, 1, 1, 1], strides=[2, 2]),  # B,8,8,8
+             helper.make_node("Relu", ["big"], ["big_r"]), helper.make_node("Relu", ["small"], ["small_r"]),
+             helper.make_node("GlobalAveragePool", ["big_r"], ["gb"]),
+             helper.make_node("GlobalAveragePool", ["small_r"], ["gs"]),
+             helper.make_node("Concat", ["gb", "gs"], ["g"], axis=1),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    inits = [weight("wb", 32, 3, 3, 3), weight("ws", 8, 3, 3, 3), weight("fc", 40, 10)]
+    return save_model(nodes, [x], [y], inits, path)
+
+
 def catalogue() -> dict:
     """name -> (builder(path) -> path, calibration arrays): every model above, for the report tool."""
     return {
@@ -118,6 +134,8 @@ def catalogue() -> dict:
         "attention bias from a mask": (lambda p: attention_model(p),
                                        {"x": RNG.standard_normal((8, 16, 128)).astype(np.float32),
                                         "attention_mask": (np.arange(16) < 10).astype(np.int64)[None].repeat(8, 0)}),
+        "small feature beside a large one": (lambda p: neck_model(p),
+                                             {"x": RNG.standard_normal((8, 3, 16, 16)).astype(np.float32)}),
         "run-time shape arithmetic": (lambda p: shape_arithmetic_model(p),
                                       {"x": RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)}),
     }

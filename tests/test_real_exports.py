@@ -13,7 +13,14 @@ import pytest
 from slicer_compile.calibrate import COSINE, IOU, METRICS, TOKEN, TOP1
 from slicer_compile.compiler import compile_model
 from slicer_compile.errors import ModelError
-from tests.export_models import RNG, attention_model, dense_map_model, sequence_model, shape_arithmetic_model
+from tests.export_models import (
+    RNG,
+    attention_model,
+    dense_map_model,
+    neck_model,
+    sequence_model,
+    shape_arithmetic_model,
+)
 from tests.models import EXAMPLES
 
 
@@ -188,3 +195,30 @@ def test_recomputable_sides_follow_a_dag_of_cheap_ops():
     sides = RecomputableSides(model, order_graph(model), tensor_types(model))
     assert sides.inputs_of("t") == frozenset({"mask"})
     assert sides.inputs_of("xw") is None and sides.inputs_of("out") is None
+
+
+def test_a_small_float_feature_beside_a_large_one_is_coded_too(tmp_path):
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.codec import SlicerConfig
+    from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+    from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
+
+    artifact = compile_model(neck_model(tmp_path / "m.onnx"), device="jetson", out_dir=tmp_path / "a", max_pairs=20)
+    both = [s for s in artifact.splits if {"big_r", "small_r"} <= {t.name for t in s.crossing}
+            or {"big", "small"} <= {t.name for t in s.crossing}]
+    assert both  # offered: the small one does not count against the one-activation limit
+    split = both[0]
+    assert all(t.kind == "activation" for t in split.crossing) and split.side_bytes == 0
+    assert split.payload_bound_at(0.9) < split.if_bytes / 4  # both coded: the bound covers them
+    x = RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with OnnxrtRunner(onnx.load(str(artifact.path / "model.onnx"))) as full, \
+            OnnxrtRunner(artifact.load_part_model(split.id, "edge")) as edge, \
+            OnnxrtRunner(artifact.load_part_model(split.id, "server")) as server:
+        sent = edge.infer({"x": x, KNOBS_INPUT: knobs_tensor(SlicerConfig(sparsity=0.5))})
+        # Each payload is the encoder's buffer up to its byte count, as the client sends it.
+        payloads = {payload_name(t.name): sent[payload_name(t.name)][: int(sent[nbytes_name(t.name)][0])]
+                    for t in split.activations}
+        got = server.infer(payloads)["logits"]
+        expected = full.infer({"x": x})["logits"]
+    cosine = float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected))
+    assert cosine > 0.9

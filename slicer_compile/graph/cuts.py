@@ -28,9 +28,9 @@ from slicer_compile.artifact import CrossingTensor  # noqa: F401 (the record gra
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
 
-#: A float tensor is an activation if it has at least this many elements…
+#: A float tensor goes through the codec if it has at least this many elements;
 MIN_ACTIVATION_ELEMENTS = 64
-#: …and at least this share of the largest float tensor in the same crossing set.
+#: it counts against a cut's limit on activations if it also has this share of the largest.
 MIN_ACTIVATION_SHARE = 0.25
 
 
@@ -83,22 +83,33 @@ def split_id(position: int) -> str:
 
 
 def classify(names: list[str], types: dict) -> tuple[CrossingTensor, ...] | None:
-    """Crossing tensors with their kind; None if a shape is unknown."""
+    """Crossing tensors with their kind; None if a shape is unknown. Every float tensor
+    of at least ``MIN_ACTIVATION_ELEMENTS`` goes through the codec ("activation");
+    integer tensors and tiny float ones travel raw ("side")."""
     sized = []
     for name in names:
         shape, dtype = types.get(name, (None, None))
         if shape is None or any(d is None for d in shape):
             return None
         sized.append((name, tuple(int(d) for d in shape), dtype))
-    float_sizes = [math.prod(s) for _, s, d in sized if np.issubdtype(d, np.floating)]
-    largest = max(float_sizes, default=0)
     out = []
     for name, shape, dtype in sized:
-        n = math.prod(shape)
-        is_activation = (np.issubdtype(dtype, np.floating) and n >= MIN_ACTIVATION_ELEMENTS
-                         and n >= MIN_ACTIVATION_SHARE * largest)
-        out.append(CrossingTensor(name, shape, str(dtype), "activation" if is_activation else "side"))
+        coded = np.issubdtype(dtype, np.floating) and math.prod(shape) >= MIN_ACTIVATION_ELEMENTS
+        out.append(CrossingTensor(name, shape, str(dtype), "activation" if coded else "side"))
     return tuple(out)
+
+
+def major_activations(crossing: tuple[CrossingTensor, ...]) -> int:
+    """Coded tensors of at least ``MIN_ACTIVATION_SHARE`` of the largest: what a cut's
+    limit on activations counts (a small float tensor beside a large one is coded too,
+    but does not make the cut a multi-feature one)."""
+    return len(_major_names(crossing))
+
+
+def _major_names(crossing: tuple[CrossingTensor, ...] | None) -> set[str]:
+    coded = [t for t in crossing or () if t.kind == "activation"]
+    largest = max((t.num_elements for t in coded), default=0)
+    return {t.name for t in coded if t.num_elements >= MIN_ACTIVATION_SHARE * largest}
 
 
 #: Ops cheap enough to redo on the server rather than send what they make: elementwise
@@ -169,9 +180,9 @@ class RecomputableSides:
         return math.prod(shape) * np.dtype(dtype).itemsize
 
     def substitute(self, names: list[str], only: list[str]) -> list[str]:
-        """``names`` with each recomputable tensor of ``only`` (the side tensors) replaced
-        by its model inputs, where that sends no more bytes. Activations stay: the cut
-        is where the edge's work ends, not something to recompute."""
+        """``names`` with each recomputable tensor of ``only`` (the side and minor ones)
+        replaced by its model inputs, where that sends no more bytes. The major
+        activations stay: the cut is where the edge's work ends, not something to redo."""
         out = list(names)
         for name in only:
             if name in self._inputs:
@@ -233,13 +244,12 @@ def find_cuts(concrete_model, max_activations: int = 1) -> list[Cut]:
     cuts, offered = [], set()
     for position, names in enumerate(crossing_sets(concrete_model, order)):
         crossing = classify(names, types)
-        if crossing is not None and any(t.kind == "side" for t in crossing):
-            sides = [t.name for t in crossing if t.kind == "side"]
-            crossing = classify(recomputable.substitute(names, only=sides), types)
+        minor = [t.name for t in crossing or () if t.name not in _major_names(crossing)]
+        if minor:  # what the server can recompute from model inputs is not sent at all
+            crossing = classify(recomputable.substitute(names, only=minor), types)
         if crossing is None:
             continue
-        activations = sum(t.kind == "activation" for t in crossing)
-        if activations > max_activations:
+        if major_activations(crossing) > max_activations:
             continue
         names = frozenset(t.name for t in crossing)
         if names in offered:
