@@ -61,6 +61,9 @@ class CrossingTensor:
     shape: tuple[int, ...]
     dtype: str
     kind: str  # "activation" (through the codec) or "side" (raw)
+    #: an activation's padding mask: the crossing side tensor [B, S] whose zeros mark
+    #: rows to leave out of the coding (codec.padding); None for none
+    mask: str | None = None
 
     @property
     def num_elements(self) -> int:
@@ -71,8 +74,11 @@ class CrossingTensor:
         return self.num_elements * np.dtype(self.dtype).itemsize
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "kind": self.kind,
-                "nbytes": self.nbytes}
+        row = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "kind": self.kind,
+               "nbytes": self.nbytes}
+        if self.mask is not None:
+            row["mask"] = self.mask
+        return row
 
     @staticmethod
     def from_dict(data) -> "CrossingTensor":
@@ -92,7 +98,10 @@ class CrossingTensor:
             raise ArtifactError(f"crossing tensor {name!r}: unknown dtype {dtype!r}") from None
         if kind not in CROSSING_KINDS:
             raise ArtifactError(f"crossing tensor {name!r}: kind must be one of {CROSSING_KINDS}, got {kind!r}")
-        return CrossingTensor(name, tuple(shape), str(dtype), kind)
+        mask = data.get("mask")
+        if mask is not None and (not isinstance(mask, str) or kind != "activation"):
+            raise ArtifactError(f"crossing tensor {name!r}: mask must name a side tensor of an activation")
+        return CrossingTensor(name, tuple(shape), str(dtype), kind, mask)
 
 
 @dataclass(frozen=True)
@@ -169,9 +178,15 @@ class SplitInfo:
             if digests is not None and not (isinstance(digests, dict) and files is not None and all(
                     k in files and isinstance(v, str) and SHA256.match(v) for k, v in digests.items())):
                 raise ArtifactError("digests must map the split's file keys to SHA-256 hex digests")
+            tensors = tuple(CrossingTensor.from_dict(t) for t in crossing)
+            sides = {t.name: t for t in tensors if t.kind == "side"}
+            for t in tensors:
+                if t.mask is not None and (t.mask not in sides or sides[t.mask].shape != t.shape[:2]):
+                    raise ArtifactError(f"activation {t.name}: mask {t.mask!r} is not a side tensor of its first "
+                                        "two axes")
             return SplitInfo(
                 id=split_id, position=_int(data["position"]),
-                crossing=tuple(CrossingTensor.from_dict(t) for t in crossing),
+                crossing=tensors,
                 edge_latency_s=_number(data["edge_latency_s"]), server_latency_s=_number(data["server_latency_s"]),
                 edge_memory_bytes=_int(data["edge_memory_bytes"]), edge_flops=_number(data["edge_flops"]),
                 server_flops=_number(data["server_flops"]), if_shape=tuple(_int(d) for d in data["if_shape"]),

@@ -21,6 +21,7 @@ import numpy as np
 
 from slicer_compile.artifact import sparsity_key
 from slicer_compile.codec import SlicerConfig, decode, encode
+from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs
 from slicer_compile.graph.cuts import Cut
@@ -203,7 +204,19 @@ def fidelity_metric(model, reference: np.ndarray, given: str | None = None) -> s
     return COSINE
 
 
-def score(metric: str, reference: np.ndarray, output: np.ndarray) -> float:
+def score(metric: str, reference: np.ndarray, output: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """How faithful ``output`` is to ``reference`` (one sample per first-axis row).
+
+    ``valid`` [N, S], for an output whose first two axes are an attention mask's: only
+    the positions it marks count (what a padded position's output holds is no one's
+    concern, and padding-aware coding leaves those rows out).
+    """
+    if valid is not None:
+        keep = (valid != 0).reshape(valid.shape + (1,) * (reference.ndim - 2))
+        if metric == TOKEN:
+            agree = reference.argmax(axis=-1) == output.argmax(axis=-1)
+            return float(agree[valid != 0].mean()) if np.any(valid) else 1.0
+        reference, output = np.where(keep, reference, 0), np.where(keep, output, 0)
     if metric == TOP1:
         return float(np.mean(reference.argmax(axis=1) == output.argmax(axis=1)))
     if metric == TOKEN:
@@ -224,6 +237,16 @@ def score(metric: str, reference: np.ndarray, output: np.ndarray) -> float:
     return float(np.mean(cos))
 
 
+def _output_padding(feeds: dict[str, np.ndarray], reference: np.ndarray, n: int) -> np.ndarray | None:
+    """The attention mask [N, S] of a per-position output [N, S, ...], if an input is one
+    (integer, two axes, named as exporters name masks, matching the output's axes)."""
+    for name, value in feeds.items():
+        if ("mask" in name.lower() and value.ndim == 2 and np.issubdtype(value.dtype, np.integer)
+                and reference.ndim >= 3 and reference.shape[:2] == (n, value.shape[1])):
+            return value[:n]
+    return None
+
+
 def _nearest(embeddings: np.ndarray) -> np.ndarray:
     """Index of each sample's nearest other sample by cosine similarity."""
     x = embeddings.reshape(len(embeddings), -1).astype(np.float64)
@@ -233,13 +256,18 @@ def _nearest(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(axis=1)
 
 
-def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1) -> np.ndarray:
+def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1, mask: np.ndarray | None = None) -> np.ndarray:
     """Encode and decode as the edge sends: ``group`` samples (the first axis) per
-    payload — one for a model with a free batch axis, its static batch otherwise."""
+    payload — one for a model with a free batch axis, its static batch otherwise —
+    with the padded rows ``mask`` marks left out of the coding (codec.padding)."""
     out = []
     for start in range(0, len(x), group):
         chunk = _padded(x[start: start + group], group)
-        out.append(decode(encode(np.ascontiguousarray(chunk), cfg))[: min(group, len(x) - start)])
+        chunk_cfg = cfg
+        if mask is not None:
+            rows = _padded(mask[start: start + group], group)
+            chunk, chunk_cfg = masked(chunk, rows), padded_config(cfg, rows)
+        out.append(decode(encode(np.ascontiguousarray(chunk), chunk_cfg))[: min(group, len(x) - start)])
     return np.concatenate(out)
 
 
@@ -277,21 +305,23 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     tensors.update({name: [p[name] for p in passes] for name in crossing})
     reference = np.concatenate([p[output_name][:count] for p, (_, count) in zip(passes, runs)])
     metric = fidelity_metric(model, reference, metric)
+    valid = _output_padding(feeds, reference, n) if metric in (COSINE, TOKEN) else None
     partitioner = Partitioner(model)
-    round_trips: dict[tuple[str, float], list[np.ndarray]] = {}
+    round_trips: dict[tuple[str, str | None, float], list[np.ndarray]] = {}
     # Cuts still to come that send each activation: a coded tensor is kept until its last.
-    uses_left = Counter(t.name for cut in cuts for t in cut.activations)
+    uses_left = Counter((t.name, t.mask) for cut in cuts for t in cut.activations)
 
-    def coded(name: str, sparsity: float) -> list[np.ndarray]:
+    def coded(t, sparsity: float) -> list[np.ndarray]:
         """A tensor through the codec (per run), once per sparsity however many cuts it crosses."""
-        key = (name, sparsity)
+        key = (t.name, t.mask, sparsity)
         if key not in round_trips:
             cfg = dataclasses.replace(codec, sparsity=sparsity)
-            round_trips[key] = [round_trip(value, cfg, group) for value in tensors[name]]
+            masks = tensors[t.mask] if t.mask is not None else [None] * len(tensors[t.name])
+            round_trips[key] = [round_trip(value, cfg, group, mask) for value, mask in zip(tensors[t.name], masks)]
         return round_trips[key]
 
     def feeds_at(cut: Cut, sparsity: float, index: int) -> dict[str, np.ndarray]:
-        return {t.name: coded(t.name, sparsity)[index] if t.kind == "activation" else tensors[t.name][index]
+        return {t.name: coded(t, sparsity)[index] if t.kind == "activation" else tensors[t.name][index]
                 for t in cut.crossing}
 
     fidelity: dict[str, dict[str, float]] = {}
@@ -309,12 +339,12 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
             else:
                 outputs = [np.concatenate([server.infer(feeds_at(cut, s, i))[output_name][:count]
                                            for i, (_, count) in enumerate(runs)]) for s in grid]
-        fidelity[cut.id] = {sparsity_key(s): score(metric, reference, out) for s, out in zip(grid, outputs)}
+        fidelity[cut.id] = {sparsity_key(s): score(metric, reference, out, valid) for s, out in zip(grid, outputs)}
         for t in cut.activations:
-            uses_left[t.name] -= 1
-            if not uses_left[t.name]:
+            uses_left[(t.name, t.mask)] -= 1
+            if not uses_left[(t.name, t.mask)]:
                 for s in grid:
-                    round_trips.pop((t.name, s), None)
+                    round_trips.pop((t.name, t.mask, s), None)
         if progress:
             progress(done + 1, len(cuts))
     return Calibration(metric, n, tuple(sparsities), fidelity)

@@ -60,7 +60,8 @@ def split_table(artifact: Artifact) -> tuple[list[tuple[str, int]], list[list[st
         rows.append([
             s.id + (" *" if s.id in pareto else ""),
             f"{100 * s.edge_share:.1f}%",
-            ", ".join(t.name for t in activations) + (f" (+{len(s.crossing) - len(activations)} side)"
+            ", ".join(t.name + (" (padding left out)" if t.mask else "") for t in activations)
+            + (f" (+{len(s.crossing) - len(activations)} side)"
                                                          if len(s.crossing) > len(activations) else ""),
             "x".join(map(str, s.if_shape)),
             _kib(s.if_bytes),

@@ -222,3 +222,43 @@ def test_a_small_float_feature_beside_a_large_one_is_coded_too(tmp_path):
         expected = full.infer({"x": x})["logits"]
     cosine = float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected))
     assert cosine > 0.9
+
+
+def test_padding_beside_an_attention_mask_is_not_coded(tmp_path):
+    """The transformer example: where its attention mask can cross beside the hidden
+    state, the padded rows are left out of the coding, in the client, the engine graph
+    and calibration alike; fidelity counts the valid positions."""
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.codec import SlicerConfig, decode, encode
+    from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+    from slicer_compile.codec.padding import masked, padded_config
+    from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
+    from slicer_compile.runtime.parts import part_without_codec
+
+    calib = EXAMPLES / "transformer_calib.npz"
+    artifact = compile_model(EXAMPLES / "transformer.onnx", device="jetson", out_dir=tmp_path / "a", calib=calib,
+                             calib_samples=8)
+    masked_splits = [s for s in artifact.splits if s.files and any(t.mask for t in s.activations)]
+    assert masked_splits, [s.crossing for s in artifact.splits]
+    split = masked_splits[0]
+    activation = next(t for t in split.activations if t.mask)
+    assert activation.mask == "attention_mask" and split.fidelity_at(0.5) > 0.9
+
+    data = np.load(calib)
+    inputs = {k: data[k][2:3] for k in ("input_ids", "attention_mask")}  # a sample with 16 padded tokens of 32
+    mask = inputs["attention_mask"]
+    assert 0 < mask.mean() < 1
+    cfg = SlicerConfig(sparsity=0.9)
+    with OnnxrtRunner(part_without_codec(artifact, split.id, "edge")) as edge:
+        hidden = edge.infer({k: v for k, v in inputs.items() if k in edge.input_names})[activation.name]
+    padded_rows = mask[0] == 0
+    coded = decode(encode(masked(hidden, mask), padded_config(cfg, mask)))
+    assert not coded[0, padded_rows].any()  # nothing kept where the model pads
+    plain = encode(hidden, cfg)
+    assert len(encode(masked(hidden, mask), padded_config(cfg, mask))) < 0.75 * len(plain)
+    # The engine's graph (edge.onnx, encoder inside) makes the same payload as the client.
+    with OnnxrtRunner(artifact.load_part_model(split.id, "edge")) as engine:
+        out = engine.infer({**{k: v for k, v in inputs.items() if k in engine.input_names},
+                            KNOBS_INPUT: knobs_tensor(padded_config(cfg, mask))})
+    sent = out[payload_name(activation.name)][: int(out[nbytes_name(activation.name)][0])]
+    assert bytes(sent) == encode(masked(hidden, mask), padded_config(cfg, mask))

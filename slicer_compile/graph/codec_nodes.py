@@ -76,6 +76,8 @@ def add_encoders(edge, cut: Cut, limits: CodecLimits):
             source = f"{tensor.name}.float32"
             graph.node.append(helper.make_node("Cast", [tensor.name], [source], to=TensorProto.FLOAT,
                                                name=f"{tensor.name}.cast"))
+        if tensor.mask is not None:  # codec.padding: the padded rows are zero before coding
+            source = _masked(graph, source, tensor)
         size = limits.payload_bytes(tensor.shape)
         graph.node.append(helper.make_node(
             ENCODE_OP, [source, KNOBS_INPUT], [payload_name(tensor.name), nbytes_name(tensor.name)],
@@ -87,6 +89,33 @@ def add_encoders(edge, cut: Cut, limits: CodecLimits):
     graph.output.extend(new_outputs)
     _ensure_opset(model)
     return model
+
+
+def _masked(graph, source: str, tensor) -> str:
+    """Nodes computing ``source`` with the rows ``tensor.mask`` marks as padding set to 0
+    (as codec.padding.masked does): Cast the mask to float, Unsqueeze it to the
+    activation's rank, Mul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    prefix = f"{tensor.name}.padding"
+    axes = list(range(2, len(tensor.shape)))
+    graph.node.append(helper.make_node("Cast", [tensor.mask], [f"{prefix}.mask"], to=TensorProto.FLOAT,
+                                       name=f"{prefix}.cast"))
+    keep = f"{prefix}.mask"
+    if axes:
+        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{prefix}.axes"))
+        graph.node.append(helper.make_node("Unsqueeze", [keep, f"{prefix}.axes"], [f"{prefix}.keep"],
+                                           name=f"{prefix}.unsqueeze"))
+        keep = f"{prefix}.keep"
+    # factor = (mask != 0): any non-zero mask value keeps its row, as codec.padding does.
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}.zero"))
+    graph.node.append(helper.make_node("Equal", [keep, f"{prefix}.zero"], [f"{prefix}.is_zero"],
+                                       name=f"{prefix}.equal"))
+    graph.node.append(helper.make_node("Not", [f"{prefix}.is_zero"], [f"{prefix}.nonzero"], name=f"{prefix}.not"))
+    graph.node.append(helper.make_node("Cast", [f"{prefix}.nonzero"], [f"{prefix}.factor"], to=TensorProto.FLOAT,
+                                       name=f"{prefix}.factor"))
+    graph.node.append(helper.make_node("Mul", [source, f"{prefix}.factor"], [f"{prefix}.out"], name=f"{prefix}.mul"))
+    return f"{prefix}.out"
 
 
 def add_decoders(server, cut: Cut):
@@ -153,8 +182,13 @@ def strip_encoders(edge, crossing: list[dict], batch_dim: str | None = "batch"):
     graph = model.graph
     activations = {t.name: t for t in crossing if t.kind == "activation"}
     codec_outputs = {payload_name(n) for n in activations} | {nbytes_name(n) for n in activations}
-    kept = [n for n in graph.node if n.op_type != ENCODE_OP and not (n.op_type == "Cast" and n.name.endswith(".cast")
-                                                                      and n.input[0] in activations)]
+    padding = tuple(f"{name}.padding." for name in activations)
+    kept = [n for n in graph.node if n.op_type != ENCODE_OP and not n.name.startswith(padding)
+            and not (n.op_type == "Cast" and n.name.endswith(".cast") and n.input[0] in activations)]
+    dropped = {i for n in graph.node if n.name.startswith(padding) for i in n.input if i.endswith((".axes", ".zero"))}
+    kept_inits = [i for i in graph.initializer if i.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
     del graph.node[:]
     graph.node.extend(kept)
     outputs = [o for o in graph.output if o.name not in codec_outputs]

@@ -19,6 +19,7 @@ This module decides; it never rewrites a model (``graph.partition`` does).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -179,7 +180,7 @@ class RecomputableSides:
             return None
         return math.prod(shape) * np.dtype(dtype).itemsize
 
-    def substitute(self, names: list[str], only: list[str]) -> list[str]:
+    def substitute(self, names: list[str], only: list[str], prefer: set[str] = frozenset()) -> list[str]:
         """``names`` with each recomputable tensor of ``only`` (the side and minor ones)
         replaced by its model inputs, where that sends no more bytes. The major
         activations stay: the cut is where the edge's work ends, not something to redo."""
@@ -193,10 +194,34 @@ class RecomputableSides:
                 continue
             added = [s for s in sorted(sources) if s not in out]
             added_bytes = [self._nbytes(s) for s in added]
-            if None in added_bytes or sum(added_bytes) > size:
+            if None in added_bytes or (sum(added_bytes) > size and not sources & prefer):
                 continue
             out = [n for n in out if n != name] + added
         return out
+
+
+def padding_masks(model, types: dict) -> dict[str, tuple[int, ...]]:
+    """Model inputs that are attention masks: integer or boolean, [batch, sequence], named
+    as exporters name them (``attention_mask``, ``input_mask``, ``padding_mask``)."""
+    found = {}
+    for inp in graph_inputs(model):
+        shape, dtype = types.get(inp.name, (None, None))
+        if (shape is not None and len(shape) == 2 and None not in shape and "mask" in inp.name.lower()
+                and (np.issubdtype(dtype, np.integer) or dtype == np.bool_)):
+            found[inp.name] = tuple(shape)
+    return found
+
+
+def _with_padding_masks(crossing: tuple[CrossingTensor, ...], masks: dict) -> tuple[CrossingTensor, ...]:
+    """Each major activation whose first two axes a crossing padding mask covers, marked
+    with that mask (codec.padding: its padded rows are not coded)."""
+    crossing_masks = {t.name: t.shape for t in crossing if t.name in masks and t.kind == "side"}
+    major = _major_names(crossing)
+    out = []
+    for t in crossing:
+        mask = next((m for m, shape in crossing_masks.items() if t.name in major and t.shape[:2] == shape), None)
+        out.append(dataclasses.replace(t, mask=mask) if mask else t)
+    return tuple(out)
 
 
 def crossing_sets(model, order: GraphOrder | None = None) -> list[list[str]]:
@@ -241,12 +266,19 @@ def find_cuts(concrete_model, max_activations: int = 1) -> list[Cut]:
         raise ModelError("the model has no computation to split (every node is constant)")
     types = tensor_types(concrete_model)
     recomputable = RecomputableSides(concrete_model, order, types)
+    masks = padding_masks(concrete_model, types)
     cuts, offered = [], set()
     for position, names in enumerate(crossing_sets(concrete_model, order)):
         crossing = classify(names, types)
-        minor = [t.name for t in crossing or () if t.name not in _major_names(crossing)]
+        major = _major_names(crossing)
+        minor = [t.name for t in crossing or () if t.name not in major]
         if minor:  # what the server can recompute from model inputs is not sent at all
-            crossing = classify(recomputable.substitute(names, only=minor), types)
+            # A padding mask of a major activation is worth sending even where it is more
+            # bytes than what it replaces: with it the padded rows are not coded.
+            wanted = {m for m, shape in masks.items() if any(types[a][0][:2] == shape for a in major)}
+            crossing = classify(recomputable.substitute(names, only=minor, prefer=wanted), types)
+        if crossing is not None:
+            crossing = _with_padding_masks(crossing, masks)
         if crossing is None:
             continue
         if major_activations(crossing) > max_activations:

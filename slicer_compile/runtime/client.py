@@ -19,6 +19,7 @@ import numpy as np
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.registry import get_backend
 from slicer_compile.codec import SlicerConfig, encode
+from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
@@ -154,7 +155,11 @@ class EdgeClient:
         if self.backend.codec_in_engine:
             self._check_engine_knobs(config)
             feeds = {name: inputs[name] for name in runner.input_names if name != KNOBS_INPUT}
-            middle = runner.infer({**feeds, KNOBS_INPUT: knobs_tensor(config)})
+            # The engine masks padded rows itself (a Mul before its encoder); the knobs
+            # carry the sparsity that keeps (1 - s) of the valid rows (codec.padding).
+            masks = [inputs[t.mask] for t in info.activations if t.mask is not None and t.mask in inputs]
+            knobs = padded_config(config, masks[0]) if masks else config
+            middle = runner.infer({**feeds, KNOBS_INPUT: knobs_tensor(knobs)})
         else:
             middle = runner.infer({name: inputs[name] for name in runner.input_names})
         edge_s = time.perf_counter() - start
@@ -166,6 +171,10 @@ class EdgeClient:
             elif self.backend.codec_in_engine:  # encoded inside the engine: edge_s includes it
                 count = int(middle[nbytes_name(t.name)][0])
                 tensors[payload_name(t.name)] = middle[payload_name(t.name)][:count]
+            elif t.mask is not None:  # codec.padding: padded rows left out of the coding
+                value, mask = middle[t.name], middle[t.mask]
+                tensors[payload_name(t.name)] = np.frombuffer(encode(masked(value, mask), padded_config(config, mask)),
+                                                              dtype=np.uint8)
             else:
                 tensors[payload_name(t.name)] = np.frombuffer(encode(middle[t.name], config), dtype=np.uint8)
         encode_s = time.perf_counter() - start
