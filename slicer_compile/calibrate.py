@@ -23,7 +23,7 @@ from slicer_compile.artifact import sparsity_key
 from slicer_compile.codec import SlicerConfig, decode, encode
 from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.errors import ModelError
-from slicer_compile.frontend.onnx_model import graph_inputs
+from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
 from slicer_compile.graph.cuts import Cut
 from slicer_compile.graph.partition import Partitioner
 
@@ -237,6 +237,14 @@ def score(metric: str, reference: np.ndarray, output: np.ndarray, valid: np.ndar
     return float(np.mean(cos))
 
 
+def _sample_axis_tensors(model) -> set[str]:
+    """Tensors whose first axis is the batch: where shape inference on the model as
+    exported (batch symbolic) leaves axis 0 open. A shape vector (``Shape -> Gather ->
+    Cast``) has a fixed length there, whatever the batch; a tensor inference did not
+    type at all is left out (its runs are not stacked)."""
+    return {name for name, (shape, _) in tensor_types(model).items() if shape and shape[0] is None}
+
+
 def _output_padding(feeds: dict[str, np.ndarray], reference: np.ndarray, n: int) -> np.ndarray | None:
     """The attention mask [N, S] of a per-position output [N, S, ...], if an input is one
     (integer, two axes, named as exporters name masks, matching the output's axes)."""
@@ -307,6 +315,7 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     metric = fidelity_metric(model, reference, metric)
     valid = _output_padding(feeds, reference, n) if metric in (COSINE, TOKEN) else None
     partitioner = Partitioner(model)
+    batched = _sample_axis_tensors(model)
     round_trips: dict[tuple[str, str | None, float], list[np.ndarray]] = {}
     # Cuts still to come that send each activation: a coded tensor is kept until its last.
     uses_left = Counter((t.name, t.mask) for cut in cuts for t in cut.activations)
@@ -329,8 +338,7 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
         grid = sparsities if refine is None or cut.id in refine else [codec.sparsity]
         # Where the batch is free and every crossing tensor has the sample axis, all
         # sparsities run at once, stacked on it; otherwise one run per sparsity and run.
-        stackable = not static and len(runs) == 1 and all(
-            tensors[t.name][0].ndim and len(tensors[t.name][0]) == batch for t in cut.crossing)
+        stackable = not static and len(runs) == 1 and all(t.name in batched for t in cut.crossing)
         with OnnxrtRunner(partitioner.server_part(cut)) as server:
             if stackable:
                 stacked = {name: np.concatenate([feeds_at(cut, s, 0)[name] for s in grid]) for name in cut.crossing_names}

@@ -262,3 +262,13 @@ def test_padding_beside_an_attention_mask_is_not_coded(tmp_path):
                             KNOBS_INPUT: knobs_tensor(padded_config(cfg, mask))})
     sent = out[payload_name(activation.name)][: int(out[nbytes_name(activation.name)][0])]
     assert bytes(sent) == encode(masked(hidden, mask), padded_config(cfg, mask))
+
+
+def test_shape_tensors_are_never_stacked_across_sparsities(tmp_path):
+    # One sample: a shape vector [1, -1] has the length of the batch axis, and stacking it
+    # with the samples of five sparsities would feed Reshape a 10-element target.
+    calib = _calib(tmp_path / "c.npz", x=RNG.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    artifact = compile_model(shape_arithmetic_model(tmp_path / "m.onnx"), device="jetson", out_dir=tmp_path / "a",
+                             max_pairs=20, calib=calib)
+    assert artifact.calibration.samples == 1
+    assert all(len(s.fidelity) == 5 for s in artifact.splits if s.id in artifact.pareto)
