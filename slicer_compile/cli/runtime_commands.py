@@ -48,7 +48,8 @@ def load_npy(path: Path) -> np.ndarray:
               help="Also serve KServe v2 gRPC on this port (tritonclient.grpc; needs the triton extra).")
 @click.option("--max-batch", default=16, show_default=True, type=POSITIVE, help="Requests batched together at most.")
 @click.option("--max-queue-delay", default="0.5ms", show_default=True,
-              type=Quantity("time", maximum=10.0, allow_zero=True), help="Longest wait to fill a batch.")
+              type=Quantity("time", maximum=10.0, allow_zero=True),
+              help="Longest wait to fill a batch (only while other requests are in flight).")
 @click.option("--max-request-bytes", default="64MiB", show_default=True,
               type=Quantity("bytes", minimum=4096, maximum=2**34), help="Larger requests get 413.")
 @click.option("--max-connections", default=256, show_default=True, type=POSITIVE,

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class ServerConfig:
 
     max_batch: int = 16
     max_queue_delay_s: float = 0.0005
+    #: wait out max_queue_delay_s only while other requests are in flight (admitted, not
+    #: yet batched): a lone request runs at once. False: every batch waits the full delay.
+    wait_only_when_busy: bool = True
     #: a larger body is refused (413) before it is read
     max_request_bytes: int = 64 << 20
     #: an idle connection, or one whose request headers have not all arrived, is closed after this
@@ -93,7 +97,8 @@ class _Job:
 class SplitModel:
     """One split's server part and the batcher in front of it."""
 
-    def __init__(self, artifact: Artifact, split_id: str, config: ServerConfig, metrics: Metrics):
+    def __init__(self, artifact: Artifact, split_id: str, config: ServerConfig, metrics: Metrics,
+                 in_flight: Callable[[], int] = lambda: 1 << 30):
         info = artifact.split(split_id)
         self.split_id = split_id
         self.crossing = list(info.crossing)
@@ -111,6 +116,7 @@ class SplitModel:
         self.output_specs = [specs.get(name, (name, "float32", [-1])) for name in self.output_names]
         self.config = config
         self.metrics = metrics
+        self._in_flight = in_flight  # requests the host has admitted and not yet answered
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -189,7 +195,10 @@ class SplitModel:
             deadline = time.perf_counter() + (0.0 if self._draining else self.config.max_queue_delay_s)
             max_batch = min(self.batch_bound, self.config.max_batch)
             while len(batch) < max_batch:
-                remaining = deadline - time.perf_counter()
+                # Wait out the queue delay only while more requests are on their way (admitted,
+                # not yet queued): a lone request runs at once instead of waiting for company.
+                busy = not self.config.wait_only_when_busy or self._in_flight() > len(batch)
+                remaining = deadline - time.perf_counter() if busy else 0.0
                 try:
                     nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
@@ -295,14 +304,14 @@ class ModelHost:
         if not chosen:
             raise ArtifactError(f"{self.artifact.path} has no materialised split to serve")
         self.models: dict[str, SplitModel] = {}
+        self._inflight = 0
         try:
             for sid in chosen:
-                self.models[sid] = SplitModel(self.artifact, sid, self.config, self.metrics)
+                self.models[sid] = SplitModel(self.artifact, sid, self.config, self.metrics, lambda: self._inflight)
         except BaseException:
             self.stop_models()
             raise
         self.accepting = True
-        self._inflight = 0
         self._lock = threading.Condition()
 
     # --- in flight -----------------------------------------------------------------

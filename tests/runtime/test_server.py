@@ -192,7 +192,8 @@ def test_load_64_clients_200_requests_lose_nothing(artifact, server):
 def test_graceful_shutdown_finishes_in_flight_and_refuses_new(artifact):
     sid = deep_split(artifact)
     # The batch would wait a minute to fill: stop() must run it at once, not wait it out.
-    srv = SplitServer(artifact.path, port=0, config=ServerConfig(max_queue_delay_s=60, max_batch=64)).start()
+    srv = SplitServer(artifact.path, port=0, config=ServerConfig(max_queue_delay_s=60, max_batch=64,
+                                                                 wait_only_when_busy=False)).start()
     x = np.load(EXAMPLES / "digits_calib.npz")["x"][:1]
     results = []
 

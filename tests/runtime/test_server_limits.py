@@ -275,7 +275,7 @@ def test_grpc_calls_beyond_the_cap_are_refused_resource_exhausted(artifact):
     entry = grpcclient.InferInput(f"{activation.name}.payload", [payload.size], "UINT8")
     entry.set_data_from_numpy(payload)
     # One call at a time, and a batch that waits a minute to fill: the first call stays in flight.
-    config = ServerConfig(max_connections=1, max_queue_delay_s=60, max_batch=64)
+    config = ServerConfig(max_connections=1, max_queue_delay_s=60, max_batch=64, wait_only_when_busy=False)
     server = SplitServer(artifact.path, port=0, config=config, grpc_port=0).start()
     try:
         client = grpcclient.InferenceServerClient(server.grpc.url)
