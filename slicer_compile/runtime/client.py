@@ -179,9 +179,7 @@ class EdgeClient:
                 tensors[payload_name(t.name)] = np.frombuffer(encode(middle[t.name], config), dtype=np.uint8)
         encode_s = time.perf_counter() - start
 
-        # Binary outputs: the reply's tensors come back as raw bytes, not JSON lists.
-        request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id, "binary_data_output": True},
-                               requested_outputs=None)
+        request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
         start = time.perf_counter()
         reply, bytes_sent = self.transport.infer(split, request)
         round_trip = time.perf_counter() - start

@@ -9,6 +9,7 @@ certificate, where the server asks for them (runtime/access.py).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import socket
 import ssl
@@ -84,6 +85,8 @@ class HttpTransport:
 
     def infer(self, model: str, message: InferMessage) -> tuple[InferMessage, int]:
         """The reply, and the request's size in bytes on the wire (body)."""
+        # Binary outputs (the HTTP binary extension): the reply's tensors as raw bytes, not JSON lists.
+        message = dataclasses.replace(message, parameters={**message.parameters, "binary_data_output": True})
         body, headers = encode_message(message, request=True)
         return self._post(f"/v2/models/{model}/infer", body, {**headers, **self.access.headers()}), len(body)
 
