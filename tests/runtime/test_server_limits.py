@@ -16,22 +16,15 @@ import pytest
 
 from slicer_compile.codec import TabqConfig, encode
 from slicer_compile.codec.crafted import HUGE, slicer_constant
-from slicer_compile.compiler import compile_model
 from slicer_compile.errors import InputError
 from slicer_compile.runtime.access import TOKEN_ENV, Access, read_token
 from slicer_compile.runtime.client import ClientAccess, EdgeClient, ServerError
 from slicer_compile.runtime.server import ServerConfig, SplitServer
 from tests.models import EXAMPLES
-from tests.runtime.test_server import CONFIG, deep_split, post, valid_request
+from tests.runtime.test_server import CONFIG, artifact, deep_split, post, valid_request  # noqa: F401 (fixture)
 
 LIMITS = ServerConfig(client_timeout_s=1.0, request_timeout_s=1.0, max_connections=6, max_buffered_bytes=64 << 10,
                       max_request_bytes=32 << 10)
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return compile_model(EXAMPLES / "digits_cnn.onnx", device="jetson", out_dir=tmp_path_factory.mktemp("l") / "out",
-                         max_pairs=3)
 
 
 @pytest.fixture(scope="module")
