@@ -22,6 +22,8 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.18",
         "onnxruntime-extensions>=0.12",
+        # graph surgery (codec nodes, engine contracts), as TensorRT's own samples do it
+        "onnx-graphsurgeon>=0.5",
         "matplotlib>=3.7",
         # serve: HTTP parsing, limits and keep-alive from a well-kept server (llhttp inside)
         "aiohttp>=3.9",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slicer_compile.codec.centring import Centre
 from slicer_compile.codec.config import CONFIG_BY_NAME, SlicerConfig
 from slicer_compile.errors import ArtifactError, ConfigError
 from slicer_compile.storage import sha256_of, write_text_atomically
@@ -64,6 +65,8 @@ class CrossingTensor:
     #: an activation's padding mask: the crossing side tensor [B, S] whose zeros mark
     #: rows to leave out of the coding (codec.padding); None for none
     mask: str | None = None
+    #: an activation's per-channel offsets, coded as a residual (codec.centring); None: coded plain
+    centre: Centre | None = None
 
     @property
     def num_elements(self) -> int:
@@ -78,6 +81,8 @@ class CrossingTensor:
                "nbytes": self.nbytes}
         if self.mask is not None:
             row["mask"] = self.mask
+        if self.centre is not None:
+            row["centre"] = self.centre.as_dict()
         return row
 
     @staticmethod
@@ -101,7 +106,12 @@ class CrossingTensor:
         mask = data.get("mask")
         if mask is not None and (not isinstance(mask, str) or kind != "activation"):
             raise ArtifactError(f"crossing tensor {name!r}: mask must name a side tensor of an activation")
-        return CrossingTensor(name, tuple(shape), str(dtype), kind, mask)
+        centre = data.get("centre")
+        if centre is not None:
+            if kind != "activation":
+                raise ArtifactError(f"crossing tensor {name!r}: only an activation is centred")
+            centre = Centre.from_dict(centre, tuple(shape), f"crossing tensor {name!r}")
+        return CrossingTensor(name, tuple(shape), str(dtype), kind, mask, centre)
 
 
 @dataclass(frozen=True)

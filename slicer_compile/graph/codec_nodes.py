@@ -4,8 +4,18 @@
 Side tensors travel raw. The encoder's payload output has a static size: the
 payload bound of the loosest knobs the node accepts, so an engine can allocate
 it once; the runtime sends ``payload[:nbytes]``.
-"""
 
+Around each codec node sit the steps every encoder and decoder of the package
+takes (codec.padding, codec.centring), as plain ONNX nodes so that every engine
+built from the part (ONNX Runtime, TensorRT) has them:
+
+    edge:   x -> [Cast to float] -> [Sub offset] -> [zero padded rows] -> SlicerEncode
+    server: SlicerDecode -> [Add offset] -> [Cast to dtype] -> x
+
+The surgery is onnx-graphsurgeon's; :func:`strip_encoders` and
+:func:`strip_decoders` undo it by cutting the graph at ``x`` and letting its
+cleanup drop what no longer reaches an output.
+"""
 from __future__ import annotations
 
 import math
@@ -55,99 +65,139 @@ def _ensure_opset(model) -> None:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
 
 
+def _surgery(model, change) -> "onnx.ModelProto":
+    """``change(graph)`` applied to a copy of ``model`` through onnx-graphsurgeon; the
+    model-level fields graphsurgeon does not carry (metadata, doc string) are kept."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    change(graph)
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    out.metadata_props.extend(model.metadata_props)
+    out.doc_string, out.model_version = model.doc_string, model.model_version
+    onnx.checker.check_model(out)
+    return out
+
+
+def _node(graph, op: str, name: str, inputs: list, outputs: list, domain: str | None = None, **attrs) -> None:
+    import onnx_graphsurgeon as gs
+
+    graph.nodes.append(gs.Node(op=op, name=name, attrs=attrs, inputs=inputs, outputs=outputs, domain=domain))
+
+
+def _variable(name: str, dtype, shape=None):
+    import onnx_graphsurgeon as gs
+
+    return gs.Variable(name, dtype=np.dtype(dtype), shape=shape)
+
+
+def _constant(name: str, value: np.ndarray):
+    import onnx_graphsurgeon as gs
+
+    return gs.Constant(name, np.ascontiguousarray(value))
+
+
 def add_encoders(edge, cut: Cut, limits: CodecLimits):
     """Edge part whose outputs are each activation's payload and byte count (plus
     side tensors raw), with one extra input: the runtime knobs."""
-    import onnx
-    from onnx import TensorProto, helper
 
-    model = onnx.ModelProto.FromString(edge.SerializeToString())
-    graph = model.graph
-    graph.input.append(helper.make_tensor_value_info(KNOBS_INPUT, TensorProto.FLOAT, [len(KNOB_FIELDS)]))
-    activations = {t.name: t for t in cut.activations}
-    new_outputs = []
-    for out in graph.output:
-        tensor = activations.get(out.name)
-        if tensor is None:
-            new_outputs.append(out)
-            continue
-        source = tensor.name
-        if np.dtype(tensor.dtype) != np.float32:
-            source = f"{tensor.name}.float32"
-            graph.node.append(helper.make_node("Cast", [tensor.name], [source], to=TensorProto.FLOAT,
-                                               name=f"{tensor.name}.cast"))
-        if tensor.mask is not None:  # codec.padding: the padded rows are zero before coding
-            source = _masked(graph, source, tensor)
-        size = limits.payload_bytes(tensor.shape)
-        graph.node.append(helper.make_node(
-            ENCODE_OP, [source, KNOBS_INPUT], [payload_name(tensor.name), nbytes_name(tensor.name)],
-            domain=DOMAIN, name=f"{tensor.name}.encode", payload_bytes=size, min_sparsity=limits.min_sparsity,
-            max_blocks=limits.max_blocks, max_q_bits=limits.max_q_bits))
-        new_outputs.append(helper.make_tensor_value_info(payload_name(tensor.name), TensorProto.UINT8, [size]))
-        new_outputs.append(helper.make_tensor_value_info(nbytes_name(tensor.name), TensorProto.INT64, [1]))
-    del graph.output[:]
-    graph.output.extend(new_outputs)
-    _ensure_opset(model)
-    return model
+    def change(graph):
+        tensors = graph.tensors()
+        knobs = _variable(KNOBS_INPUT, np.float32, [len(KNOB_FIELDS)])
+        graph.inputs.append(knobs)
+        activations = {t.name: t for t in cut.activations}
+        outputs = []
+        for out in graph.outputs:
+            tensor = activations.get(out.name)
+            if tensor is None:
+                outputs.append(out)
+                continue
+            source = out
+            if np.dtype(tensor.dtype) != np.float32:
+                source = _variable(f"{tensor.name}.float32", np.float32, list(tensor.shape))
+                _node(graph, "Cast", f"{tensor.name}.cast", [out], [source], to=np.float32)
+            if tensor.centre is not None:  # codec.centring: the residual is coded
+                source = _centred(graph, source, tensor)
+            if tensor.mask is not None:  # codec.padding: the padded rows are zero before coding
+                source = _masked(graph, source, tensors[tensor.mask], tensor)
+            size = limits.payload_bytes(tensor.shape)
+            payload = _variable(payload_name(tensor.name), np.uint8, [size])
+            nbytes = _variable(nbytes_name(tensor.name), np.int64, [1])
+            _node(graph, ENCODE_OP, f"{tensor.name}.encode", [source, knobs], [payload, nbytes], domain=DOMAIN,
+                  payload_bytes=size, min_sparsity=limits.min_sparsity, max_blocks=limits.max_blocks,
+                  max_q_bits=limits.max_q_bits)
+            outputs += [payload, nbytes]
+        graph.outputs = outputs
+
+    return _surgery(edge, change)
 
 
-def _masked(graph, source: str, tensor) -> str:
-    """Nodes computing ``source`` with the rows ``tensor.mask`` marks as padding set to 0
-    (as codec.padding.masked does): Cast the mask to float, Unsqueeze it to the
-    activation's rank, Mul."""
-    from onnx import TensorProto, helper, numpy_helper
+def _centred(graph, source, tensor):
+    """``source - offset``, the offset a constant shaped to broadcast on its axis."""
+    centre = tensor.centre
+    offset = _constant(f"{tensor.name}.centre.offset",
+                       centre.offset.reshape(centre.broadcast_shape(len(tensor.shape))).astype(np.float32))
+    out = _variable(f"{tensor.name}.centre.residual", np.float32, list(tensor.shape))
+    _node(graph, "Sub", f"{tensor.name}.centre.sub", [source, offset], [out])
+    return out
 
+
+def _masked(graph, source, mask, tensor):
+    """``source`` with the rows ``mask`` marks as padding set to 0 (as
+    codec.padding.masked does: any non-zero mask value keeps its row)."""
     prefix = f"{tensor.name}.padding"
-    axes = list(range(2, len(tensor.shape)))
-    graph.node.append(helper.make_node("Cast", [tensor.mask], [f"{prefix}.mask"], to=TensorProto.FLOAT,
-                                       name=f"{prefix}.cast"))
-    keep = f"{prefix}.mask"
-    if axes:
-        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{prefix}.axes"))
-        graph.node.append(helper.make_node("Unsqueeze", [keep, f"{prefix}.axes"], [f"{prefix}.keep"],
-                                           name=f"{prefix}.unsqueeze"))
-        keep = f"{prefix}.keep"
-    # factor = (mask != 0): any non-zero mask value keeps its row, as codec.padding does.
-    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}.zero"))
-    graph.node.append(helper.make_node("Equal", [keep, f"{prefix}.zero"], [f"{prefix}.is_zero"],
-                                       name=f"{prefix}.equal"))
-    graph.node.append(helper.make_node("Not", [f"{prefix}.is_zero"], [f"{prefix}.nonzero"], name=f"{prefix}.not"))
-    graph.node.append(helper.make_node("Cast", [f"{prefix}.nonzero"], [f"{prefix}.factor"], to=TensorProto.FLOAT,
-                                       name=f"{prefix}.factor"))
-    graph.node.append(helper.make_node("Mul", [source, f"{prefix}.factor"], [f"{prefix}.out"], name=f"{prefix}.mul"))
-    return f"{prefix}.out"
+    rank = len(tensor.shape)
+    keep = _variable(f"{prefix}.mask", np.float32)
+    _node(graph, "Cast", f"{prefix}.cast", [mask], [keep], to=np.float32)
+    if rank > 2:
+        wide = _variable(f"{prefix}.keep", np.float32)
+        _node(graph, "Unsqueeze", f"{prefix}.unsqueeze", [keep, _constant(f"{prefix}.axes",
+                                                                          np.arange(2, rank, dtype=np.int64))], [wide])
+        keep = wide
+    is_zero, nonzero = _variable(f"{prefix}.is_zero", np.bool_), _variable(f"{prefix}.nonzero", np.bool_)
+    factor, out = _variable(f"{prefix}.factor", np.float32), _variable(f"{prefix}.out", np.float32, list(tensor.shape))
+    _node(graph, "Equal", f"{prefix}.equal", [keep, _constant(f"{prefix}.zero", np.zeros((), np.float32))], [is_zero])
+    _node(graph, "Not", f"{prefix}.not", [is_zero], [nonzero])
+    _node(graph, "Cast", f"{prefix}.factor", [nonzero], [factor], to=np.float32)
+    _node(graph, "Mul", f"{prefix}.mul", [source, factor], [out])
+    return out
 
 
 def add_decoders(server, cut: Cut):
     """Server part that takes each activation as a payload (a byte vector of any
     length) and decodes it in front of the original graph."""
-    import onnx
-    from onnx import TensorProto, helper
 
-    model = onnx.ModelProto.FromString(server.SerializeToString())
-    graph = model.graph
-    activations = {t.name: t for t in cut.activations}
-    new_inputs, decoders = [], []
-    for inp in graph.input:
-        tensor = activations.get(inp.name)
-        if tensor is None:
-            new_inputs.append(inp)
-            continue
-        new_inputs.append(helper.make_tensor_value_info(payload_name(tensor.name), TensorProto.UINT8,
-                                                        [f"{tensor.name}.payload_len"]))
-        target = tensor.name if np.dtype(tensor.dtype) == np.float32 else f"{tensor.name}.float32"
-        decoders.append(helper.make_node(DECODE_OP, [payload_name(tensor.name)], [target], domain=DOMAIN,
-                                         name=f"{tensor.name}.decode", shape=",".join(map(str, tensor.shape))))
-        if target != tensor.name:
-            decoders.append(helper.make_node("Cast", [target], [tensor.name], to=_elem_type(tensor.dtype),
-                                             name=f"{tensor.name}.cast"))
-    del graph.input[:]
-    graph.input.extend(new_inputs)
-    nodes = decoders + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    _ensure_opset(model)
-    return model
+    def change(graph):
+        activations = {t.name: t for t in cut.activations}
+        inputs = []
+        for inp in graph.inputs:
+            tensor = activations.get(inp.name)
+            if tensor is None:
+                inputs.append(inp)
+                continue
+            payload = _variable(payload_name(tensor.name), np.uint8, [f"{tensor.name}.payload_len"])
+            inputs.append(payload)
+            # The chain ends in the graph's own input tensor: its consumers are untouched.
+            cast = np.dtype(tensor.dtype) != np.float32
+            shape = list(tensor.shape)
+            decoded = _variable(f"{tensor.name}.decoded", np.float32, shape) if cast or tensor.centre else inp
+            _node(graph, DECODE_OP, f"{tensor.name}.decode", [payload], [decoded], domain=DOMAIN,
+                  shape=",".join(map(str, tensor.shape)))
+            if tensor.centre is not None:  # codec.centring: the offsets back on the residual
+                centre = tensor.centre
+                offset = _constant(f"{tensor.name}.centre.offset",
+                                   centre.offset.reshape(centre.broadcast_shape(len(shape))))
+                restored = _variable(f"{tensor.name}.centre.restored", np.float32, shape) if cast else inp
+                _node(graph, "Add", f"{tensor.name}.centre.add", [decoded, offset], [restored])
+                decoded = restored
+            if cast:
+                _node(graph, "Cast", f"{tensor.name}.cast", [decoded], [inp], to=np.dtype(tensor.dtype))
+        graph.inputs = inputs
+
+    return _surgery(server, change)
 
 
 def set_metadata(model, **props: str) -> None:
@@ -161,73 +211,60 @@ def set_metadata(model, **props: str) -> None:
             entry.key, entry.value = key, str(value)
 
 
-def _activation_info(tensor: dict, batch_dim: str | None):
-    from onnx import helper
-
+def _activation_info(tensor, batch_dim: str | None):
     shape = list(tensor.shape)
     if batch_dim and shape:
         shape[0] = batch_dim
-    return helper.make_tensor_value_info(tensor.name, _elem_type(tensor.dtype), shape)
+    return shape
 
 
-def strip_encoders(edge, crossing: list[dict], batch_dim: str | None = "batch"):
+def _without_codec_domain(graph) -> None:
+    graph.import_domains = [d for d in graph.import_domains or [] if d.domain != DOMAIN] or None
+
+
+def strip_encoders(edge, crossing: list, batch_dim: str | None = "batch"):
     """The edge part without its encoder nodes: it outputs the activations themselves.
 
-    A runtime that encodes outside the graph (to time it, or on a GPU) runs this.
-    ``crossing`` is the split's crossing table from the manifest.
+    A runtime that encodes outside the graph (to time it, or on a GPU) runs this, and
+    takes the codec's other steps (centring, padding) itself. ``crossing`` is the
+    split's crossing table from the manifest.
     """
-    import onnx
 
-    model = onnx.ModelProto.FromString(edge.SerializeToString())
-    graph = model.graph
-    activations = {t.name: t for t in crossing if t.kind == "activation"}
-    codec_outputs = {payload_name(n) for n in activations} | {nbytes_name(n) for n in activations}
-    padding = tuple(f"{name}.padding." for name in activations)
-    kept = [n for n in graph.node if n.op_type != ENCODE_OP and not n.name.startswith(padding)
-            and not (n.op_type == "Cast" and n.name.endswith(".cast") and n.input[0] in activations)]
-    dropped = {i for n in graph.node if n.name.startswith(padding) for i in n.input if i.endswith((".axes", ".zero"))}
-    kept_inits = [i for i in graph.initializer if i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    del graph.node[:]
-    graph.node.extend(kept)
-    outputs = [o for o in graph.output if o.name not in codec_outputs]
-    outputs += [_activation_info(t, batch_dim) for t in activations.values()]
-    del graph.output[:]
-    graph.output.extend(outputs)
-    inputs = [i for i in graph.input if i.name != KNOBS_INPUT]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    _drop_opset(model)
-    return model
+    def change(graph):
+        tensors = graph.tensors()
+        activations = [t for t in crossing if t.kind == "activation"]
+        codec_outputs = {payload_name(t.name) for t in activations} | {nbytes_name(t.name) for t in activations}
+        outputs = [o for o in graph.outputs if o.name not in codec_outputs]
+        for t in activations:
+            value = tensors[t.name]
+            value.shape = _activation_info(t, batch_dim)
+            outputs.append(value)
+        graph.outputs = outputs
+        graph.inputs = [i for i in graph.inputs if i.name != KNOBS_INPUT]
+        _without_codec_domain(graph)
+
+    return _surgery(edge, change)
 
 
-def strip_decoders(server, crossing: list[dict], batch_dim: str | None = "batch"):
-    """The server part without its decoder nodes: it takes the activations themselves,
-    with a symbolic batch dimension so requests from many clients run together."""
-    import onnx
+def strip_decoders(server, crossing: list, batch_dim: str | None = "batch"):
+    """The server part without its decoder nodes: it takes the activations themselves
+    (decoded and restored by its caller), with a symbolic batch dimension so requests
+    from many clients run together."""
 
-    model = onnx.ModelProto.FromString(server.SerializeToString())
-    graph = model.graph
-    activations = {t.name: t for t in crossing if t.kind == "activation"}
-    decoded = {f"{n}.float32" for n in activations}
-    kept = [n for n in graph.node if n.op_type != DECODE_OP and not (n.op_type == "Cast" and n.input[0] in decoded)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    inputs = [i for i in graph.input if i.name not in {payload_name(n) for n in activations}]
-    inputs += [_activation_info(t, batch_dim) for t in activations.values()]
-    for inp in inputs:  # side tensors batch too
-        dims = inp.type.tensor_type.shape.dim
-        if batch_dim and dims and inp.name not in activations:
-            dims[0].Clear()
-            dims[0].dim_param = batch_dim
-    del graph.input[:]
-    graph.input.extend(inputs)
-    _drop_opset(model)
-    return model
+    def change(graph):
+        tensors = graph.tensors()
+        activations = [t for t in crossing if t.kind == "activation"]
+        payloads = {payload_name(t.name) for t in activations}
+        inputs = [i for i in graph.inputs if i.name not in payloads]
+        for t in activations:
+            value = tensors[t.name]
+            value.inputs.clear()  # cut from its decoder chain, which cleanup then drops
+            value.shape = _activation_info(t, batch_dim)
+            inputs.append(value)
+        for inp in inputs:  # side tensors batch too
+            if batch_dim and inp.shape and inp.name not in {t.name for t in activations}:
+                inp.shape = [batch_dim] + list(inp.shape[1:])
+        graph.inputs = inputs
+        _without_codec_domain(graph)
 
-
-def _drop_opset(model) -> None:
-    kept = [o for o in model.opset_import if o.domain != DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
+    return _surgery(server, change)
