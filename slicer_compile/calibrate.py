@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from slicer_compile.artifact import sparsity_key
 from slicer_compile.codec import SlicerConfig, decode, encode
+from slicer_compile.codec.centring import Centre, centred, choose_centre, restored
 from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import graph_inputs, tensor_types
@@ -30,6 +31,8 @@ from slicer_compile.graph.partition import Partitioner
 _log = logging.getLogger(__name__)
 
 DEFAULT_SPARSITY_GRID = (0.5, 0.75, 0.9, 0.95, 0.99)
+#: samples the centring decision looks at (codec.centring.choose_centre)
+CENTRING_SAMPLES = 4
 TOP1 = "top1_agreement"
 COSINE = "cosine_similarity"
 IOU = "mask_iou"
@@ -43,10 +46,19 @@ class Calibration:
     samples: int
     sparsities: tuple[float, ...]
     fidelity: dict[str, dict[float, float]]  # split id -> sparsity (artifact.sparsity_key) -> fidelity
+    #: coded tensor -> its channel offsets, where coding the residual is clearly better
+    #: (codec.centring); the fidelity above was measured so
+    centres: dict[str, Centre] = field(default_factory=dict)
+
+    def centred_cut(self, cut: Cut) -> Cut:
+        """``cut`` with its activations' centres, as the edge and server will code them."""
+        crossing = tuple(dataclasses.replace(t, centre=self.centres.get(t.name)) if t.kind == "activation" else t
+                         for t in cut.crossing)
+        return dataclasses.replace(cut, crossing=crossing)
 
     def as_dict(self) -> dict:
         return {"status": "measured", "metric": self.metric, "samples": self.samples,
-                "sparsities": list(self.sparsities)}
+                "sparsities": list(self.sparsities), "centred": sorted(self.centres)}
 
 
 def load_calibration_inputs(path: str | Path, model) -> dict[str, np.ndarray]:
@@ -264,25 +276,28 @@ def _nearest(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(axis=1)
 
 
-def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1, mask: np.ndarray | None = None) -> np.ndarray:
+def round_trip(x: np.ndarray, cfg: SlicerConfig, group: int = 1, mask: np.ndarray | None = None,
+               centre: Centre | None = None) -> np.ndarray:
     """Encode and decode as the edge sends: ``group`` samples (the first axis) per
     payload — one for a model with a free batch axis, its static batch otherwise —
-    with the padded rows ``mask`` marks left out of the coding (codec.padding)."""
+    the residual from ``centre``'s offsets coded (codec.centring), with the padded rows
+    ``mask`` marks left out of the coding (codec.padding)."""
     out = []
     for start in range(0, len(x), group):
-        chunk = _padded(x[start: start + group], group)
+        chunk = centred(_padded(x[start: start + group], group), centre)
         chunk_cfg = cfg
         if mask is not None:
             rows = _padded(mask[start: start + group], group)
             chunk, chunk_cfg = masked(chunk, rows), padded_config(cfg, rows)
-        out.append(decode(encode(np.ascontiguousarray(chunk), chunk_cfg))[: min(group, len(x) - start)])
+        decoded = restored(decode(encode(np.ascontiguousarray(chunk), chunk_cfg)), centre)
+        out.append(decoded[: min(group, len(x) - start)].astype(x.dtype, copy=False))
     return np.concatenate(out)
 
 
 def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: SlicerConfig = SlicerConfig(),
               sparsities: Sequence[float] = DEFAULT_SPARSITY_GRID, max_samples: int = 64,
               progress: Callable[[int, int], None] | None = None, metric: str | None = None,
-              refine: set[str] | None = None) -> Calibration:
+              refine: set[str] | None = None, centring: bool = True) -> Calibration:
     """Fidelity of the cuts against the uncompressed model, by ``metric`` (default:
     inferred from the output, :func:`fidelity_metric`).
 
@@ -290,6 +305,10 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     which get materialised and served) are measured at every sparsity; the others only
     at the codec's default sparsity, which the table shows (``None``: all at every one).
     A (cut, sparsity) left unmeasured is never chosen by the selector.
+
+    With ``centring``, each coded tensor whose residual from its channel means codes
+    clearly better than the tensor itself at the default sparsity is centred
+    (codec.centring.choose_centre), and its cuts are measured so.
     """
     from slicer_compile.backends.onnxrt import OnnxrtRunner
 
@@ -319,6 +338,17 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     round_trips: dict[tuple[str, str | None, float], list[np.ndarray]] = {}
     # Cuts still to come that send each activation: a coded tensor is kept until its last.
     uses_left = Counter((t.name, t.mask) for cut in cuts for t in cut.activations)
+    centres: dict[str, Centre] = {}
+    if centring:
+        # Decided on the first run's first samples, at the loosest and the default sparsity.
+        checked = sorted({min(sparsities), codec.sparsity})
+        for t in {t.name: t for cut in cuts for t in cut.activations}.values():
+            values = [tensors[t.name][0][:CENTRING_SAMPLES]]
+            masks = [tensors[t.mask][0][:CENTRING_SAMPLES] if t.mask is not None else None]
+            centre = choose_centre(values, lambda i, c, s: round_trip(
+                values[i], dataclasses.replace(codec, sparsity=s), group, masks[i], c), checked)
+            if centre is not None:
+                centres[t.name] = centre
 
     def coded(t, sparsity: float) -> list[np.ndarray]:
         """A tensor through the codec (per run), once per sparsity however many cuts it crosses."""
@@ -326,7 +356,8 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
         if key not in round_trips:
             cfg = dataclasses.replace(codec, sparsity=sparsity)
             masks = tensors[t.mask] if t.mask is not None else [None] * len(tensors[t.name])
-            round_trips[key] = [round_trip(value, cfg, group, mask) for value, mask in zip(tensors[t.name], masks)]
+            round_trips[key] = [round_trip(value, cfg, group, mask, centres.get(t.name))
+                                for value, mask in zip(tensors[t.name], masks)]
         return round_trips[key]
 
     def feeds_at(cut: Cut, sparsity: float, index: int) -> dict[str, np.ndarray]:
@@ -355,4 +386,4 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
                     round_trips.pop((t.name, t.mask, s), None)
         if progress:
             progress(done + 1, len(cuts))
-    return Calibration(metric, n, tuple(sparsities), fidelity)
+    return Calibration(metric, n, tuple(sparsities), fidelity, centres)

@@ -74,6 +74,9 @@ class CompileOptions:
     input_shapes: dict | None = None
     #: the fidelity metric (calibrate.METRICS); None: inferred from the output
     metric: str | None = None
+    #: with calibration: code the residual from each activation's channel means where
+    #: that codes clearly better (codec.centring)
+    centring: bool = True
     codec: SlicerConfig = SlicerConfig()
     limits: CodecLimits = CodecLimits()
     sparsity_grid: tuple[float, ...] = DEFAULT_SPARSITY_GRID
@@ -91,7 +94,7 @@ class CompileOptions:
     def __post_init__(self):
         # The default sparsity is calibrated too (the report shows its fidelity), and the
         # encoder nodes accept the default knobs.
-        if self.codec.sparsity not in self.sparsity_grid:
+        if sparsity_key(self.codec.sparsity) not in {sparsity_key(s) for s in self.sparsity_grid}:
             object.__setattr__(self, "sparsity_grid", tuple(sorted({*self.sparsity_grid, self.codec.sparsity})))
         limits = self.limits
         loosest = dataclasses.replace(limits, min_sparsity=min(limits.min_sparsity, min(self.sparsity_grid)),
@@ -150,7 +153,8 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         # Every split at the default sparsity (the table's column), the Pareto splits at every one.
         calibration = calibrate(normalised, cuts, feeds, opts.codec, opts.sparsity_grid, opts.calib_samples,
                                 progress=lambda d, t: progress("calibrating", d, t), metric=opts.metric,
-                                refine=set(pareto))
+                                refine=set(pareto), centring=opts.centring)
+        cuts = [calibration.centred_cut(cut) for cut in cuts]
         table = _split_table(cuts, order, costs, edge_latency, server_latency, concrete, opts, calibration)
     model_bytes = normalised.SerializeToString()
     artifact_id = hashlib.sha256(model_bytes + repr(sorted(asdict(opts).items())).encode()).hexdigest()[:16]

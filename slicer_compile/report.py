@@ -100,6 +100,8 @@ def write_report(artifact: Artifact) -> Path:
         f"- payload bound at sparsity {default_s}; fidelity = "
         + (f"{m['calibration']['metric']} on {m['calibration']['samples']} calibration samples"
            if m["calibration"]["status"] == "measured" else "not measured (compile with --calib inputs.npz)"),
+        *([f"- coded as a residual from their channel means (codec.centring): "
+           + ", ".join(f"`{name}`" for name in m["calibration"]["centred"])] if m["calibration"].get("centred") else []),
         "",
         "| " + " | ".join(h for h, _ in header) + " |",
         "|" + "---|" * len(header),

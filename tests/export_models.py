@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 RNG = np.random.default_rng(0)
 
 
-def weight(name: str, *shape: int) -> onnx.TensorProto:
-    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.5).astype(np.float32), name)
+def weight(name: str, *shape: int, rng: np.random.Generator = RNG) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
 
 
 def save_model(nodes, inputs, outputs, initializers, path, metadata=None):
@@ -121,6 +121,31 @@ def neck_model(path):
     return save_model(nodes, [x], [y], inits, path)
 
 
+def affine_offset_model(path, seed: int = 0):
+    """Conv -> a learnable per-channel affine (``x·w + b``, as re-parameterised mobile
+    blocks fold it) -> Conv -> Sigmoid: a text detector's probability map. After the
+    affine the channels sit on offsets of a few units, which top-k, dropping values to
+    zero, destroys. As in a trained network, the next convolution's bias compensates
+    the offsets (no padding, so exactly), so that its map is zero-centred and the
+    0.5 threshold sits where the values are. Its weights are its own (seeded here), so
+    that the fidelity figures do not depend on what was built before."""
+    rng = np.random.default_rng(seed)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 16, 16])
+    y = helper.make_tensor_value_info("prob_map", TensorProto.FLOAT, ["B", 1, 14, 14])
+    offsets = np.linspace(1.5, 4.0, 8, dtype=np.float32) * np.where(np.arange(8) % 3, 1, -1).astype(np.float32)
+    w2 = weight("w2", 1, 8, 3, 3, rng=rng)
+    compensation = -np.einsum("ochw,c->o", numpy_helper.to_array(w2), offsets).astype(np.float32)
+    inits = [weight("w1", 8, 3, 3, 3, rng=rng), w2, numpy_helper.from_array(compensation, "b2"),
+             numpy_helper.from_array(np.full((1, 8, 1, 1), 0.8, np.float32), "scale"),
+             numpy_helper.from_array(offsets.reshape(1, 8, 1, 1), "shift")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["conv", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "shift"], ["affine"]),
+             helper.make_node("Conv", ["affine", "w2", "b2"], ["c2"]),
+             helper.make_node("Sigmoid", ["c2"], ["prob_map"])]
+    return save_model(nodes, [x], [y], inits, path)
+
+
 def catalogue() -> dict:
     """name -> (builder(path) -> path, calibration arrays): every model above, for the report tool."""
     return {
@@ -136,6 +161,8 @@ def catalogue() -> dict:
                                         "attention_mask": (np.arange(16) < 10).astype(np.int64)[None].repeat(8, 0)}),
         "small feature beside a large one": (lambda p: neck_model(p),
                                              {"x": RNG.standard_normal((8, 3, 16, 16)).astype(np.float32)}),
+        "per-channel offsets (affine layer)": (lambda p: affine_offset_model(p),
+                                               {"x": RNG.standard_normal((32, 3, 16, 16)).astype(np.float32)}),
         "run-time shape arithmetic": (lambda p: shape_arithmetic_model(p),
                                       {"x": RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)}),
     }

@@ -33,8 +33,9 @@ ALLOWED = {
     "slicer_compile.backends.tensorrt": NEUTRAL | {"slicer_compile.backends.base", "slicer_compile.codec.ops"},
     "slicer_compile.profile": NEUTRAL | {"slicer_compile.frontend", "slicer_compile.backends"},
     # The artifact's records are read by every layer above the codec; it reads only the codec's
-    # config and the front end's example feeds.
-    "slicer_compile.artifact": NEUTRAL | {"slicer_compile.codec.config", "slicer_compile.frontend.onnx_model"},
+    # records (its config, a tensor's centring offsets) and the front end's example feeds.
+    "slicer_compile.artifact": NEUTRAL | {"slicer_compile.codec.config", "slicer_compile.codec.centring",
+                                          "slicer_compile.frontend.onnx_model"},
     "slicer_compile.calibrate": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.codec", "slicer_compile.frontend", "slicer_compile.graph",
                                            "slicer_compile.backends.onnxrt"},
     "slicer_compile.report": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.select"},

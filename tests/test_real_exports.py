@@ -10,11 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from slicer_compile.calibrate import COSINE, IOU, METRICS, TOKEN, TOP1
+from slicer_compile.calibrate import COSINE, IOU, METRICS, TOKEN, TOP1, round_trip
 from slicer_compile.compiler import compile_model
 from slicer_compile.errors import ModelError
+from slicer_compile.select.selector import Selector
 from tests.export_models import (
     RNG,
+    affine_offset_model,
     attention_model,
     dense_map_model,
     neck_model,
@@ -272,3 +274,92 @@ def test_shape_tensors_are_never_stacked_across_sparsities(tmp_path):
                              max_pairs=20, calib=calib)
     assert artifact.calibration.samples == 1
     assert all(len(s.fidelity) == 5 for s in artifact.splits if s.id in artifact.pareto)
+
+
+@pytest.fixture(scope="module")
+def offset_artifacts(tmp_path_factory):
+    """The per-channel-offset model compiled with and without centring, on the same samples."""
+    root = tmp_path_factory.mktemp("offsets")
+    model = affine_offset_model(root / "m.onnx")
+    calib = _calib(root / "c.npz", x=np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    return {centring: compile_model(model, device="jetson", out_dir=root / f"a{centring}", calib=calib, max_pairs=20,
+                                    centring=centring) for centring in (True, False)}
+
+
+def _split_sending(artifact, name: str):
+    return next(s for s in artifact.splits if [t.name for t in s.activations] == [name])
+
+
+def test_calibration_sees_a_tensor_with_channel_offsets_and_the_selector_steers_away(offset_artifacts):
+    plain = offset_artifacts[False]
+    affine, conv = _split_sending(plain, "affine"), _split_sending(plain, "conv")
+    assert plain.calibration.metric == IOU  # a probability map
+    # top-k drops values to zero, far from the channel offsets: the map downstream breaks,
+    # while the zero-centred convolution output two nodes earlier codes as it should.
+    for s in (0.5, 0.75, 0.9, 0.95):
+        assert affine.fidelity_at(s) < conv.fidelity_at(s) - 0.1
+    assert affine.fidelity_at(0.9) < 0.5 * conv.fidelity_at(0.9)
+    decision = Selector.from_artifact(plain).choose_within_budget(0.2)
+    assert decision.fidelity >= 0.8 and decision.split_id != affine.id
+
+
+def test_centring_makes_a_tensor_with_channel_offsets_usable(offset_artifacts):
+    centred, plain = offset_artifacts[True], offset_artifacts[False]
+    affine, conv = _split_sending(centred, "affine"), _split_sending(centred, "conv")
+    (tensor,) = affine.activations
+    assert tensor.centre is not None and tensor.centre.axis == 1  # NCHW: the channels
+    # The offsets found are the affine layer's shifts (the convolution before it is zero-mean).
+    shifts = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(centred.path / "model.onnx")).graph.initializer
+                                             if i.name == "shift")).ravel()
+    np.testing.assert_allclose(tensor.centre.offset, shifts, atol=0.2)
+    # Coded as its residual, the tensor is as usable as the zero-centred one.
+    for s in (0.5, 0.75, 0.9, 0.95):
+        assert affine.fidelity_at(s) >= conv.fidelity_at(s) - 0.03
+    assert centred.manifest["calibration"]["centred"] == ["affine"]  # the others code as well plain
+    assert "codec.centring" in (centred.path / "report.md").read_text()
+    # Now the deeper split is the selector's choice at the same budget.
+    assert Selector.from_artifact(centred).choose_within_budget(0.2).split_id == affine.id != \
+        Selector.from_artifact(plain).choose_within_budget(0.2).split_id
+
+
+def test_a_centred_tensor_is_coded_alike_by_client_engine_and_server(offset_artifacts):
+    """The engine's graph (Sub before the encoder, Add after the decoder) and the Python
+    client and server paths agree, and the pair computes the model."""
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.codec import SlicerConfig, encode
+    from slicer_compile.codec.centring import centred as residual
+    from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
+    from slicer_compile.graph.codec_nodes import nbytes_name, payload_name
+    from slicer_compile.runtime.client import EdgeClient
+    from slicer_compile.runtime.parts import part_without_codec
+    from slicer_compile.runtime.server import SplitServer
+
+    artifact = offset_artifacts[True]
+    split = _split_sending(artifact, "affine")
+    (tensor,) = split.activations
+    assert split.files
+    cfg = SlicerConfig(sparsity=0.9)
+    x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with OnnxrtRunner(artifact.load_part_model(split.id, "edge")) as edge, \
+            OnnxrtRunner(artifact.load_part_model(split.id, "server")) as server, \
+            OnnxrtRunner(onnx.load(str(artifact.path / "model.onnx"))) as full, \
+            OnnxrtRunner(_with_output(artifact, "affine")) as probe:
+        out = edge.infer({"x": x, KNOBS_INPUT: knobs_tensor(cfg)})
+        sent = out[payload_name("affine")][: int(out[nbytes_name("affine")][0])]
+        probe_value, expected = probe.infer({"x": x})["affine"], full.infer({"x": x})["prob_map"]
+        assert bytes(sent) == encode(residual(probe_value, tensor.centre), cfg)
+        engine_map = server.infer({payload_name("affine"): sent})["prob_map"]
+    # What calibration measured: its round trip (centring included) through the server part.
+    reference = round_trip(probe_value, cfg, centre=tensor.centre)
+    with OnnxrtRunner(part_without_codec(artifact, split.id, "server")) as core:
+        np.testing.assert_allclose(engine_map, core.infer({"affine": reference})["prob_map"], rtol=1e-5, atol=1e-6)
+    assert ((engine_map > 0.5) == (expected > 0.5)).mean() > 0.7
+    with SplitServer(artifact.path, port=0) as srv, EdgeClient(artifact.path, srv.url) as client:
+        served = client.infer({"x": x}, split=split.id, config=cfg).outputs["prob_map"]
+    np.testing.assert_allclose(served, engine_map, rtol=1e-5, atol=1e-5)
+
+
+def _with_output(artifact, name: str):
+    model = onnx.load(str(artifact.path / "model.onnx"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model

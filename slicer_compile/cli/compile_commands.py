@@ -59,6 +59,9 @@ def require_backend(backend: str) -> None:
               help="Fidelity metric (default: inferred from the output: top1 for class logits, cosine for "
                    "embeddings, mask IoU for dense maps, token agreement for per-position logits; "
                    "neighbour_agreement scores embeddings for retrieval).")
+@click.option("--centring/--no-centring", default=True, show_default=True,
+              help="With --calib: code an activation as its residual from per-channel means where that codes "
+                   "clearly better (tensors after an affine layer, with channel offsets).")
 @click.option("--input-shape", "input_shapes", multiple=True, type=InputShape(),
               help="Size a symbolic input: NAME=1x3x224x224 (else the --calib samples' size; a symbolic batch is 1).")
 @click.option("--max-pairs", default=8, show_default=True, type=POSITIVE, help="Split pairs materialised at most.")
@@ -69,7 +72,7 @@ def require_backend(backend: str) -> None:
 @verbosity_options
 def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, precision: str, server_device: str,
                     profile_path: Path | None, calib_path: Path | None, calib_samples: int, metric: str | None,
-                    input_shapes, max_pairs: int, runs: int, force: bool, **knobs) -> None:
+                    centring: bool, input_shapes, max_pairs: int, runs: int, force: bool, **knobs) -> None:
     """Compile MODEL.onnx into paired edge/server parts with the codec, a manifest and a report.
 
     The codec knobs set the artifact's defaults (the report's payload bounds and the
@@ -86,7 +89,7 @@ def compile_command(model_path: Path, out_dir: Path, device: str, backend: str, 
                                  server_device=server_device, calib_samples=calib_samples,
                                  input_shapes=shapes_dict(input_shapes), max_pairs=max_pairs, runs=runs,
                                  overwrite=force, backend=backend, precision=precision, progress=progress,
-                                 codec=SlicerConfig(**chosen_knobs(knobs)), metric=metric)
+                                 codec=SlicerConfig(**chosen_knobs(knobs)), metric=metric, centring=centring)
     print_split_table(artifact)
     click.echo(f"wrote {out_dir}/ ({len(artifact.splits)} splits, {len(artifact.pareto)} pairs materialised, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/{REPORT}")

@@ -19,6 +19,7 @@ import numpy as np
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.registry import get_backend
 from slicer_compile.codec import SlicerConfig, encode
+from slicer_compile.codec.centring import centred
 from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
@@ -171,12 +172,11 @@ class EdgeClient:
             elif self.backend.codec_in_engine:  # encoded inside the engine: edge_s includes it
                 count = int(middle[nbytes_name(t.name)][0])
                 tensors[payload_name(t.name)] = middle[payload_name(t.name)][:count]
-            elif t.mask is not None:  # codec.padding: padded rows left out of the coding
-                value, mask = middle[t.name], middle[t.mask]
-                tensors[payload_name(t.name)] = np.frombuffer(encode(masked(value, mask), padded_config(config, mask)),
-                                                              dtype=np.uint8)
-            else:
-                tensors[payload_name(t.name)] = np.frombuffer(encode(middle[t.name], config), dtype=np.uint8)
+            else:  # the steps of the engine's encoder chain (graph.codec_nodes), in Python
+                value, knobs = centred(middle[t.name], t.centre), config  # codec.centring: the residual
+                if t.mask is not None:  # codec.padding: padded rows left out of the coding
+                    value, knobs = masked(value, middle[t.mask]), padded_config(config, middle[t.mask])
+                tensors[payload_name(t.name)] = np.frombuffer(encode(value, knobs), dtype=np.uint8)
         encode_s = time.perf_counter() - start
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)

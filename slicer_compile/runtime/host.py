@@ -25,6 +25,7 @@ from slicer_compile.backends.base import Runner, RunSettings
 from slicer_compile.backends.registry import get_backend
 from slicer_compile.artifact import CrossingTensor
 from slicer_compile.codec import CODECS, DecodeLimits, PayloadError, SlicerConfig, decode
+from slicer_compile.codec.centring import restored
 from slicer_compile.codec.wire import read_header
 from slicer_compile.errors import ArtifactError, SlicerCompileError
 from slicer_compile.graph.codec_nodes import payload_name
@@ -144,7 +145,8 @@ class SplitModel:
                     # payload is the client's error (400), not the engine's.
                     feeds[name] = payload
                 else:
-                    feeds[t.name] = decode(data, limits).astype(t.dtype, copy=False)  # raises PayloadError
+                    # raises PayloadError; codec.centring: the offsets back on the residual
+                    feeds[t.name] = restored(decode(data, limits), t.centre).astype(t.dtype, copy=False)
             else:
                 value = message.tensors.get(t.name)
                 if value is None:

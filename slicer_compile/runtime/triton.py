@@ -46,9 +46,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from slicer_compile.codec import PayloadError, decode
+from slicer_compile.codec.centring import Centre, restored
 
 ARTIFACT_ID = {artifact_id!r}
 INPUT, OUTPUT, SHAPE, DTYPE = {input!r}, {output!r}, {shape!r}, {dtype!r}
+# the channel offsets coded out on the edge (codec.centring), or None
+CENTRE = Centre.from_dict({centre!r}, tuple(SHAPE), OUTPUT) if {centre!r} else None
 
 
 class TritonPythonModel:
@@ -63,7 +66,7 @@ class TritonPythonModel:
                 value = decode(np.ascontiguousarray(payload, dtype=np.uint8).tobytes())
                 if list(value.shape) != SHAPE:
                     raise PayloadError(f"payload decodes to {{value.shape}}, expected {{SHAPE}}")
-                out = pb_utils.Tensor(OUTPUT, value.astype(DTYPE))
+                out = pb_utils.Tensor(OUTPUT, restored(value, CENTRE).astype(DTYPE))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except PayloadError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
@@ -148,7 +151,7 @@ def write_repository(artifact_dir: str | Path, out_dir: str | Path, max_batch: i
                 (staging / decode_name / "1").mkdir(parents=True)
                 (staging / decode_name / "1" / "model.py").write_text(DECODER_MODEL_PY.format(
                     artifact_id=artifact.id, input=payload_name(t.name), output=t.name,
-                    shape=list(t.shape), dtype=t.dtype))
+                    shape=list(t.shape), dtype=t.dtype, centre=t.centre.as_dict() if t.centre else None))
                 configs[decode_name] = "\n".join([
                     f'name: "{decode_name}"', 'backend: "python"', "max_batch_size: 0",
                     _tensor("input", payload_name(t.name), "uint8", [-1]),

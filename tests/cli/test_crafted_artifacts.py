@@ -79,3 +79,16 @@ def test_a_split_id_that_is_a_path_writes_nothing_outside(compiled, tmp_path, ca
     code, err = cli_outcome(["materialize", str(folder), "--split", split_id], capsys)
     assert code != 0 and err.startswith("error: ") and "no split" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("centre", [{"axis": 9, "offset": []}, {"axis": 1, "offset": [1.0] * 1000}, "x",
+                                    {"axis": 1, "offset": ["1e999"] * 64}])
+def test_a_crafted_centre_is_one_line(compiled, tmp_path, capsys, centre):
+    manifest = json.loads((compiled.path / "manifest.json").read_text())
+    split = next(s for s in manifest["splits"] if s["files"])
+    activation = next(t for t in split["crossing"] if t["kind"] == "activation")
+    activation["centre"] = centre
+    shutil.copytree(compiled.path, tmp_path / "a")
+    write_manifest(tmp_path / "a", manifest)
+    code, err = cli_outcome(["inspect", str(tmp_path / "a")], capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "centre" in err, err

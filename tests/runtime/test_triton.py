@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 
+import numpy as np
 import onnx
 import pytest
 
@@ -62,3 +63,68 @@ def test_repository_refuses_to_overwrite(repository, tmp_path):
     artifact, repo = repository
     with pytest.raises(ArtifactError, match="exists and is not empty"):
         write_repository(artifact.path, repo)
+
+
+class _PythonBackendStub:
+    """The few names of Triton's triton_python_backend_utils the generated decoder uses."""
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def as_numpy(self):
+            return self.value
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class TritonError(Exception):
+        pass
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return request.inputs[name]
+
+
+class _Request:
+    def __init__(self, **inputs):
+        self.inputs = {name: _PythonBackendStub.Tensor(name, value) for name, value in inputs.items()}
+
+    def parameters(self):
+        return "{}"
+
+
+def test_the_generated_decoder_restores_a_centred_tensor(tmp_path, monkeypatch):
+    """The Python decoder Triton runs adds the channel offsets back (codec.centring)."""
+    import sys
+    import types
+
+    from slicer_compile.codec import SlicerConfig, encode
+    from slicer_compile.codec.centring import centred
+    from tests.export_models import affine_offset_model
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    artifact = compile_model(affine_offset_model(tmp_path / "m.onnx"), device="jetson", out_dir=tmp_path / "a",
+                             calib=tmp_path / "c.npz", max_pairs=20)
+    split = next(s for s in artifact.splits if s.files and [t.name for t in s.activations] == ["affine"])
+    (tensor,) = split.activations
+    assert tensor.centre is not None
+    write_repository(artifact.path, tmp_path / "repo")
+    source = (tmp_path / "repo" / f"{split.id}_decode_0" / "1" / "model.py").read_text()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils",
+                        types.SimpleNamespace(**{k: getattr(_PythonBackendStub, k) for k in (
+                            "Tensor", "InferenceResponse", "TritonError", "get_input_tensor_by_name")}))
+    namespace = {}
+    exec(compile(source, "model.py", "exec"), namespace)
+    value = rng.standard_normal(tensor.shape).astype(np.float32) + tensor.centre.offset.reshape(1, -1, 1, 1)
+    payload = np.frombuffer(encode(centred(value, tensor.centre), SlicerConfig(sparsity=0.5)), np.uint8)
+    (response,) = namespace["TritonPythonModel"]().execute([_Request(**{"affine.payload": payload})])
+    assert response.error is None
+    decoded = response.output_tensors[0].value
+    # Half the residual kept: the dropped half is restored to its channel offset, not to 0.
+    dropped = np.abs(decoded - value) > 1e-2
+    assert 0.3 < dropped.mean() < 0.7
+    means = decoded.mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(means, value.mean(axis=(0, 2, 3)), atol=0.15)
