@@ -8,6 +8,13 @@ The request is a real KServe v2 infer request for the deepest split of the digit
 example. Overhead = round trip - the server part's compute (which the server reports
 in its reply); the echo server answers the same body back unread. Target (issue 22):
 overhead <= 2x the echo's round trip.
+
+Servers, in one run: the default ("now": a lone request runs on the thread that
+decoded it, with the C++ decoder where `slicer-compile build-kernels --host-only` has
+built it; small lone requests answered on the event loop itself), the same with the
+numpy decoder, one that answers on a worker thread, one that always hands the request
+to the batcher thread (run_alone_inline=False, numpy: the server before this change), and one
+whose batches also always wait out the queue delay (wait_only_when_busy=False).
 """
 
 from __future__ import annotations
@@ -80,11 +87,17 @@ def main() -> None:
                                                     {"slicer_artifact_id": artifact.id, "binary_data_output": True}),
                                        request=True)
         host, port, _ = echo_server()
-        # The default server, and one whose batches always wait out the queue delay (the
-        # behaviour before wait_only_when_busy): the baseline for that change, same run.
-        servers = {"now": SplitServer(artifact.path, port=0).start(),
-                   "always waits": SplitServer(artifact.path, port=0,
-                                               config=ServerConfig(wait_only_when_busy=False)).start()}
+        from slicer_compile.codec.native import built_host_coder
+
+        native = built_host_coder() is not None
+        configs = {f"now ({'C++' if native else 'numpy'} decoder)": ServerConfig(),
+                   "now, numpy decoder": ServerConfig(decoder="numpy"),
+                   "on a worker, not the loop": ServerConfig(inline_max_bytes=0),
+                   "via the batcher thread": ServerConfig(decoder="numpy", run_alone_inline=False),
+                   "always waits": ServerConfig(decoder="numpy", run_alone_inline=False, wait_only_when_busy=False)}
+        if not native:
+            del configs["now, numpy decoder"]
+        servers = {name: SplitServer(artifact.path, port=0, config=config).start() for name, config in configs.items()}
         try:
             rows = []
             for _ in range(3):  # interleaved rounds: all see the same machine state

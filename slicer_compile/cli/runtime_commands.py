@@ -22,6 +22,7 @@ from slicer_compile.cli.options import (
 from slicer_compile.cli.output import note
 from slicer_compile.cli.select_command import conditions_from, describe
 from slicer_compile.cli.status import EXIT_INFEASIBLE, EXIT_OK
+from slicer_compile.codec.native import CODER_CHOICES
 from slicer_compile.errors import SlicerCompileError
 from slicer_compile.runtime.access import TOKEN_ENV
 from slicer_compile.storage import atomic_path
@@ -67,12 +68,14 @@ def load_npy(path: Path) -> np.ndarray:
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["error", "warning", "info", "debug"]),
               help="info: one access-log line per request on stderr.")
+@click.option("--decoder", default="auto", show_default=True, type=click.Choice(CODER_CHOICES),
+              help="SLICER decoder: auto = the C++ host coder where build-kernels built it, else numpy.")
 @backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
 @verbosity_options
 def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
                   max_queue_delay: float, max_request_bytes: float, max_connections: int, request_timeout: float,
                   idle_timeout: float, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None,
-                  log_level: str, backend: str) -> None:
+                  log_level: str, decoder: str, backend: str) -> None:
     """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol).
 
     Beyond loopback, give --tls-cert/--tls-key and a token (--token-file or
@@ -89,7 +92,8 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
     access = Access(tls_cert, tls_key, read_token(token_file))
     config = ServerConfig(max_batch=max_batch, max_queue_delay_s=max_queue_delay,
                           max_request_bytes=int(max_request_bytes), max_connections=max_connections,
-                          request_timeout_s=request_timeout, client_timeout_s=idle_timeout, backend=backend)
+                          request_timeout_s=request_timeout, client_timeout_s=idle_timeout, backend=backend,
+                          decoder=decoder)
     server = serve(artifact_dir, host, port, config, grpc_port=grpc_port, access=access)
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     if host not in ("127.0.0.1", "localhost", "::1") and not (access.tls and access.token):
@@ -120,12 +124,15 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), help="Codec sparsity (default: the selector's).")
 @channel_options(required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the first output .npy.")
+@click.option("--encoder", default="auto", show_default=True, type=click.Choice(CODER_CHOICES),
+              help="SLICER encoder: auto = the C++ host coder where build-kernels built it, else numpy.")
 @backend_option("tensorrt: the split's edge.plan, encoder inside.")
 @verbosity_options
 def run_command(artifact_dir: Path, server_url: str, token_file: Path | None, tls_ca: Path | None,
                 input_paths: tuple[str, ...], split_id: str | None,
                 sparsity: float | None, bandwidth: float, snr_db: float | None, deadline: float | None,
-                memory: float, epsilon: float, accuracy_budget: float, output: Path | None, backend: str) -> int:
+                memory: float, epsilon: float, accuracy_budget: float, output: Path | None, encoder: str,
+                backend: str) -> int:
     """Run one input through the split: edge part here, server part on --server.
 
     Without --split, and without --snr-db/--deadline, the split is the deepest one
@@ -137,7 +144,7 @@ def run_command(artifact_dir: Path, server_url: str, token_file: Path | None, tl
 
     require_backend(backend)
     client = EdgeClient(artifact_dir, server_url, backend=backend,
-                        access=ClientAccess(read_token(token_file), tls_ca))
+                        access=ClientAccess(read_token(token_file), tls_ca), coder=encoder)
     expected = client.artifact.manifest["inputs"]
     names = [i["name"] for i in expected]
     inputs = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_compile.errors import BackendUnavailableError, PayloadError, SlicerCompileError
+from slicer_compile.errors import BackendUnavailableError, ConfigError, PayloadError, SlicerCompileError
 from slicer_compile.native.cmake import cmake_build
 from slicer_compile.native.locations import build_root, source_root
 
@@ -58,6 +58,62 @@ def build_kernels(build_dir: str | Path | None = None, cuda: bool = True, jobs: 
     if (build_dir / "libslicer_cuda.so").is_file():
         libraries["cuda"] = build_dir / "libslicer_cuda.so"
     return libraries
+
+
+#: Which SLICER coder the runtime uses: "auto" (the C++ host coder where `build-kernels`
+#: built it, else numpy), "numpy", or "native" (an error where it is not built). Both
+#: make and read the same bytes (tests/cuda/test_host_coder.py).
+CODER_CHOICES = ("auto", "numpy", "native")
+#: "auto" takes the C++ coder up to these tensor sizes, where it beats numpy on this
+#: machine (tools/bench_native.py --elements N: encode faster up to ~16 Ki elements,
+#: decode up to ~32 Ki; 20-30x at 64 elements, slower at 1 Mi until the C++ coder's
+#: rework, the codec issue, lands), and numpy beyond.
+AUTO_NATIVE_ENCODE_ELEMENTS = 8192
+AUTO_NATIVE_DECODE_ELEMENTS = 16384
+
+
+def built_host_coder(build_dir: str | Path | None = None) -> "HostCoder | None":
+    """The host coders where ``build-kernels`` has built them (its default place), else None."""
+    library = Path(build_dir) / "libslicer_host.so" if build_dir else default_build_dir() / "libslicer_host.so"
+    return HostCoder(library) if library.is_file() else None
+
+
+class RuntimeCoder:
+    """The SLICER coder a client or server uses per tensor, per ``choice``
+    (:data:`CODER_CHOICES`): the C++ host coder where it is built and (under "auto")
+    faster for the tensor's size, numpy otherwise. Both make and read the same bytes."""
+
+    def __init__(self, choice: str = "auto", build_dir: str | Path | None = None):
+        self.native = host_coder_for(choice, build_dir)
+        self._always = choice == "native"
+
+    def _native_for(self, elements: int, limit: int) -> "HostCoder | None":
+        return self.native if self.native is not None and (self._always or elements <= limit) else None
+
+    def encode(self, x: np.ndarray, cfg) -> bytes:
+        from slicer_compile.codec import SlicerConfig, encode
+
+        native = self._native_for(x.size, AUTO_NATIVE_ENCODE_ELEMENTS) if isinstance(cfg, SlicerConfig) else None
+        return native.encode_slicer(x, cfg) if native is not None else encode(x, cfg)
+
+    def decode(self, payload: bytes, limits, codec_id: int, elements: int) -> np.ndarray:
+        """``payload`` (of ``codec_id``, checked to hold ``elements`` values) within ``limits``."""
+        from slicer_compile.codec import SlicerConfig, decode
+
+        native = self._native_for(elements, AUTO_NATIVE_DECODE_ELEMENTS) if codec_id == SlicerConfig.codec_id else None
+        if native is not None:
+            return native.decode_slicer(payload, max_elements=limits.max_elements)
+        return decode(payload, limits)
+
+
+def host_coder_for(choice: str, build_dir: str | Path | None = None) -> "HostCoder | None":
+    """The C++ host coder per ``choice`` (:data:`CODER_CHOICES`); None: use numpy."""
+    if choice not in CODER_CHOICES:
+        raise ConfigError(f"coder must be one of {CODER_CHOICES}, got {choice!r}")
+    coder = built_host_coder(build_dir) if choice != "numpy" else None
+    if choice == "native" and coder is None:
+        raise ConfigError("the native coder is not built: run slicer-compile build-kernels --host-only")
+    return coder
 
 
 class HostCoder:

@@ -18,8 +18,9 @@ import numpy as np
 
 from slicer_compile.artifact import Artifact, load_artifact
 from slicer_compile.backends.registry import get_backend
-from slicer_compile.codec import SlicerConfig, encode
+from slicer_compile.codec import SlicerConfig
 from slicer_compile.codec.centring import centred
+from slicer_compile.codec.native import RuntimeCoder
 from slicer_compile.codec.padding import masked, padded_config
 from slicer_compile.codec.ops import KNOBS_INPUT, knobs_tensor
 from slicer_compile.errors import ArtifactError, InputError, SlicerCompileError
@@ -88,7 +89,8 @@ class EdgeClient:
     """Runs the edge side of an artifact against a server at ``server_url`` ("host:port")."""
 
     def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0,
-                 backend: str = "onnxruntime", access: ClientAccess | None = None):
+                 backend: str = "onnxruntime", access: ClientAccess | None = None, coder: str = "auto",
+                 native_build_dir: str | Path | None = None):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         # A backend without the codec in its engines runs the edge part, then the numpy
         # encoder; one with it (TensorRT: edge.plan) encodes inside, the knobs an engine input.
@@ -96,6 +98,9 @@ class EdgeClient:
         self.materialised = [s for s in self.artifact.splits if s.files]
         if not self.materialised:
             raise ArtifactError(f"{self.artifact.path} has no materialised split")
+        # The SLICER encoder outside an engine (codec.native.RuntimeCoder): the C++ host
+        # coder where built and faster for the size (the same bytes), else numpy.
+        self._coder = RuntimeCoder(coder, native_build_dir)
         self.transport = open_transport(server_url, timeout_s, access)
         self.host, self.port = self.transport.host, self.transport.port
         self._runners: dict = {}
@@ -176,7 +181,7 @@ class EdgeClient:
                 value, knobs = centred(middle[t.name], t.centre), config  # codec.centring: the residual
                 if t.mask is not None:  # codec.padding: padded rows left out of the coding
                     value, knobs = masked(value, middle[t.mask]), padded_config(config, middle[t.mask])
-                tensors[payload_name(t.name)] = np.frombuffer(encode(value, knobs), dtype=np.uint8)
+                tensors[payload_name(t.name)] = np.frombuffer(self._coder.encode(value, knobs), dtype=np.uint8)
         encode_s = time.perf_counter() - start
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)

@@ -22,9 +22,14 @@ pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g
 
 
 @pytest.fixture(scope="module")
-def coder(tmp_path_factory):
-    libraries = build_kernels(tmp_path_factory.mktemp("build"), cuda=False)
-    return HostCoder(libraries["host"])
+def host_build(tmp_path_factory):
+    """The folder build-kernels --host-only wrote libslicer_host.so into."""
+    return build_kernels(tmp_path_factory.mktemp("build"), cuda=False)["host"].parent
+
+
+@pytest.fixture(scope="module")
+def coder(host_build):
+    return HostCoder(host_build / "libslicer_host.so")
 
 
 @given(st.integers(0, 64), st.integers(0, 200), st.integers(0, 2**32 - 1))
@@ -434,3 +439,56 @@ def test_all_four_decoders_agree_on_every_fuzzed_payload(coder):
                 np.testing.assert_array_equal(got.astype(expected.dtype), expected)
             outcomes["all_decode"] += 1
     assert outcomes["all_refuse"] > 800 and outcomes["all_decode"] > 10
+
+
+def test_the_runtime_takes_the_cpp_coder_where_it_is_faster(host_build):
+    """RuntimeCoder: under "auto", C++ for small tensors and numpy for large ones, the
+    same bytes either way; "native" always; "numpy" never."""
+    from slicer_compile.codec import DecodeLimits, SlicerConfig, decode, encode
+    from slicer_compile.codec.native import AUTO_NATIVE_ENCODE_ELEMENTS, RuntimeCoder
+
+    cfg = SlicerConfig(sparsity=0.75)
+    auto, numpy_only = RuntimeCoder("auto", host_build), RuntimeCoder("numpy", host_build)
+    assert auto.native is not None and numpy_only.native is None
+    calls = []
+    native_encode = auto.native.encode_slicer
+    auto.native.encode_slicer = lambda x, c: calls.append(x.size) or native_encode(x, c)
+    for size in (64, AUTO_NATIVE_ENCODE_ELEMENTS, AUTO_NATIVE_ENCODE_ELEMENTS + 1):
+        x = np.random.default_rng(size).standard_normal((1, size)).astype(np.float32)
+        payload = auto.encode(x, cfg)
+        assert payload == encode(x, cfg)
+        np.testing.assert_array_equal(auto.decode(payload, DecodeLimits(max_elements=size), 1, size), decode(payload))
+    assert calls == [64, AUTO_NATIVE_ENCODE_ELEMENTS]  # the larger one went to numpy
+    with pytest.raises(PayloadError):
+        auto.decode(encode(np.ones((1, 64), np.float32), cfg), DecodeLimits(max_elements=63), 1, 64)
+
+
+def test_native_needs_a_build(tmp_path):
+    from slicer_compile.codec.native import RuntimeCoder
+    from slicer_compile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="build-kernels"):
+        RuntimeCoder("native", tmp_path)
+    with pytest.raises(ConfigError, match="one of"):
+        RuntimeCoder("fast", tmp_path)
+    assert RuntimeCoder("auto", tmp_path).native is None  # auto falls back to numpy
+
+
+def test_a_server_and_client_on_the_cpp_coder_answer_as_on_numpy(host_build, tmp_path):
+    from slicer_compile.compiler import compile_model
+    from slicer_compile.runtime.client import EdgeClient
+    from slicer_compile.runtime.server import ServerConfig, SplitServer
+    from slicer_compile.codec import SlicerConfig
+    from tests.models import EXAMPLES
+
+    artifact = compile_model(EXAMPLES / "digits_cnn.onnx", device="jetson", out_dir=tmp_path / "a", max_pairs=3)
+    x = np.load(EXAMPLES / "digits_calib.npz")["x"][:3]
+    cfg = SlicerConfig(sparsity=0.75)
+    outputs = {}
+    for choice in ("numpy", "native"):
+        with SplitServer(artifact.path, port=0, config=ServerConfig(decoder=choice, native_build_dir=str(host_build))) \
+                as server, EdgeClient(artifact, server.url, coder=choice, native_build_dir=host_build) as client:
+            outputs[choice] = [client.infer({"x": s[None]}, split=split.id, config=cfg).outputs["logits"]
+                               for split in artifact.splits if split.files for s in x]
+    for a, b in zip(outputs["numpy"], outputs["native"]):
+        np.testing.assert_array_equal(a, b)
