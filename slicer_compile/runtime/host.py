@@ -202,8 +202,10 @@ class SplitModel:
         return job
 
     def alone(self) -> bool:
-        """No other request admitted and nothing queued: a request now cannot be batched."""
-        return self.config.run_alone_inline and self._in_flight() <= 1 and self._queue.empty()
+        """No other request admitted and nothing queued: a request now cannot be batched
+        (unless batches are told to wait for company: ``wait_only_when_busy=False``)."""
+        return (self.config.run_alone_inline and self.config.wait_only_when_busy and self._in_flight() <= 1
+                and self._queue.empty())
 
     def run_or_submit(self, feeds: dict[str, np.ndarray]) -> _Job | None:
         """Run one sample here and now where it is alone (no other request admitted, no
