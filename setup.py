@@ -31,9 +31,10 @@ setup(
     extras_require={
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The
         # dynamo exporter needs onnxscript.
-        "torch": ["torch==2.13.0", "onnxscript>=0.3"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "onnxscript>=0.3", "scikit-learn>=1.3",
-                 "tritonclient[http,grpc]>=2.40"],
+        # transformers: LLM configs and weights (Llama family) for `slicer-compile llm`
+        "torch": ["torch==2.13.0", "onnxscript>=0.3", "transformers>=4.45"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "onnxscript>=0.3", "transformers>=4.45",
+                 "scikit-learn>=1.3", "tritonclient[http,grpc]>=2.40"],
         "gpu": ["cuda-python>=12"],
         # tritonclient: the KServe v2 client, and Triton's ModelConfig schema (in its grpc part)
         "triton": ["tritonclient[http,grpc]>=2.40"],

@@ -1,0 +1,97 @@
+"""Running the parts token by token: a stack of decoder layers with the KV cache of
+each, on one side of a cut. The edge holds the embedding and layers 1..ℓ, the server
+layers ℓ+1..L and the head; between them crosses the hidden state of the new tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from slicer_compile.backends.onnxrt import OnnxrtRunner
+from slicer_compile.llm.export import (
+    HIDDEN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    LOGITS,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+)
+from slicer_compile.llm.llama import LlamaSpec
+
+
+class LayerStack:
+    """Decoder layers ``first..first+len(layers)-1`` (optionally the embedding before
+    them and the head after), each with its own KV cache, for one sequence."""
+
+    def __init__(self, spec: LlamaSpec, layers: Sequence[bytes], embed: bytes | None = None,
+                 head: bytes | None = None):
+        self.spec = spec
+        self._embed = OnnxrtRunner(embed, name="embed", optimize=True).activate() if embed else None
+        self._layers = [OnnxrtRunner(m, name=f"layer{i}", optimize=True).activate() for i, m in enumerate(layers)]
+        self._head = OnnxrtRunner(head, name="head", optimize=True).activate() if head else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the sequence: every layer's cache empty."""
+        empty = np.zeros((1, self.spec.num_kv_heads, 0, self.spec.head_dim), np.float32)
+        self.caches = [(empty, empty) for _ in self._layers]
+
+    @property
+    def length(self) -> int:
+        """Tokens in the caches (0 for a stack without layers)."""
+        return self.caches[0][0].shape[2] if self.caches else 0
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        return self._embed.infer({INPUT_IDS: np.asarray(token_ids, np.int64).reshape(1, -1)})[HIDDEN]
+
+    def forward(self, hidden: np.ndarray) -> np.ndarray:
+        """The new tokens' hidden states [1, S, H] through every layer, caches grown by S."""
+        for i, layer in enumerate(self._layers):
+            past_key, past_value = self.caches[i]
+            out = layer.infer({HIDDEN: hidden, PAST_KEY: past_key, PAST_VALUE: past_value})
+            hidden = out[HIDDEN_OUT]
+            self.caches[i] = (out[PRESENT_KEY], out[PRESENT_VALUE])
+        return hidden
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        return self._head.infer({HIDDEN: hidden})[LOGITS]
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.caches)
+
+    def close(self) -> None:
+        for runner in [self._embed, *self._layers, self._head]:
+            if runner is not None:
+                runner.close()
+
+
+def split_stacks(spec: LlamaSpec, parts, cut: int) -> tuple[LayerStack, LayerStack]:
+    """The edge stack (embedding, layers 1..cut) and the server stack (layers
+    cut+1..L, head) of ``parts`` (``export.LlmParts``)."""
+    if not 0 <= cut <= spec.num_layers:
+        raise ValueError(f"cut must be a layer boundary 0..{spec.num_layers}, got {cut}")
+    return (LayerStack(spec, parts.layers[:cut], embed=parts.embed),
+            LayerStack(spec, parts.layers[cut:], head=parts.head))
+
+
+def generate_greedy(edge: LayerStack, server: LayerStack, prompt: Sequence[int], new_tokens: int,
+                    crossing=None) -> list[int]:
+    """Greedy generation through a split: the prompt in one prefill, then one token per
+    step. ``crossing(hidden) -> hidden`` is what the hidden state goes through between
+    the sides (default: nothing: the exact split)."""
+    crossing = crossing or (lambda h: h)
+    edge.reset()
+    server.reset()
+    hidden = edge.forward(edge.embed(np.asarray(prompt)))
+    tokens = []
+    for _ in range(new_tokens):
+        logits = server.logits(server.forward(crossing(hidden)))
+        token = int(np.argmax(logits[0, -1]))
+        tokens.append(token)
+        hidden = edge.forward(edge.embed(np.array([token])))
+    return tokens
