@@ -414,6 +414,9 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(f"{manifest_path} is not valid JSON: {exc or 'nested too deeply'}") from None
     except OSError as exc:
         raise ArtifactError(f"cannot read {manifest_path}: {exc.strerror or exc}") from None
+    if isinstance(manifest, dict) and manifest.get("kind") == "llm":
+        raise ArtifactError(f"{path} is an LLM artifact (slicer-compile llm): `inspect` reads it; this command "
+                            "takes a split artifact")
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{manifest_path} has schema version {version}; this build reads {SCHEMA_VERSION}")

@@ -129,10 +129,14 @@ def profile_command(model_path: Path, output: Path, input_shapes, warmup: int, r
 @json_option("the split table")
 @verbosity_options
 def inspect_command(artifact_dir: Path, plots: bool, as_json: bool) -> None:
-    """Show an artifact's split table (and rewrite its report and plots)."""
+    """Show an artifact's split table (and rewrite its report and plots); an LLM
+    artifact's cut table per generated token."""
     from slicer_compile.artifact import load_artifact
     from slicer_compile.report import write_report
 
+    if _is_llm_artifact(artifact_dir):
+        _inspect_llm(artifact_dir, plots, as_json)
+        return
     artifact = load_artifact(artifact_dir)
     if as_json:
         m = artifact.manifest
@@ -144,6 +148,33 @@ def inspect_command(artifact_dir: Path, plots: bool, as_json: bool) -> None:
     if plots:
         written = write_report(artifact)
         click.echo(f"wrote {written}", err=as_json)
+
+
+def _is_llm_artifact(path: Path) -> bool:
+    import json
+
+    from slicer_compile.llm.artifact import is_llm_manifest
+
+    try:
+        return is_llm_manifest(json.loads((path / "manifest.json").read_text()))
+    except (OSError, ValueError, RecursionError):
+        return False  # load_artifact says what is wrong
+
+
+def _inspect_llm(path: Path, report: bool, as_json: bool) -> None:
+    from slicer_compile.cli.llm_commands import print_cut_table
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.llm.report import write_llm_report
+
+    artifact = load_llm_artifact(path)
+    if as_json:
+        m = artifact.manifest
+        print_json({k: m[k] for k in ("artifact_id", "kind", "source", "architecture", "max_tokens", "device",
+                                      "server_device", "weights", "cuts")})
+    else:
+        print_cut_table(artifact)
+    if report:
+        click.echo(f"wrote {write_llm_report(artifact)}", err=as_json)
 
 
 @click.command("materialize")

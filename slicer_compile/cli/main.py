@@ -11,7 +11,14 @@ from pathlib import Path
 import click
 
 from slicer_compile import __version__
-from slicer_compile.cli import bench_commands, codec_commands, compile_commands, runtime_commands, select_command
+from slicer_compile.cli import (
+    bench_commands,
+    codec_commands,
+    compile_commands,
+    llm_commands,
+    runtime_commands,
+    select_command,
+)
 from slicer_compile.cli.options import VERBOSITY
 from slicer_compile.cli.output import NoteHandler
 from slicer_compile.cli.status import EXIT_ABORTED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
@@ -49,12 +56,13 @@ def cli() -> None:
     slicer-compile devices                              device profiles known
     slicer-compile profile MODEL.onnx -o prof.json      measure per-node latency here
     slicer-compile inspect out/                         the split table
+    slicer-compile llm MODEL_DIR --device jetson -o lm/ a decoder-only LLM, per layer
     slicer-compile select out/ --bandwidth 10MHz ...    split and knobs for a channel
     slicer-compile serve out/ | run out/ --server ...   run the split for real
     """
 
 
-for _module in (compile_commands, select_command, runtime_commands, bench_commands, codec_commands):
+for _module in (compile_commands, llm_commands, select_command, runtime_commands, bench_commands, codec_commands):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

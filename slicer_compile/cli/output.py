@@ -93,17 +93,21 @@ class Progress:
         self._progress = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                       transient=True, console=stderr_console())
-        self._progress.__enter__()
+        self._started = False  # shown from the first stage on: a command refused before any leaves no blank line
         self._tasks = {}
         return self
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self._started:
+            self._progress.__enter__()
+            self._started = True
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(stage, total=total)
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
     def __exit__(self, *exc):
-        self._progress.__exit__(*exc)
+        if self._started:
+            self._progress.__exit__(*exc)
 
 
 class NoteHandler(logging.Handler):

@@ -1,0 +1,49 @@
+"""llm: compile a decoder-only LLM for token-by-token split execution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slicer_compile.cli.options import POSITIVE, verbosity_options
+from slicer_compile.cli.output import Column, Progress, print_table
+from slicer_compile.errors import SlicerCompileError
+
+
+def print_cut_table(artifact) -> None:
+    from slicer_compile.llm.report import HEADER, cut_rows
+
+    keep = {"cut": 9, "edge ms/token": 8, "server ms/token": 7, "hidden B/token": 6, "edge memory at W̄": 5}
+    print_table(f"cuts of {artifact.manifest['source']} on {artifact.manifest['device']['name']}, per generated token",
+                [Column(h, keep.get(h, 0)) for h in HEADER], cut_rows(artifact),
+                caption="cut ℓ: edge runs the embedding and layers 1..ℓ; the server ℓ+1..L and the head")
+
+
+@click.command("llm")
+@click.argument("model_path", metavar="MODEL_DIR", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Edge device (slicer-compile devices; cpu = measured here).")
+@click.option("--server-device", default="a100", show_default=True, help="Server device profile.")
+@click.option("--max-tokens", default=256, show_default=True, type=POSITIVE,
+              help="W̄: tokens a session may reach (sizes the KV cache in edge memory).")
+@click.option("--force", is_flag=True, help="Replace the output directory if slicer-compile wrote it.")
+@verbosity_options
+def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str, max_tokens: int,
+                force: bool) -> None:
+    """Compile a decoder-only LLM (a transformers model directory, Llama family) into
+    per-layer parts with explicit KV caches, and a per-token cut table."""
+    from slicer_compile.llm.compile import compile_llm
+
+    if not model_path.exists():
+        raise SlicerCompileError(f"no such model directory: {model_path}")
+    with Progress() as progress:
+        artifact = compile_llm(model_path, device=device, out_dir=out_dir, max_tokens=max_tokens,
+                               server_device=server_device, overwrite=force, progress=progress)
+    print_cut_table(artifact)
+    click.echo(f"wrote {out_dir}/ ({artifact.spec.num_layers} layers, {len(artifact.cuts)} cuts, "
+               f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/report.md")
+
+
+COMMANDS = [llm_command]

@@ -1,0 +1,122 @@
+"""An LLM artifact on disk: the manifest `slicer-compile llm` writes, checked on load,
+and its parts (each checked against its SHA-256 digest before it is used)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from slicer_compile.errors import ArtifactError
+from slicer_compile.llm.export import EMBED, HEAD, LlmParts
+from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, layer_name
+from slicer_compile.llm.llama import LlamaSpec
+from slicer_compile.storage import sha256_of
+
+_PART_FILE = re.compile(r"^parts/[A-Za-z0-9_]+\.onnx$")
+CUT_FIELDS = ("edge_ms_per_token", "server_ms_per_token", "hidden_bytes_per_token", "edge_kv_bytes_per_token",
+              "server_kv_bytes_per_token", "edge_weight_bytes", "edge_memory_bytes_at_max_tokens")
+
+
+@dataclass
+class LlmArtifact:
+    path: Path
+    manifest: dict
+    spec: LlamaSpec
+
+    @property
+    def id(self) -> str:
+        return self.manifest["artifact_id"]
+
+    @property
+    def cuts(self) -> list[dict]:
+        return self.manifest["cuts"]
+
+    def part_path(self, name: str) -> Path:
+        relative = self.manifest["parts"].get(name)
+        if relative is None:
+            raise ArtifactError(f"{self.path}: no part {name!r}")
+        path = self.path / relative
+        if path.is_symlink() or not path.is_file():
+            raise ArtifactError(f"{path}: missing (or a link) in the artifact")
+        if sha256_of(path) != self.manifest["digests"][name]:
+            raise ArtifactError(f"{path} does not match its digest in the manifest: the artifact was changed")
+        return path
+
+    def parts(self) -> LlmParts:
+        layers = tuple(self.part_path(layer_name(i)).read_bytes() for i in range(self.spec.num_layers))
+        return LlmParts(self.part_path(EMBED).read_bytes(), layers, self.part_path(HEAD).read_bytes())
+
+
+def is_llm_manifest(manifest) -> bool:
+    return isinstance(manifest, dict) and manifest.get("kind") == LLM_KIND
+
+
+def load_llm_artifact(path: str | Path) -> LlmArtifact:
+    """Read and check an LLM artifact's manifest.
+
+    Raises:
+        ArtifactError: no manifest, another kind or schema version, a malformed field.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except OSError:
+        raise ArtifactError(f"{path} is not an artifact directory (no readable {MANIFEST})") from None
+    except (ValueError, RecursionError):
+        raise ArtifactError(f"{manifest_path} is not valid JSON") from None
+    if not is_llm_manifest(manifest):
+        raise ArtifactError(f"{path} is not an LLM artifact (compiled by `slicer-compile llm`)")
+    if manifest.get("schema_version") != LLM_SCHEMA_VERSION:
+        raise ArtifactError(f"{manifest_path} has LLM schema version {manifest.get('schema_version')}; this build "
+                            f"reads {LLM_SCHEMA_VERSION}")
+    try:
+        spec = _spec(manifest["architecture"])
+        expected = {EMBED, HEAD, *(layer_name(i) for i in range(spec.num_layers))}
+        parts, digests = manifest["parts"], manifest["digests"]
+        if not isinstance(parts, dict) or set(parts) != expected or not isinstance(digests, dict) \
+                or set(digests) != expected:
+            raise ArtifactError(f"parts must name exactly {sorted(expected)}")
+        for name, relative in parts.items():
+            if not isinstance(relative, str) or not _PART_FILE.match(relative):
+                raise ArtifactError(f"part {name!r}: {relative!r} is not a file under parts/")
+            if not isinstance(digests[name], str) or not re.fullmatch(r"[0-9a-f]{64}", digests[name]):
+                raise ArtifactError(f"part {name!r}: malformed digest")
+        cuts = manifest["cuts"]
+        if not isinstance(cuts, list) or [c.get("cut") if isinstance(c, dict) else None for c in cuts] != \
+                list(range(spec.num_layers + 1)):
+            raise ArtifactError(f"cuts must be the layer boundaries 0..{spec.num_layers} in order")
+        for row in cuts:
+            for key in CUT_FIELDS:
+                value = row.get(key)
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                    raise ArtifactError(f"cut {row['cut']}: {key} must be a number >= 0, got {value!r}")
+        max_tokens = manifest["max_tokens"]
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ArtifactError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    except KeyError as exc:
+        raise ArtifactError(f"{manifest_path}: the manifest lacks {exc}") from None
+    except ArtifactError as exc:
+        raise ArtifactError(f"{manifest_path}: {exc}") from None
+    return LlmArtifact(path, manifest, spec)
+
+
+def _spec(data) -> LlamaSpec:
+    if not isinstance(data, dict):
+        raise ArtifactError("architecture must be an object")
+    fields = LlamaSpec.__dataclass_fields__
+    if set(data) != set(fields):
+        raise ArtifactError(f"architecture must have exactly {sorted(fields)}")
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "intermediate_size"):
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 20:
+            raise ArtifactError(f"architecture: {key} must be a positive integer, got {value!r}")
+    if data["num_heads"] % data["num_kv_heads"]:
+        raise ArtifactError("architecture: num_heads must be a multiple of num_kv_heads")
+    for key in ("rope_theta", "rms_norm_eps"):
+        if not isinstance(data[key], (int, float)) or isinstance(data[key], bool) or not data[key] > 0:
+            raise ArtifactError(f"architecture: {key} must be a positive number")
+    return LlamaSpec(**data)

@@ -1,0 +1,216 @@
+"""`slicer-compile llm`: a decoder-only LLM compiled for token-by-token split execution.
+
+The artifact holds the parts (``parts/embed.onnx``, ``parts/layer_NNN.onnx``,
+``parts/head.onnx``: see llm.export) and a manifest whose cut table gives, per layer
+boundary ℓ = 0..L: edge and server time per generated token, the hidden-state bytes
+that cross per token, the KV-cache bytes each side keeps per token, and edge memory at
+``max_tokens`` tokens (weights + KV cache grown to W̄, Sung et al. Eq. 2).
+
+Time per token is the roofline of each part's decode step at half the token budget of
+context (FLOPs: two per weight, plus attention over the cache; bytes: the weights and
+the cache read), on the edge and the server device models; on ``--device cpu`` the
+edge column is measured with ONNX Runtime instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from slicer_compile import __version__
+from slicer_compile.errors import ConfigError, ModelError
+from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, PAST_KEY, PAST_VALUE, LlmParts, export_parts
+from slicer_compile.artifact import is_artifact_dir
+from slicer_compile.llm.artifact import load_llm_artifact
+from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, layer_name
+from slicer_compile.llm.llama import LlamaSpec
+from slicer_compile.llm.report import write_llm_report
+from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, get_device
+from slicer_compile.storage import StagedDirectory, write_bytes_atomically, write_text_atomically
+
+DEFAULT_SERVER = "a100"
+
+
+@dataclass(frozen=True)
+class PartCost:
+    """One part's decode step for one token with ``context`` tokens cached."""
+
+    weight_bytes: int
+    flops: float
+    bytes_moved: float
+
+
+def load_llm(model):
+    """A ``transformers`` causal LM from an object, a config (random weights) or a
+    local model directory; (model, source description)."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("compiling an LLM needs transformers and torch: pip install -e '.[torch]'") from None
+    if isinstance(model, transformers.PreTrainedModel):
+        return model, f"<{type(model).__name__}>"
+    if isinstance(model, transformers.PretrainedConfig):
+        LlamaSpec.from_config(model)  # refuse before building
+        import torch
+
+        torch.manual_seed(0)
+        return transformers.AutoModelForCausalLM.from_config(model), f"<{type(model).__name__}, random weights>"
+    path = Path(model)
+    if path.suffix == ".onnx":
+        raise ModelError(f"{path}: reading an ONNX LLM (past_key_values inputs) is not supported yet; give a "
+                         "transformers model directory (config.json and weights)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a transformers model directory (no config.json)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}/config.json: {str(exc).splitlines()[0]}") from None
+    LlamaSpec.from_config(config)
+    try:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                   torch_dtype="float32")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load the weights: {str(exc).splitlines()[0]}") from None
+    return loaded, str(path)
+
+
+def part_costs(spec: LlamaSpec, parts: LlmParts, context: int) -> dict[str, PartCost]:
+    """Per part (``embed``, ``layer_NNN``, ``head``), the cost of one decode step."""
+    import onnx
+
+    def weights(blob: bytes) -> int:
+        model = onnx.load_from_string(blob)
+        return sum(int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+                   for t in model.graph.initializer)
+
+    costs = {EMBED: PartCost(weights(parts.embed), 0.0, float(spec.hidden_size * 4 * 2))}
+    kv = spec.kv_bytes_per_token_per_layer
+    attention_flops = 4.0 * spec.num_heads * spec.head_dim * context  # scores and mixing over the cache
+    for i, blob in enumerate(parts.layers):
+        w = weights(blob)
+        costs[layer_name(i)] = PartCost(w, 2.0 * w / 4 + attention_flops, float(w + kv * context))
+    w = weights(parts.head)
+    costs[HEAD] = PartCost(w, 2.0 * w / 4, float(w))
+    return costs
+
+
+def _measured_step_s(spec: LlamaSpec, parts: LlmParts, context: int, runs: int) -> dict[str, float]:
+    """Median time of each part's decode step here, in ONNX Runtime."""
+    from slicer_compile.backends.onnxrt import OnnxrtRunner
+
+    cache = np.zeros((1, spec.num_kv_heads, context, spec.head_dim), np.float32)
+    hidden = np.zeros((1, 1, spec.hidden_size), np.float32)
+    jobs = [(EMBED, parts.embed, {INPUT_IDS: np.zeros((1, 1), np.int64)})]
+    jobs += [(layer_name(i), blob, {HIDDEN: hidden, PAST_KEY: cache, PAST_VALUE: cache})
+             for i, blob in enumerate(parts.layers)]
+    jobs.append((HEAD, parts.head, {HIDDEN: hidden}))
+    out = {}
+    for name, blob, feeds in jobs:
+        with OnnxrtRunner(blob, name=name, optimize=True) as runner:
+            runner.infer(feeds)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                runner.infer(feeds)
+                times.append(time.perf_counter() - start)
+        out[name] = float(np.median(times))
+    return out
+
+
+def cut_table(spec: LlamaSpec, costs: dict[str, PartCost], edge_s: dict[str, float], server_s: dict[str, float],
+              max_tokens: int) -> list[dict]:
+    """One row per layer boundary ℓ = 0 (cloud only: the embedding on the edge) .. L."""
+    layers = [layer_name(i) for i in range(spec.num_layers)]
+    kv = spec.kv_bytes_per_token_per_layer
+    rows = []
+    for cut in range(spec.num_layers + 1):
+        edge_parts, server_parts = [EMBED, *layers[:cut]], [*layers[cut:], HEAD]
+        rows.append({
+            "cut": cut,
+            "edge_layers": cut,
+            "edge_ms_per_token": round(1e3 * sum(edge_s[p] for p in edge_parts), 6),
+            "server_ms_per_token": round(1e3 * sum(server_s[p] for p in server_parts), 6),
+            "hidden_bytes_per_token": spec.hidden_bytes_per_token,
+            "edge_kv_bytes_per_token": cut * kv,
+            "server_kv_bytes_per_token": (spec.num_layers - cut) * kv,
+            "edge_weight_bytes": sum(costs[p].weight_bytes for p in edge_parts),
+            "edge_memory_bytes_at_max_tokens": sum(costs[p].weight_bytes for p in edge_parts) + cut * kv * max_tokens,
+        })
+    return rows
+
+
+def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", max_tokens: int = 256,
+                server_device: str = DEFAULT_SERVER, overwrite: bool = False, runs: int = 20,
+                progress: Callable[[str, int, int], None] = lambda *a: None):
+    """Compile a decoder-only LLM into per-layer parts and a cut table; returns the
+    loaded :class:`llm.artifact.LlmArtifact`.
+
+    Raises:
+        ModelError: not a supported decoder-only LLM (one line naming what is not).
+        ConfigError: no torch/transformers, a bad device or token budget.
+        ArtifactError: the output directory (as for ``compile``).
+    """
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+    started = time.perf_counter()
+    edge_spec, server_spec = get_device(device), get_device(server_device)
+    loaded, source = load_llm(model)
+    spec = LlamaSpec.from_config(loaded.config)
+    progress("exporting the parts", 0, 1)
+    parts = export_parts(loaded, spec)
+    progress("exporting the parts", 1, 1)
+    context = max(1, max_tokens // 2)
+    costs = part_costs(spec, parts, context)
+    server_s = _roofline(server_spec, costs)
+    if device == LOCAL_CPU:
+        edge_s, latency_source = _measured_step_s(spec, parts, context, runs), \
+            f"measured with ONNX Runtime ({runs} runs, median) at {context} tokens of context"
+    else:
+        edge_s, latency_source = _roofline(edge_spec, costs), \
+            f"roofline model per part at {context} tokens of context"
+    names = [EMBED, *(layer_name(i) for i in range(spec.num_layers)), HEAD]
+    blobs = [parts.embed, *parts.layers, parts.head]
+    files = {name: f"{PARTS}/{name}.onnx" for name in names}
+    digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in zip(names, blobs)}
+    artifact_id = hashlib.sha256("".join(digests.values()).encode() + repr((device, max_tokens)).encode()).hexdigest()[:16]
+    manifest = {
+        "schema_version": LLM_SCHEMA_VERSION,
+        "kind": LLM_KIND,
+        "tool_version": __version__,
+        "artifact_id": artifact_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "architecture": spec.as_dict(),
+        "max_tokens": max_tokens,
+        "device": {**edge_spec.as_dict(), "latency_source": latency_source},
+        "server_device": {**server_spec.as_dict(), "latency_source": f"roofline model per part at {context} tokens"},
+        "weights": {"edge": "float32", "server": "float32"},
+        "parts": files,
+        "digests": digests,
+        "part_costs": {n: {"weight_bytes": c.weight_bytes, "flops_per_token": c.flops,
+                           "bytes_per_token": c.bytes_moved} for n, c in costs.items()},
+        "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens),
+        "compile_seconds": None,
+    }
+    with StagedDirectory(out_dir, overwrite=overwrite, owned=is_artifact_dir, what="LLM artifact",
+                         inputs=[model] if isinstance(model, (str, Path)) else []) as staging:
+        (staging / PARTS).mkdir()
+        for name, blob in zip(names, blobs):
+            write_bytes_atomically(staging / files[name], blob)
+        manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
+        write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_llm_report(load_llm_artifact(staging))
+    return load_llm_artifact(out_dir)
+
+
+def _roofline(spec: DeviceSpec, costs: dict[str, PartCost]) -> dict[str, float]:
+    names = list(costs)
+    latency = spec.node_latency_s([costs[n].flops for n in names], [costs[n].bytes_moved for n in names])
+    return dict(zip(names, (float(v) for v in latency)))

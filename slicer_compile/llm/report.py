@@ -1,0 +1,46 @@
+"""report.md of an LLM artifact: the cut table, per generated token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slicer_compile.llm.artifact import LlmArtifact
+from slicer_compile.storage import write_text_atomically
+
+REPORT = "report.md"
+HEADER = ("cut", "edge layers", "edge ms/token", "server ms/token", "hidden B/token", "edge KV B/token",
+          "server KV B/token", "edge memory at W̄")
+
+
+def cut_rows(artifact: LlmArtifact) -> list[tuple[str, ...]]:
+    return [(str(c["cut"]), str(c["edge_layers"]), f"{c['edge_ms_per_token']:.3f}", f"{c['server_ms_per_token']:.3f}",
+             str(c["hidden_bytes_per_token"]), str(c["edge_kv_bytes_per_token"]),
+             str(c["server_kv_bytes_per_token"]), _mib(c["edge_memory_bytes_at_max_tokens"])) for c in artifact.cuts]
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def write_llm_report(artifact: LlmArtifact) -> Path:
+    m, spec = artifact.manifest, artifact.spec
+    lines = [
+        f"# LLM split report: {m['source']}",
+        "",
+        f"- artifact `{m['artifact_id']}`, slicer-compile {m['tool_version']}",
+        f"- {spec.num_layers} decoder layers, hidden {spec.hidden_size}, {spec.num_heads} heads over "
+        f"{spec.num_kv_heads} key/value heads of {spec.head_dim}, vocabulary {spec.vocab_size}",
+        f"- edge device: {m['device']['description']} ({m['device']['latency_source']})",
+        f"- server device: {m['server_device']['description']} ({m['server_device']['latency_source']})",
+        f"- W̄ = {m['max_tokens']} tokens; weights: edge {m['weights']['edge']}, server {m['weights']['server']}",
+        "- cut ℓ: the edge runs the embedding and layers 1..ℓ, the server ℓ+1..L and the head; the hidden "
+        "state crosses per token, each side keeps the KV cache of its layers",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(row) + " |" for row in cut_rows(artifact)),
+        "",
+    ]
+    path = artifact.path / REPORT
+    write_text_atomically(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,109 @@
+"""`slicer-compile llm`: a transformers model directory in, an artifact of per-layer
+parts and a per-token cut table out; bad input is one line and writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the LLM front end needs torch (pip install -e .[torch])")
+transformers = pytest.importorskip("transformers", reason="the LLM front end needs transformers (the torch extra)")
+
+from slicer_compile.cli.main import main  # noqa: E402
+from slicer_compile.errors import ArtifactError  # noqa: E402
+from slicer_compile.llm.artifact import load_llm_artifact  # noqa: E402
+from slicer_compile.llm.stack import generate_greedy, split_stacks  # noqa: E402
+from tests.llm.test_llama_parts import reference_greedy, tiny_llama  # noqa: E402
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    model = tiny_llama()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def compiled(model_dir, tmp_path_factory):
+    folder, _ = model_dir
+    out = tmp_path_factory.mktemp("lm") / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["llm", str(folder), "--device", "jetson", "--max-tokens", "128", "-o", str(out)])
+    assert exited.value.code == 0
+    return load_llm_artifact(out)
+
+
+def test_the_cut_table_describes_every_layer_boundary(compiled):
+    spec, cuts = compiled.spec, compiled.cuts
+    assert [c["cut"] for c in cuts] == list(range(spec.num_layers + 1))
+    kv = 2 * spec.num_kv_heads * spec.head_dim * 4
+    for c in cuts:
+        assert c["edge_kv_bytes_per_token"] == c["cut"] * kv
+        assert c["server_kv_bytes_per_token"] == (spec.num_layers - c["cut"]) * kv
+        assert c["hidden_bytes_per_token"] == spec.hidden_size * 4
+        assert c["edge_memory_bytes_at_max_tokens"] == c["edge_weight_bytes"] + c["cut"] * kv * 128
+    edge = [c["edge_ms_per_token"] for c in cuts]
+    server = [c["server_ms_per_token"] for c in cuts]
+    assert edge == sorted(edge) and server == sorted(server, reverse=True) and edge[-1] > edge[0]
+    assert compiled.manifest["device"]["name"] == "orin-nano"
+    report = (compiled.path / "report.md").read_text()
+    assert "edge ms/token" in report and report.count("\n| ") == spec.num_layers + 2
+
+
+def test_the_artifact_parts_generate_the_models_tokens_split(compiled, model_dir):
+    _, model = model_dir
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    expected = reference_greedy(model, prompt, 24)
+    edge, server = split_stacks(compiled.spec, compiled.parts(), compiled.spec.num_layers // 2)
+    assert generate_greedy(edge, server, prompt, 24) == expected
+
+
+def test_a_changed_part_is_refused(compiled, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(compiled.path, copy)
+    part = copy / "parts" / "layer_001.onnx"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 1
+    part.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its digest"):
+        load_llm_artifact(copy).parts()
+
+
+def test_inspect_reads_an_llm_artifact(compiled, capsys):
+    code, out, _ = run_cli(["inspect", str(compiled.path), "--json", "--no-plots"], capsys)
+    assert code == 0 and json.loads(out)["cuts"] == compiled.cuts
+    code, out, _ = run_cli(["inspect", str(compiled.path), "--no-plots"], capsys)
+    assert code == 0 and "ms/token" in out
+
+
+def test_split_artifact_commands_say_what_an_llm_artifact_is(compiled, capsys):
+    code, _, err = run_cli(["select", str(compiled.path), "--bandwidth", "10MHz", "--snr-db", "10",
+                            "--deadline", "1s", "--memory", "1GB"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "is an LLM artifact" in err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "no such model directory"),
+    (lambda d: d.mkdir() or d, "not a transformers model directory"),
+    (lambda d: ((d.parent / "m.onnx").write_bytes(b"x"), d.parent / "m.onnx")[1], "reading an ONNX LLM"),
+    (lambda d: transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32).save_pretrained(d) or d,
+     "model type 'bert' is not a supported decoder-only LLM"),
+])
+def test_bad_models_are_one_line_and_write_nothing(tmp_path, capsys, make, message):
+    target = make(tmp_path / "model") or tmp_path / "model"
+    code, _, err = run_cli(["llm", str(target), "-o", str(tmp_path / "out")], capsys)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
