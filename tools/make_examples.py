@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make the committed example models under examples/ (needs the torch extra and scikit-learn).
 
-    python tools/make_examples.py            # all three
+    python tools/make_examples.py            # all four
     python tools/make_examples.py digits     # one
 
 * digits_cnn.onnx   a small CNN trained on scikit-learn's digits (8x8 images, real
@@ -12,6 +12,12 @@
                     3x32x32 inputs, random weights.
 * transformer.onnx  a 2-layer transformer encoder (d=64, 4 heads, 32 tokens) whose
                     attention mask feeds every layer; inputs input_ids, attention_mask.
+* tiny_lm/          a Llama-architecture LM (4 layers, d=128, 4 heads over 2 key/value
+                    heads, SwiGLU, rotary) trained here on the Python standard
+                    library's sources, byte-level (vocabulary: the 256 byte values), a
+                    transformers model directory (float16 weights); tiny_lm/heldout.txt
+                    is text of modules it never saw, tiny_lm/training.json how it was
+                    trained and its held-out perplexity.
 
 Every input has a symbolic batch dimension, so servers can batch requests.
 Everything is seeded: running the script again gives the same models.
@@ -180,7 +186,73 @@ def make_transformer() -> None:
     print(f"wrote {EXAMPLES / 'transformer_calib.npz'}")
 
 
-MAKERS = {"digits": make_digits, "resnet": make_resnet, "transformer": make_transformer}
+#: The standard library's modules the LM learns from and the ones held out (sorted
+#: file lists under the running interpreter's lib directory: text every machine has).
+LM_HELDOUT = ("textwrap.py", "fractions.py", "shlex.py")
+LM_STEPS, LM_BATCH, LM_CONTEXT = 2500, 16, 128
+
+
+def _stdlib_text(names=None) -> bytes:
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(lib.glob("*.py")) if names is None else [lib / n for n in names]
+    return b"\n".join(f.read_bytes() for f in files if f.name not in (() if names else LM_HELDOUT))
+
+
+def make_tiny_lm() -> None:
+    import json
+    import math
+    import time
+
+    torch = _torch()
+    import transformers
+
+    train = np.frombuffer(_stdlib_text(), np.uint8)
+    heldout = _stdlib_text(LM_HELDOUT)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                      rope_theta=10000.0, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                                      tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=LM_STEPS, pct_start=0.05)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    model.train()
+    for step in range(LM_STEPS):
+        starts = rng.integers(0, len(train) - LM_CONTEXT - 1, LM_BATCH)
+        batch = torch.from_numpy(np.stack([train[s: s + LM_CONTEXT + 1] for s in starts]).astype(np.int64))
+        loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        if step % 250 == 0:
+            print(f"step {step}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    model.eval()
+    ids = torch.from_numpy(np.frombuffer(heldout, np.uint8).astype(np.int64))
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(ids) - LM_CONTEXT - 1, LM_CONTEXT):
+            chunk = ids[start: start + LM_CONTEXT + 1][None]
+            logits = model(chunk[:, :-1]).logits
+            losses.append(torch.nn.functional.cross_entropy(logits.reshape(-1, 256), chunk[0, 1:]).item())
+    perplexity = math.exp(float(np.mean(losses)))
+    folder = EXAMPLES / "tiny_lm"
+    model.half().save_pretrained(folder)
+    (folder / "heldout.txt").write_bytes(heldout)
+    (folder / "training.json").write_text(json.dumps({
+        "text": "the Python standard library's *.py sources, byte-level", "heldout_files": list(LM_HELDOUT),
+        "train_bytes": int(len(train)), "heldout_bytes": len(heldout), "steps": LM_STEPS, "batch": LM_BATCH,
+        "context": LM_CONTEXT, "parameters": sum(p.numel() for p in model.parameters()),
+        "heldout_perplexity_per_byte": round(perplexity, 3), "python": sys.version.split()[0],
+        "seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
+    print(f"wrote {folder}: held-out perplexity {perplexity:.3f} per byte")
+
+
+MAKERS = {"digits": make_digits, "resnet": make_resnet, "transformer": make_transformer, "tiny_lm": make_tiny_lm}
 
 if __name__ == "__main__":
     EXAMPLES.mkdir(exist_ok=True)

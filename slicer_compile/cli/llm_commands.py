@@ -28,10 +28,14 @@ def print_cut_table(artifact) -> None:
 @click.option("--server-device", default="a100", show_default=True, help="Server device profile.")
 @click.option("--max-tokens", default=256, show_default=True, type=POSITIVE,
               help="W̄: tokens a session may reach (sizes the KV cache in edge memory).")
+@click.option("--weights", default="fp32", show_default=True, type=click.Choice(["fp32", "int8", "int4"]),
+              help="Edge layer weights: int8/int4 weight-only (OPSC; ONNX Runtime's MatMulNBits); server fp32.")
+@click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"]),
+              help="Weights per quantisation scale (int8/int4).")
 @click.option("--force", is_flag=True, help="Replace the output directory if slicer-compile wrote it.")
 @verbosity_options
 def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str, max_tokens: int,
-                force: bool) -> None:
+                weights: str, group_size: str, force: bool) -> None:
     """Compile a decoder-only LLM (a transformers model directory, Llama family) into
     per-layer parts with explicit KV caches, and a per-token cut table."""
     from slicer_compile.llm.compile import compile_llm
@@ -40,7 +44,8 @@ def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str
         raise SlicerCompileError(f"no such model directory: {model_path}")
     with Progress() as progress:
         artifact = compile_llm(model_path, device=device, out_dir=out_dir, max_tokens=max_tokens,
-                               server_device=server_device, overwrite=force, progress=progress)
+                               server_device=server_device, overwrite=force, weights=weights,
+                               group_size=int(group_size), progress=progress)
     print_cut_table(artifact)
     click.echo(f"wrote {out_dir}/ ({artifact.spec.num_layers} layers, {len(artifact.cuts)} cuts, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/report.md")

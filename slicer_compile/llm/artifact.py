@@ -10,7 +10,8 @@ from pathlib import Path
 
 from slicer_compile.errors import ArtifactError
 from slicer_compile.llm.export import EMBED, HEAD, LlmParts
-from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, layer_name
+from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, edge_layer_name, layer_name
+from slicer_compile.llm.opsc import WEIGHT_PRECISIONS
 from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.storage import sha256_of
 
@@ -44,8 +45,15 @@ class LlmArtifact:
             raise ArtifactError(f"{path} does not match its digest in the manifest: the artifact was changed")
         return path
 
-    def parts(self) -> LlmParts:
-        layers = tuple(self.part_path(layer_name(i)).read_bytes() for i in range(self.spec.num_layers))
+    @property
+    def edge_weights(self) -> str:
+        return self.manifest["weights"]["edge"]
+
+    def parts(self, side: str = "server") -> LlmParts:
+        """The parts as ``side`` runs them: the edge's layers quantised where the artifact
+        was compiled with int8/int4 edge weights, the server's at full precision."""
+        name = edge_layer_name if side == "edge" and self.edge_weights != "fp32" else layer_name
+        layers = tuple(self.part_path(name(i)).read_bytes() for i in range(self.spec.num_layers))
         return LlmParts(self.part_path(EMBED).read_bytes(), layers, self.part_path(HEAD).read_bytes())
 
 
@@ -74,7 +82,12 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
                             f"reads {LLM_SCHEMA_VERSION}")
     try:
         spec = _spec(manifest["architecture"])
+        weights = manifest["weights"]
+        if not isinstance(weights, dict) or weights.get("edge") not in WEIGHT_PRECISIONS:
+            raise ArtifactError(f"weights.edge must be one of {WEIGHT_PRECISIONS}")
         expected = {EMBED, HEAD, *(layer_name(i) for i in range(spec.num_layers))}
+        if weights["edge"] != "fp32":
+            expected |= {edge_layer_name(i) for i in range(spec.num_layers)}
         parts, digests = manifest["parts"], manifest["digests"]
         if not isinstance(parts, dict) or set(parts) != expected or not isinstance(digests, dict) \
                 or set(digests) != expected:

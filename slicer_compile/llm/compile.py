@@ -1,7 +1,9 @@
 """`slicer-compile llm`: a decoder-only LLM compiled for token-by-token split execution.
 
 The artifact holds the parts (``parts/embed.onnx``, ``parts/layer_NNN.onnx``,
-``parts/head.onnx``: see llm.export) and a manifest whose cut table gives, per layer
+``parts/head.onnx``: see llm.export; with ``weights`` int8/int4, the edge's copies of
+the layers ``parts/edge_layer_NNN.onnx``, quantised weight-only: llm.opsc) and a
+manifest whose cut table gives, per layer
 boundary ℓ = 0..L: edge and server time per generated token, the hidden-state bytes
 that cross per token, the KV-cache bytes each side keeps per token, and edge memory at
 ``max_tokens`` tokens (weights + KV cache grown to W̄, Sung et al. Eq. 2).
@@ -29,8 +31,9 @@ from slicer_compile.errors import ConfigError, ModelError
 from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, PAST_KEY, PAST_VALUE, LlmParts, export_parts
 from slicer_compile.artifact import is_artifact_dir
 from slicer_compile.llm.artifact import load_llm_artifact
-from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, layer_name
+from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, edge_layer_name, layer_name
 from slicer_compile.llm.llama import LlamaSpec
+from slicer_compile.llm.opsc import check_weights, quantise_weights
 from slicer_compile.llm.report import write_llm_report
 from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, get_device
 from slicer_compile.storage import StagedDirectory, write_bytes_atomically, write_text_atomically
@@ -81,8 +84,10 @@ def load_llm(model):
     return loaded, str(path)
 
 
-def part_costs(spec: LlamaSpec, parts: LlmParts, context: int) -> dict[str, PartCost]:
-    """Per part (``embed``, ``layer_NNN``, ``head``), the cost of one decode step."""
+def part_costs(spec: LlamaSpec, parts: LlmParts, context: int, edge_layers: tuple[bytes, ...] = ()
+               ) -> dict[str, PartCost]:
+    """Per part (``embed``, ``layer_NNN``, ``edge_layer_NNN``, ``head``), the cost of one
+    decode step (a quantised weight moves its packed bytes and scales)."""
     import onnx
 
     def weights(blob: bytes) -> int:
@@ -93,23 +98,29 @@ def part_costs(spec: LlamaSpec, parts: LlmParts, context: int) -> dict[str, Part
     costs = {EMBED: PartCost(weights(parts.embed), 0.0, float(spec.hidden_size * 4 * 2))}
     kv = spec.kv_bytes_per_token_per_layer
     attention_flops = 4.0 * spec.num_heads * spec.head_dim * context  # scores and mixing over the cache
+    fp32_weights = {}
     for i, blob in enumerate(parts.layers):
-        w = weights(blob)
+        w = fp32_weights[i] = weights(blob)
         costs[layer_name(i)] = PartCost(w, 2.0 * w / 4 + attention_flops, float(w + kv * context))
+    for i, blob in enumerate(edge_layers):
+        w = weights(blob)
+        costs[edge_layer_name(i)] = PartCost(w, 2.0 * fp32_weights[i] / 4 + attention_flops, float(w + kv * context))
     w = weights(parts.head)
     costs[HEAD] = PartCost(w, 2.0 * w / 4, float(w))
     return costs
 
 
-def _measured_step_s(spec: LlamaSpec, parts: LlmParts, context: int, runs: int) -> dict[str, float]:
+def _measured_step_s(spec: LlamaSpec, parts: LlmParts, context: int, runs: int, edge_layers: tuple[bytes, ...] = ()
+                     ) -> dict[str, float]:
     """Median time of each part's decode step here, in ONNX Runtime."""
     from slicer_compile.backends.onnxrt import OnnxrtRunner
 
     cache = np.zeros((1, spec.num_kv_heads, context, spec.head_dim), np.float32)
     hidden = np.zeros((1, 1, spec.hidden_size), np.float32)
     jobs = [(EMBED, parts.embed, {INPUT_IDS: np.zeros((1, 1), np.int64)})]
-    jobs += [(layer_name(i), blob, {HIDDEN: hidden, PAST_KEY: cache, PAST_VALUE: cache})
-             for i, blob in enumerate(parts.layers)]
+    layer_feeds = {HIDDEN: hidden, PAST_KEY: cache, PAST_VALUE: cache}
+    jobs += [(layer_name(i), blob, layer_feeds) for i, blob in enumerate(parts.layers)]
+    jobs += [(edge_layer_name(i), blob, layer_feeds) for i, blob in enumerate(edge_layers)]
     jobs.append((HEAD, parts.head, {HIDDEN: hidden}))
     out = {}
     for name, blob, feeds in jobs:
@@ -125,13 +136,14 @@ def _measured_step_s(spec: LlamaSpec, parts: LlmParts, context: int, runs: int) 
 
 
 def cut_table(spec: LlamaSpec, costs: dict[str, PartCost], edge_s: dict[str, float], server_s: dict[str, float],
-              max_tokens: int) -> list[dict]:
+              max_tokens: int, quantised: bool = False) -> list[dict]:
     """One row per layer boundary ℓ = 0 (cloud only: the embedding on the edge) .. L."""
     layers = [layer_name(i) for i in range(spec.num_layers)]
+    edge_layers = [edge_layer_name(i) for i in range(spec.num_layers)] if quantised else layers
     kv = spec.kv_bytes_per_token_per_layer
     rows = []
     for cut in range(spec.num_layers + 1):
-        edge_parts, server_parts = [EMBED, *layers[:cut]], [*layers[cut:], HEAD]
+        edge_parts, server_parts = [EMBED, *edge_layers[:cut]], [*layers[cut:], HEAD]
         rows.append({
             "cut": cut,
             "edge_layers": cut,
@@ -148,9 +160,11 @@ def cut_table(spec: LlamaSpec, costs: dict[str, PartCost], edge_s: dict[str, flo
 
 def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", max_tokens: int = 256,
                 server_device: str = DEFAULT_SERVER, overwrite: bool = False, runs: int = 20,
+                weights: str = "fp32", group_size: int = 32,
                 progress: Callable[[str, int, int], None] = lambda *a: None):
     """Compile a decoder-only LLM into per-layer parts and a cut table; returns the
-    loaded :class:`llm.artifact.LlmArtifact`.
+    loaded :class:`llm.artifact.LlmArtifact`. ``weights``: the edge's layer weights
+    (fp32, or int8/int4 weight-only in blocks of ``group_size``: OPSC).
 
     Raises:
         ModelError: not a supported decoder-only LLM (one line naming what is not).
@@ -159,6 +173,7 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
     """
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+    check_weights(weights, group_size)
     started = time.perf_counter()
     edge_spec, server_spec = get_device(device), get_device(server_device)
     loaded, source = load_llm(model)
@@ -166,20 +181,24 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
     progress("exporting the parts", 0, 1)
     parts = export_parts(loaded, spec)
     progress("exporting the parts", 1, 1)
+    edge_layers = ()
+    if weights != "fp32":
+        edge_layers = tuple(quantise_weights(blob, weights, group_size) for blob in parts.layers)
     context = max(1, max_tokens // 2)
-    costs = part_costs(spec, parts, context)
+    costs = part_costs(spec, parts, context, edge_layers)
     server_s = _roofline(server_spec, costs)
     if device == LOCAL_CPU:
-        edge_s, latency_source = _measured_step_s(spec, parts, context, runs), \
+        edge_s, latency_source = _measured_step_s(spec, parts, context, runs, edge_layers), \
             f"measured with ONNX Runtime ({runs} runs, median) at {context} tokens of context"
     else:
         edge_s, latency_source = _roofline(edge_spec, costs), \
             f"roofline model per part at {context} tokens of context"
-    names = [EMBED, *(layer_name(i) for i in range(spec.num_layers)), HEAD]
-    blobs = [parts.embed, *parts.layers, parts.head]
+    names = [EMBED, *(layer_name(i) for i in range(spec.num_layers)), HEAD,
+             *(edge_layer_name(i) for i in range(len(edge_layers)))]
+    blobs = [parts.embed, *parts.layers, parts.head, *edge_layers]
     files = {name: f"{PARTS}/{name}.onnx" for name in names}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in zip(names, blobs)}
-    artifact_id = hashlib.sha256("".join(digests.values()).encode() + repr((device, max_tokens)).encode()).hexdigest()[:16]
+    artifact_id = hashlib.sha256("".join(digests.values()).encode() + repr((device, max_tokens, weights, group_size)).encode()).hexdigest()[:16]
     manifest = {
         "schema_version": LLM_SCHEMA_VERSION,
         "kind": LLM_KIND,
@@ -191,12 +210,12 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
         "max_tokens": max_tokens,
         "device": {**edge_spec.as_dict(), "latency_source": latency_source},
         "server_device": {**server_spec.as_dict(), "latency_source": f"roofline model per part at {context} tokens"},
-        "weights": {"edge": "float32", "server": "float32"},
+        "weights": {"edge": weights, "server": "fp32", "group_size": group_size if weights != "fp32" else None},
         "parts": files,
         "digests": digests,
         "part_costs": {n: {"weight_bytes": c.weight_bytes, "flops_per_token": c.flops,
                            "bytes_per_token": c.bytes_moved} for n, c in costs.items()},
-        "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens),
+        "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens, quantised=bool(edge_layers)),
         "compile_seconds": None,
     }
     with StagedDirectory(out_dir, overwrite=overwrite, owned=is_artifact_dir, what="LLM artifact",

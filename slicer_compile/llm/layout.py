@@ -12,3 +12,8 @@ PARTS = "parts"
 def layer_name(i: int) -> str:
     """The part name of decoder layer ``i`` (0-based)."""
     return f"layer_{i:03d}"
+
+
+def edge_layer_name(i: int) -> str:
+    """The part name of the edge's copy of layer ``i`` with quantised weights (OPSC)."""
+    return f"edge_layer_{i:03d}"

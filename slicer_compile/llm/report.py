@@ -32,7 +32,9 @@ def write_llm_report(artifact: LlmArtifact) -> Path:
         f"{spec.num_kv_heads} key/value heads of {spec.head_dim}, vocabulary {spec.vocab_size}",
         f"- edge device: {m['device']['description']} ({m['device']['latency_source']})",
         f"- server device: {m['server_device']['description']} ({m['server_device']['latency_source']})",
-        f"- W̄ = {m['max_tokens']} tokens; weights: edge {m['weights']['edge']}, server {m['weights']['server']}",
+        f"- W̄ = {m['max_tokens']} tokens; weights: edge {m['weights']['edge']}"
+        + (f" (weight-only, groups of {m['weights']['group_size']}: OPSC)" if m['weights']['edge'] != "fp32" else "")
+        + f", server {m['weights']['server']}",
         "- cut ℓ: the edge runs the embedding and layers 1..ℓ, the server ℓ+1..L and the head; the hidden "
         "state crosses per token, each side keeps the KV cache of its layers",
         "",

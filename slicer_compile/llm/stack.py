@@ -70,12 +70,14 @@ class LayerStack:
                 runner.close()
 
 
-def split_stacks(spec: LlamaSpec, parts, cut: int) -> tuple[LayerStack, LayerStack]:
-    """The edge stack (embedding, layers 1..cut) and the server stack (layers
-    cut+1..L, head) of ``parts`` (``export.LlmParts``)."""
+def split_stacks(spec: LlamaSpec, parts, cut: int, edge_parts=None) -> tuple[LayerStack, LayerStack]:
+    """The edge stack (embedding, layers 1..cut of ``edge_parts``, default ``parts``:
+    the quantised copies where OPSC applies) and the server stack (layers cut+1..L,
+    head) of ``parts`` (``export.LlmParts``)."""
     if not 0 <= cut <= spec.num_layers:
         raise ValueError(f"cut must be a layer boundary 0..{spec.num_layers}, got {cut}")
-    return (LayerStack(spec, parts.layers[:cut], embed=parts.embed),
+    edge_parts = edge_parts or parts
+    return (LayerStack(spec, edge_parts.layers[:cut], embed=edge_parts.embed),
             LayerStack(spec, parts.layers[cut:], head=parts.head))
 
 

@@ -107,3 +107,34 @@ def test_bad_models_are_one_line_and_write_nothing(tmp_path, capsys, make, messa
     code, _, err = run_cli(["llm", str(target), "-o", str(tmp_path / "out")], capsys)
     assert code == 1 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def teacher_forced_argmax(edge, server, tokens) -> np.ndarray:
+    """Next-token argmax at every position of ``tokens``, through the split, one prefill."""
+    edge.reset()
+    server.reset()
+    return server.logits(server.forward(edge.forward(edge.embed(np.asarray(tokens)))))[0].argmax(-1)
+
+
+@pytest.mark.parametrize("weights, smaller_than, agreement", [("int8", 0.30, 0.8), ("int4", 0.20, 0.3)])
+def test_opsc_quantises_the_edge_layers_only(model_dir, compiled, tmp_path, weights, smaller_than, agreement):
+    import onnx
+
+    from slicer_compile.llm.compile import compile_llm
+
+    folder, _ = model_dir
+    quantised = compile_llm(folder, device="jetson", out_dir=tmp_path / weights, max_tokens=128, weights=weights)
+    spec = quantised.spec
+    edge_parts, server_parts = quantised.parts("edge"), quantised.parts("server")
+    assert all("MatMulNBits" in {n.op_type for n in onnx.load_from_string(b).graph.node} for b in edge_parts.layers)
+    assert not any("MatMulNBits" in {n.op_type for n in onnx.load_from_string(b).graph.node}
+                   for b in server_parts.layers)
+    for full, small in zip(compiled.cuts[1:], quantised.cuts[1:]):  # the layers' weights, quantised
+        layer_weights = full["edge_weight_bytes"] - compiled.cuts[0]["edge_weight_bytes"]
+        assert small["edge_weight_bytes"] - quantised.cuts[0]["edge_weight_bytes"] < smaller_than * layer_weights
+        assert small["edge_memory_bytes_at_max_tokens"] < full["edge_memory_bytes_at_max_tokens"]
+    assert "OPSC" in (quantised.path / "report.md").read_text()
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, 64)
+    exact = teacher_forced_argmax(*split_stacks(spec, server_parts, spec.num_layers), tokens)
+    edge, server = split_stacks(spec, server_parts, spec.num_layers, edge_parts=edge_parts)
+    assert (teacher_forced_argmax(edge, server, tokens) == exact).mean() >= agreement
