@@ -14,6 +14,7 @@ from slicer_compile.errors import ModelError  # noqa: E402
 from slicer_compile.llm.export import export_parts  # noqa: E402
 from slicer_compile.llm.llama import LlamaSpec  # noqa: E402
 from slicer_compile.llm.stack import LayerStack, generate_greedy, split_stacks  # noqa: E402
+from tests.models import EXAMPLES  # noqa: E402
 
 NEW_TOKENS = 64
 
@@ -29,9 +30,17 @@ def tiny_llama(**overrides):
     return transformers.LlamaForCausalLM(config).eval()
 
 
-@pytest.fixture(scope="module")
-def llama():
-    model = tiny_llama()
+TRAINED_LM = EXAMPLES / "tiny_lm"
+
+
+@pytest.fixture(scope="module", params=["random", "trained"])
+def llama(request):
+    """The random tiny Llama, and the LM trained on the standard library (examples/tiny_lm)."""
+    if request.param == "random":
+        model = tiny_llama()
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(TRAINED_LM, local_files_only=True,
+                                                                  torch_dtype=torch.float32).eval()
     spec = LlamaSpec.from_config(model.config)
     return model, spec, export_parts(model, spec)
 
@@ -47,7 +56,7 @@ def reference_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
 
 def test_the_parts_compute_the_transformers_model(llama):
     model, spec, parts = llama
-    prompt = np.array([[5, 17, 3, 42, 8, 91, 0, 60]])
+    prompt = np.array([[5, 17, 3, 42, 8, 91, 0, 60]]) % spec.vocab_size
     with torch.no_grad():
         expected = model(torch.tensor(prompt)).logits.numpy()
     stack = LayerStack(spec, parts.layers, embed=parts.embed, head=parts.head)
@@ -64,7 +73,7 @@ def test_the_parts_compute_the_transformers_model(llama):
 
 def test_a_split_at_every_layer_boundary_generates_the_unsplit_tokens(llama):
     model, spec, parts = llama
-    prompt = [1, 2, 3, 4, 5, 6, 7]
+    prompt = list(b"def main(") if spec.vocab_size == 256 else [1, 2, 3, 4, 5, 6, 7]  # bytes for the trained LM
     expected = reference_greedy(model, prompt, NEW_TOKENS)
     assert len(set(expected)) > 3  # a real sequence, not one token repeated
     for cut in range(spec.num_layers + 1):

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Per-token codec cost: one hidden vector (4096 float32 values by default) encoded and
+decoded, as a per-token split does once per generated token; every codec of the menu
+through the Python API, and SLICER through the C++ host coder where `slicer-compile
+build-kernels --host-only` has built it, measured in one run.
+
+    python tools/bench_token_codec.py [--elements 4096] [--repeat 2000]
+
+Target (LLM issue, one CPU core): encode + decode <= 50 µs with the C++ host coder,
+<= 200 µs through the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from slicer_compile.codec import Float16Config, Int8Config, SlicerConfig, TabqConfig, ZstdConfig, decode, encode  # noqa: E402
+from slicer_compile.codec.native import built_host_coder  # noqa: E402
+
+
+def median_us(fn, repeat: int) -> float:
+    for _ in range(min(50, repeat)):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--elements", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=2000)
+    args = parser.parse_args()
+    x = np.random.default_rng(0).standard_normal((1, 1, args.elements)).astype(np.float32)  # a dense hidden state
+    rows = []
+    for name, cfg in (("SLICER s=0.9", SlicerConfig(sparsity=0.9)), ("TS+TAB-Q", TabqConfig()),
+                      ("float16", Float16Config()), ("int8", Int8Config()), ("zstd (float16)", ZstdConfig())):
+        payload = encode(x, cfg)
+        enc, dec = median_us(lambda: encode(x, cfg), args.repeat), median_us(lambda: decode(payload), args.repeat)
+        rows.append((f"{name}, Python API (numpy)", len(payload), enc, dec))
+    coder = built_host_coder()
+    if coder is not None:
+        cfg = SlicerConfig(sparsity=0.9)
+        payload = coder.encode_slicer(x, cfg)
+        rows.append(("SLICER s=0.9, C++ host coder", len(payload), median_us(lambda: coder.encode_slicer(x, cfg), args.repeat),
+                     median_us(lambda: coder.decode_slicer(payload), args.repeat)))
+    print(f"{args.elements} float32 values (one token's hidden state), {args.repeat} runs, median")
+    print("| codec | payload B | encode µs | decode µs | encode + decode µs |")
+    print("|---|---:|---:|---:|---:|")
+    for name, nbytes, enc, dec in rows:
+        print(f"| {name} | {nbytes} | {enc:.1f} | {dec:.1f} | {enc + dec:.1f} |")
+    if coder is None:
+        print("(the C++ host coder is not built: slicer-compile build-kernels --host-only)")
+
+
+if __name__ == "__main__":
+    main()
