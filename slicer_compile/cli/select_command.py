@@ -44,17 +44,25 @@ def describe(decision) -> list[str]:
 @click.option("--rate", type=RATE, help="Fixed transmission rate, with a unit: 20Mbps (default: the best rate).")
 @click.option("--codec-times", type=click.Path(path_type=Path),
               help="Codec times measured on the edge: slicer-compile bench codec --json > times.json")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="LLM artifacts: W̄, tokens to generate (default: the artifact's).")
 @json_option("the decision")
 @verbosity_options
 def select_command(artifact_dir: Path, bandwidth: float, snr_db: float | None, snr_linear: float | None,
                    epsilon: float, deadline: float, memory: float, rate: float | None, accuracy_budget: float,
-                   codec_times: Path | None, as_json: bool) -> int:
-    """Choose the split and codec knobs for a channel, deadline and memory budget.
+                   codec_times: Path | None, max_tokens: int | None, as_json: bool) -> int:
+    """Choose the split and codec knobs for a channel, deadline and memory budget; for
+    an LLM artifact, the tokens w the edge generates, the hand-over layer ℓ and whether
+    the KV cache travels (SLICER Eq. 5-6, early exit).
 
     Exit status 3 when no split meets the constraints (the answer says which
     constraint excluded how many splits)."""
+    from slicer_compile.cli.compile_commands import _is_llm_artifact
     from slicer_compile.select import Selector
 
+    if _is_llm_artifact(artifact_dir):
+        return _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, max_tokens,
+                           as_json)
     conditions = conditions_from(bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, accuracy_budget)
     decision = Selector.from_artifact(artifact_dir, codec_times).select(conditions)
     if as_json:
@@ -62,6 +70,32 @@ def select_command(artifact_dir: Path, bandwidth: float, snr_db: float | None, s
     else:
         for line in describe(decision):
             click.echo(line)
+    return EXIT_OK if decision.feasible else EXIT_INFEASIBLE
+
+
+def _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, max_tokens,
+                as_json) -> int:
+    import dataclasses
+
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.llm.selection import ar_table
+    from slicer_compile.select import select_autoregressive
+
+    artifact = load_llm_artifact(artifact_dir)
+    tokens = max_tokens or artifact.manifest["max_tokens"]
+    decision = select_autoregressive(ar_table(artifact), tokens, deadline, bandwidth, epsilon=epsilon, snr_db=snr_db,
+                                     snr=snr_linear, rate_bps=rate, memory_bytes=memory)
+    if as_json:
+        print_json(dataclasses.asdict(decision))
+    elif decision.feasible:
+        click.echo(f"generate {decision.tokens} of {tokens} tokens on the edge, hand over at layer {decision.layer}"
+                   f"{' with' if decision.kv_cache else ' without'} the KV cache"
+                   f"{' (early exit)' if decision.early_exit else ''}")
+        click.echo(f"latency {decision.latency_s * 1e3:.1f} ms (edge {decision.edge_s * 1e3:.1f} ms, transmit "
+                   f"{decision.transmit_s * 1e3:.1f} ms at {decision.rate_bps / 1e6:.2f} Mbit/s), "
+                   f"{decision.payload_bits} bits; binding: {decision.binding}")
+    else:
+        click.echo(f"infeasible: {decision.reason}")
     return EXIT_OK if decision.feasible else EXIT_INFEASIBLE
 
 

@@ -106,6 +106,9 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
                 value = row.get(key)
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                     raise ArtifactError(f"cut {row['cut']}: {key} must be a number >= 0, got {value!r}")
+        full = manifest["edge_full_step_ms"]
+        if not isinstance(full, (int, float)) or isinstance(full, bool) or full < 0:
+            raise ArtifactError(f"edge_full_step_ms must be a number >= 0, got {full!r}")
         max_tokens = manifest["max_tokens"]
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ArtifactError(f"max_tokens must be a positive integer, got {max_tokens!r}")

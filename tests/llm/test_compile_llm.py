@@ -89,9 +89,29 @@ def test_inspect_reads_an_llm_artifact(compiled, capsys):
 
 
 def test_split_artifact_commands_say_what_an_llm_artifact_is(compiled, capsys):
-    code, _, err = run_cli(["select", str(compiled.path), "--bandwidth", "10MHz", "--snr-db", "10",
-                            "--deadline", "1s", "--memory", "1GB"], capsys)
+    code, _, err = run_cli(["materialize", str(compiled.path), "--split", "s0001"], capsys)
     assert code == 1 and err.count("\n") == 1 and "is an LLM artifact" in err
+
+
+def test_the_selector_answers_autoregressive_queries_on_an_llm_artifact(compiled, capsys):
+    from slicer_compile.llm.selection import ar_table
+
+    table = ar_table(compiled)
+    assert len(table.step_s) == compiled.spec.num_layers
+    assert list(table.kv_bytes_per_token) == [c["edge_kv_bytes_per_token"] for c in compiled.cuts[1:]]
+    assert table.full_step_s > table.step_s[-1]  # the edge alone also runs the head
+    query = ["select", str(compiled.path), "--bandwidth", "10MHz", "--snr-db", "10", "--memory", "1GB", "--json"]
+    code, out, _ = run_cli(query + ["--deadline", "5s", "--max-tokens", "64"], capsys)
+    relaxed = json.loads(out)
+    assert code == 0 and relaxed["feasible"] and relaxed["tokens"] == 64 and relaxed["kv_cache"]
+    # A tight deadline: early exit (fewer tokens, the KV cache dropped first), still an answer.
+    code, out, _ = run_cli(query + ["--deadline", "2ms", "--max-tokens", "64"], capsys)
+    tight = json.loads(out)
+    assert code == 0 and tight["early_exit"] and tight["tokens"] < 64 and tight["latency_s"] <= 2e-3
+    # No memory for even one layer's weights: infeasible is an answer, exit status 3.
+    code, out, _ = run_cli(["select", str(compiled.path), "--bandwidth", "10MHz", "--snr-db", "10",
+                            "--deadline", "5s", "--memory", "1KB"], capsys)
+    assert code == 3 and "infeasible" in out
 
 
 @pytest.mark.parametrize("make, message", [
