@@ -32,10 +32,14 @@ def print_cut_table(artifact) -> None:
               help="Edge layer weights: int8/int4 weight-only (OPSC; ONNX Runtime's MatMulNBits); server fp32.")
 @click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"]),
               help="Weights per quantisation scale (int8/int4).")
+@click.option("--calib-text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text to measure each cut under each per-token codec on (token agreement, perplexity, bits).")
+@click.option("--calib-positions", default=1000, show_default=True, type=POSITIVE,
+              help="Next-token positions of --calib-text scored.")
 @click.option("--force", is_flag=True, help="Replace the output directory if slicer-compile wrote it.")
 @verbosity_options
 def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str, max_tokens: int,
-                weights: str, group_size: str, force: bool) -> None:
+                weights: str, group_size: str, calib_text: Path | None, calib_positions: int, force: bool) -> None:
     """Compile a decoder-only LLM (a transformers model directory, Llama family) into
     per-layer parts with explicit KV caches, and a per-token cut table."""
     from slicer_compile.llm.compile import compile_llm
@@ -45,7 +49,8 @@ def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str
     with Progress() as progress:
         artifact = compile_llm(model_path, device=device, out_dir=out_dir, max_tokens=max_tokens,
                                server_device=server_device, overwrite=force, weights=weights,
-                               group_size=int(group_size), progress=progress)
+                               group_size=int(group_size), calib_text=calib_text,
+                               calib_positions=calib_positions, progress=progress)
     print_cut_table(artifact)
     click.echo(f"wrote {out_dir}/ ({artifact.spec.num_layers} layers, {len(artifact.cuts)} cuts, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/report.md")

@@ -62,7 +62,7 @@ def select_command(artifact_dir: Path, bandwidth: float, snr_db: float | None, s
 
     if _is_llm_artifact(artifact_dir):
         return _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, max_tokens,
-                           as_json)
+                           accuracy_budget, as_json)
     conditions = conditions_from(bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, accuracy_budget)
     decision = Selector.from_artifact(artifact_dir, codec_times).select(conditions)
     if as_json:
@@ -74,7 +74,7 @@ def select_command(artifact_dir: Path, bandwidth: float, snr_db: float | None, s
 
 
 def _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, max_tokens,
-                as_json) -> int:
+                accuracy_budget, as_json) -> int:
     import dataclasses
 
     from slicer_compile.llm.artifact import load_llm_artifact
@@ -83,7 +83,7 @@ def _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, 
 
     artifact = load_llm_artifact(artifact_dir)
     tokens = max_tokens or artifact.manifest["max_tokens"]
-    decision = select_autoregressive(ar_table(artifact), tokens, deadline, bandwidth, epsilon=epsilon, snr_db=snr_db,
+    decision = select_autoregressive(ar_table(artifact, accuracy_budget=accuracy_budget), tokens, deadline, bandwidth, epsilon=epsilon, snr_db=snr_db,
                                      snr=snr_linear, rate_bps=rate, memory_bytes=memory)
     if as_json:
         print_json(dataclasses.asdict(decision))

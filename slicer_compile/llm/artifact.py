@@ -109,6 +109,7 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
         full = manifest["edge_full_step_ms"]
         if not isinstance(full, (int, float)) or isinstance(full, bool) or full < 0:
             raise ArtifactError(f"edge_full_step_ms must be a number >= 0, got {full!r}")
+        _check_calibration(manifest.get("calibration"), spec)
         max_tokens = manifest["max_tokens"]
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ArtifactError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -117,6 +118,22 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
     except ArtifactError as exc:
         raise ArtifactError(f"{manifest_path}: {exc}") from None
     return LlmArtifact(path, manifest, spec)
+
+
+def _check_calibration(section, spec: LlamaSpec) -> None:
+    if section is None or (isinstance(section, dict) and section.get("status") == "none"):
+        return
+    if not isinstance(section, dict) or section.get("status") != "measured" or not isinstance(section.get("cuts"), dict):
+        raise ArtifactError("calibration must be {status: none} or a measured section with cuts")
+    for cut, rows in section["cuts"].items():
+        if not (isinstance(cut, str) and cut.isdigit() and 1 <= int(cut) <= spec.num_layers) or not isinstance(rows, dict):
+            raise ArtifactError(f"calibration: cut {cut!r} is not a layer boundary inside the model")
+        for name, row in rows.items():
+            values = [row.get(k) if isinstance(row, dict) else None
+                      for k in ("token_agreement", "perplexity", "bits_per_token")]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values) \
+                    or values[0] > 1:
+                raise ArtifactError(f"calibration: cut {cut}, {name!r}: agreement in [0, 1], perplexity and bits >= 0")
 
 
 def _spec(data) -> LlamaSpec:

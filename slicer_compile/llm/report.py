@@ -8,6 +8,8 @@ from slicer_compile.llm.artifact import LlmArtifact
 from slicer_compile.storage import write_text_atomically
 
 REPORT = "report.md"
+PLOTS = "plots"
+CODEC_PLOT = "bits_vs_agreement.png"
 HEADER = ("cut", "edge layers", "edge ms/token", "server ms/token", "hidden B/token", "edge KV B/token",
           "server KV B/token", "edge memory at W̄")
 
@@ -42,7 +44,55 @@ def write_llm_report(artifact: LlmArtifact) -> Path:
         "|" + "---|" * len(HEADER),
         *("| " + " | ".join(row) + " |" for row in cut_rows(artifact)),
         "",
+        *_calibration_lines(artifact),
     ]
     path = artifact.path / REPORT
     write_text_atomically(path, "\n".join(lines) + "\n")
     return path
+
+
+def _calibration_lines(artifact: LlmArtifact) -> list[str]:
+    calibration = artifact.manifest.get("calibration") or {}
+    if calibration.get("status") != "measured":
+        return ["Fidelity: not measured (compile with --calib-text FILE)."]
+    lines = [f"Fidelity on {calibration['positions']} positions of the calibration text (unsplit perplexity "
+             f"{calibration['perplexity']:.3f}); each token's hidden state coded alone"
+             + (f"; the edge's layers at {artifact.edge_weights}" if artifact.edge_weights != "fp32" else "") + ":",
+             "", "| cut | codec | bits/token | token agreement | perplexity |", "|---:|---|---:|---:|---:|"]
+    for cut, rows in calibration["cuts"].items():
+        for name, row in rows.items():
+            lines.append(f"| {cut} | {name} | {row['bits_per_token']:.0f} | {row['token_agreement']:.4f} | "
+                         f"{row['perplexity']:.3f} |")
+    lines += ["", f"![bits per token against token agreement]({PLOTS}/{CODEC_PLOT})", ""]
+    _plot(artifact, calibration)
+    return lines
+
+
+def _plot(artifact: LlmArtifact, calibration: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slicer_compile.storage import atomic_path
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for cut, rows in calibration["cuts"].items():
+        names = list(rows)
+        axes.plot([rows[n]["bits_per_token"] for n in names], [rows[n]["token_agreement"] for n in names], "o",
+                  label=f"cut {cut}")
+        if cut == next(iter(calibration["cuts"])):
+            for n in names:
+                axes.annotate(n, (rows[n]["bits_per_token"], rows[n]["token_agreement"]), fontsize=7,
+                              textcoords="offset points", xytext=(3, 3))
+    axes.set_xscale("log")
+    axes.set_xlabel("bits per token (hidden state)")
+    axes.set_ylabel("greedy token agreement")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    folder = artifact.path / PLOTS
+    folder.mkdir(exist_ok=True)
+    with atomic_path(folder / CODEC_PLOT) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)

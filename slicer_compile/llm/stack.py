@@ -67,7 +67,7 @@ class LayerStack:
     def close(self) -> None:
         for runner in [self._embed, *self._layers, self._head]:
             if runner is not None:
-                runner.close()
+                runner.deactivate()
 
 
 def split_stacks(spec: LlamaSpec, parts, cut: int, edge_parts=None) -> tuple[LayerStack, LayerStack]:

@@ -4,6 +4,7 @@ parts and a per-token cut table out; bad input is one line and writes nothing.""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -158,3 +159,50 @@ def test_opsc_quantises_the_edge_layers_only(model_dir, compiled, tmp_path, weig
     exact = teacher_forced_argmax(*split_stacks(spec, server_parts, spec.num_layers), tokens)
     edge, server = split_stacks(spec, server_parts, spec.num_layers, edge_parts=edge_parts)
     assert (teacher_forced_argmax(edge, server, tokens) == exact).mean() >= agreement
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The trained LM compiled with its held-out text: every cut under every codec setting."""
+    from slicer_compile.llm.compile import compile_llm
+    from tests.llm.test_llama_parts import TRAINED_LM
+
+    out = tmp_path_factory.mktemp("lm_calib") / "out"
+    return compile_llm(TRAINED_LM, device="jetson", out_dir=out, calib_text=TRAINED_LM / "heldout.txt",
+                       calib_positions=256)
+
+
+def test_calibration_measures_every_cut_and_codec_on_real_text(calibrated):
+    from slicer_compile.llm.calibrate import SETTINGS
+
+    section = calibrated.manifest["calibration"]
+    assert section["status"] == "measured" and section["positions"] == 256
+    assert 1 < section["perplexity"] < 10  # a trained byte-level LM, not a random one (256)
+    assert set(section["cuts"]) == {str(c) for c in range(1, calibrated.spec.num_layers)}
+    for rows in section["cuts"].values():
+        assert set(rows) == set(SETTINGS)
+        assert rows["float32"]["token_agreement"] == 1.0 and rows["float32"]["perplexity"] == section["perplexity"]
+        assert rows["float32"]["bits_per_token"] == 32 * calibrated.spec.hidden_size
+        # fewer bits cost fidelity: SLICER's sparsities in order
+        assert rows["slicer-0.5"]["token_agreement"] >= rows["slicer-0.9"]["token_agreement"]
+        assert rows["slicer-0.9"]["bits_per_token"] < rows["slicer-0.5"]["bits_per_token"]
+    report = (calibrated.path / "report.md").read_text()
+    assert "token agreement" in report and (calibrated.path / "plots" / "bits_vs_agreement.png").stat().st_size > 1000
+
+
+def test_the_accuracy_budget_chooses_the_bits_of_an_ar_query(calibrated):
+    from slicer_compile.llm.calibrate import cheapest_within
+    from slicer_compile.llm.selection import ar_table
+
+    section = calibrated.manifest["calibration"]
+    strict, anything = ar_table(calibrated, accuracy_budget=0.0), ar_table(calibrated, accuracy_budget=1.0)
+    for i, cut in enumerate(range(1, calibrated.spec.num_layers)):
+        rows = section["cuts"][str(cut)]
+        name, bits = cheapest_within(section, cut, 0.0)
+        assert rows[name]["token_agreement"] == 1.0 and strict.hidden_bits[i] == math.ceil(bits)
+        assert all(r["bits_per_token"] >= bits for r in rows.values() if r["token_agreement"] == 1.0)
+        # no budget at all: the fewest bits measured, whatever they cost
+        assert anything.hidden_bits[i] == math.ceil(min(r["bits_per_token"] for r in rows.values()))
+    assert (anything.hidden_bits[:-1] < strict.hidden_bits[:-1]).all()
+    # the last layer was not measured (cuts 1..L-1): the codec's bound there
+    assert strict.hidden_bits[-1] == anything.hidden_bits[-1]
