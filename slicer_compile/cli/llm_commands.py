@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slicer_compile.cli.options import POSITIVE, verbosity_options
+from slicer_compile.cli.options import MEMORY, POSITIVE, verbosity_options
 from slicer_compile.cli.output import Column, Progress, print_table
 from slicer_compile.errors import SlicerCompileError
 
@@ -28,8 +28,12 @@ def print_cut_table(artifact) -> None:
 @click.option("--server-device", default="a100", show_default=True, help="Server device profile.")
 @click.option("--max-tokens", default=256, show_default=True, type=POSITIVE,
               help="W̄: tokens a session may reach (sizes the KV cache in edge memory).")
-@click.option("--weights", default="fp32", show_default=True, type=click.Choice(["fp32", "int8", "int4"]),
-              help="Edge layer weights: int8/int4 weight-only (OPSC; ONNX Runtime's MatMulNBits); server fp32.")
+@click.option("--weights", default="fp32", show_default=True, type=click.Choice(["fp32", "int8", "int4", "auto"]),
+              help="Edge layer weights: int8/int4 weight-only (OPSC; ONNX Runtime's MatMulNBits); server fp32. "
+                   "auto: the precision that puts the most layers within --memory and --accuracy-budget.")
+@click.option("--memory", type=MEMORY, help="Edge memory budget (weights + KV cache at W̄): 1GB.")
+@click.option("--accuracy-budget", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="With --weights auto and --calib-text: the token agreement lost at most.")
 @click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"]),
               help="Weights per quantisation scale (int8/int4).")
 @click.option("--calib-text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -39,7 +43,8 @@ def print_cut_table(artifact) -> None:
 @click.option("--force", is_flag=True, help="Replace the output directory if slicer-compile wrote it.")
 @verbosity_options
 def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str, max_tokens: int,
-                weights: str, group_size: str, calib_text: Path | None, calib_positions: int, force: bool) -> None:
+                weights: str, memory: float | None, accuracy_budget: float, group_size: str, calib_text: Path | None,
+                calib_positions: int, force: bool) -> None:
     """Compile a decoder-only LLM (a transformers model directory, Llama family) into
     per-layer parts with explicit KV caches, and a per-token cut table."""
     from slicer_compile.llm.compile import compile_llm
@@ -50,8 +55,12 @@ def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str
         artifact = compile_llm(model_path, device=device, out_dir=out_dir, max_tokens=max_tokens,
                                server_device=server_device, overwrite=force, weights=weights,
                                group_size=int(group_size), calib_text=calib_text,
-                               calib_positions=calib_positions, progress=progress)
+                               calib_positions=calib_positions, memory_bytes=memory,
+                               accuracy_budget=accuracy_budget, progress=progress)
     print_cut_table(artifact)
+    plan = artifact.manifest.get("opsc")
+    if plan:
+        click.echo(f"edge weights {plan['chosen']['weights']}, deepest cut {plan['chosen']['cut']}: {plan['reason']}")
     click.echo(f"wrote {out_dir}/ ({artifact.spec.num_layers} layers, {len(artifact.cuts)} cuts, "
                f"{artifact.manifest['compile_seconds']:.1f} s); read {out_dir}/report.md")
 

@@ -110,6 +110,7 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
         if not isinstance(full, (int, float)) or isinstance(full, bool) or full < 0:
             raise ArtifactError(f"edge_full_step_ms must be a number >= 0, got {full!r}")
         _check_calibration(manifest.get("calibration"), spec)
+        _check_opsc(manifest.get("opsc"), spec)
         max_tokens = manifest["max_tokens"]
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ArtifactError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -134,6 +135,22 @@ def _check_calibration(section, spec: LlamaSpec) -> None:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values) \
                     or values[0] > 1:
                 raise ArtifactError(f"calibration: cut {cut}, {name!r}: agreement in [0, 1], perplexity and bits >= 0")
+
+
+def _check_opsc(plan, spec: LlamaSpec) -> None:
+    if plan is None:
+        return
+    try:
+        ok = (isinstance(plan["memory_bytes"], (int, float)) and isinstance(plan["reason"], str)
+              and plan["chosen"]["weights"] in WEIGHT_PRECISIONS and isinstance(plan["chosen"]["cut"], int)
+              and 0 <= plan["chosen"]["cut"] <= spec.num_layers and isinstance(plan["candidates"], list)
+              and all(r["weights"] in WEIGHT_PRECISIONS and isinstance(r["deepest_cut"], int)
+                      and (r["token_agreement"] is None or isinstance(r["token_agreement"], (int, float)))
+                      for r in plan["candidates"]))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ArtifactError("opsc: malformed edge-weight choice")
 
 
 def _spec(data) -> LlamaSpec:

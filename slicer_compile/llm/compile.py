@@ -33,7 +33,7 @@ from slicer_compile.artifact import is_artifact_dir
 from slicer_compile.llm.artifact import load_llm_artifact
 from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, edge_layer_name, layer_name
 from slicer_compile.llm.llama import LlamaSpec
-from slicer_compile.llm.opsc import check_weights, quantise_weights
+from slicer_compile.llm.opsc import WEIGHT_PRECISIONS, check_weights, quantise_weights
 from slicer_compile.llm.report import write_llm_report
 from slicer_compile.profile.devices import LOCAL_CPU, DeviceSpec, get_device
 from slicer_compile.storage import StagedDirectory, write_bytes_atomically, write_text_atomically
@@ -57,6 +57,9 @@ def load_llm(model):
         import transformers
     except ImportError:
         raise ConfigError("compiling an LLM needs transformers and torch: pip install -e '.[torch]'") from None
+    # Its own progress bars and notices would interleave with ours on stderr.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     if isinstance(model, transformers.PreTrainedModel):
         return model, f"<{type(model).__name__}>"
     if isinstance(model, transformers.PretrainedConfig):
@@ -77,24 +80,26 @@ def load_llm(model):
         raise ModelError(f"{path}/config.json: {str(exc).splitlines()[0]}") from None
     LlamaSpec.from_config(config)
     try:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                                   torch_dtype="float32")
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True).float()
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load the weights: {str(exc).splitlines()[0]}") from None
     return loaded, str(path)
+
+
+def initializer_bytes(blob: bytes) -> int:
+    """The bytes of a part's weights as stored (quantised ones packed, with their scales)."""
+    import onnx
+
+    model = onnx.load_from_string(blob)
+    return sum(int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+               for t in model.graph.initializer)
 
 
 def part_costs(spec: LlamaSpec, parts: LlmParts, context: int, edge_layers: tuple[bytes, ...] = ()
                ) -> dict[str, PartCost]:
     """Per part (``embed``, ``layer_NNN``, ``edge_layer_NNN``, ``head``), the cost of one
     decode step (a quantised weight moves its packed bytes and scales)."""
-    import onnx
-
-    def weights(blob: bytes) -> int:
-        model = onnx.load_from_string(blob)
-        return sum(int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-                   for t in model.graph.initializer)
-
+    weights = initializer_bytes
     costs = {EMBED: PartCost(weights(parts.embed), 0.0, float(spec.hidden_size * 4 * 2))}
     kv = spec.kv_bytes_per_token_per_layer
     attention_flops = 4.0 * spec.num_heads * spec.head_dim * context  # scores and mixing over the cache
@@ -161,12 +166,16 @@ def cut_table(spec: LlamaSpec, costs: dict[str, PartCost], edge_s: dict[str, flo
 def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", max_tokens: int = 256,
                 server_device: str = DEFAULT_SERVER, overwrite: bool = False, runs: int = 20,
                 weights: str = "fp32", group_size: int = 32, calib_text: str | Path | None = None,
-                calib_positions: int = 1000, progress: Callable[[str, int, int], None] = lambda *a: None):
+                calib_positions: int = 1000, memory_bytes: float | None = None, accuracy_budget: float = 0.01,
+                progress: Callable[[str, int, int], None] = lambda *a: None):
     """Compile a decoder-only LLM into per-layer parts and a cut table; returns the
     loaded :class:`llm.artifact.LlmArtifact`. ``weights``: the edge's layer weights
     (fp32, or int8/int4 weight-only in blocks of ``group_size``: OPSC). ``calib_text``:
     a text file to measure each cut under each per-token codec on (llm.calibrate), the
     edge's quantised layers included; the selector then keeps within the accuracy budget.
+    ``weights="auto"`` chooses the precision by Sung et al.'s Eq. 8 (:func:`choose_weights`)
+    for ``memory_bytes`` and ``accuracy_budget``; with any ``weights``, a ``memory_bytes``
+    that fits no layer on the edge is refused.
 
     Raises:
         ModelError: not a supported decoder-only LLM (one line naming what is not).
@@ -175,7 +184,10 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
     """
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
-    check_weights(weights, group_size)
+    if weights != AUTO:
+        check_weights(weights, group_size)
+    elif memory_bytes is None:
+        raise ConfigError("choosing the edge weights (auto) needs the edge's memory budget (--memory)")
     started = time.perf_counter()
     edge_spec, server_spec = get_device(device), get_device(server_device)
     loaded, source = load_llm(model)
@@ -183,16 +195,25 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
     progress("exporting the parts", 0, 1)
     parts = export_parts(loaded, spec)
     progress("exporting the parts", 1, 1)
-    edge_layers = ()
-    if weights != "fp32":
-        edge_layers = tuple(quantise_weights(blob, weights, group_size) for blob in parts.layers)
-    calibration = {"status": "none", "reason": "compiled without --calib-text: fidelity is unknown"}
+    ids = None
     if calib_text is not None:
-        from slicer_compile.llm.calibrate import calibrate_llm, text_tokens
+        from slicer_compile.llm.calibrate import text_tokens
 
         ids = text_tokens(calib_text, spec, model if isinstance(model, (str, Path)) else None)
         if int(ids.max()) >= spec.vocab_size:
             raise ConfigError(f"the calibration text has token ids beyond the vocabulary of {spec.vocab_size}")
+    plan = None
+    if memory_bytes is not None:
+        plan = choose_weights(spec, parts, memory_bytes, accuracy_budget, max_tokens, group_size, ids,
+                              [weights] if weights != AUTO else list(WEIGHT_PRECISIONS), calib_positions)
+        weights = plan["chosen"]["weights"]
+    edge_layers = ()
+    if weights != "fp32":
+        edge_layers = tuple(quantise_weights(blob, weights, group_size) for blob in parts.layers)
+    calibration = {"status": "none", "reason": "compiled without --calib-text: fidelity is unknown"}
+    if ids is not None:
+        from slicer_compile.llm.calibrate import calibrate_llm
+
         edge_parts = LlmParts(parts.embed, edge_layers, parts.head) if edge_layers else None
         calibration = calibrate_llm(spec, parts, ids, calib_positions, edge_parts=edge_parts,
                                     progress=lambda d, t: progress("calibrating cuts x codecs", d, t))
@@ -229,6 +250,7 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
                            "bytes_per_token": c.bytes_moved} for n, c in costs.items()},
         "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens, quantised=bool(edge_layers)),
         "calibration": calibration,
+        "opsc": plan,
         # one token generated by the edge alone: embedding, every (edge) layer, the head
         "edge_full_step_ms": round(1e3 * (edge_s[EMBED] + edge_s[HEAD] + sum(
             edge_s[(edge_layer_name if edge_layers else layer_name)(i)] for i in range(spec.num_layers))), 6),
@@ -243,6 +265,58 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
         write_text_atomically(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         write_llm_report(load_llm_artifact(staging))
     return load_llm_artifact(out_dir)
+
+
+AUTO = "auto"
+
+
+def choose_weights(spec: LlamaSpec, parts: LlmParts, memory_bytes: float, accuracy_budget: float, max_tokens: int,
+                   group_size: int, ids: np.ndarray | None, candidates: list[str], positions: int = 1000) -> dict:
+    """Sung et al. Eq. 8 over the edge's weight precisions: the deepest cut ℓ whose edge
+    memory at W̄ (weights as stored + the KV cache of ℓ layers grown to W̄) fits
+    ``memory_bytes``, among the precisions whose greedy token agreement with the
+    full-precision model (all layers on the edge, on ``ids``) stays within
+    ``accuracy_budget``; ties go to the higher precision. Without text, fidelity is
+    unknown and only memory decides. Raises ConfigError where no precision fits a layer.
+    """
+    from slicer_compile.llm.calibrate import calibrate_llm
+
+    kv = spec.kv_bytes_per_token_per_layer * max_tokens
+    embed = initializer_bytes(parts.embed)
+    rows = []
+    for weights in candidates:
+        layers = parts.layers if weights == "fp32" else tuple(quantise_weights(b, weights, group_size)
+                                                              for b in parts.layers)
+        used, deepest = embed, 0
+        for blob in layers:
+            used += initializer_bytes(blob) + kv
+            if used > memory_bytes:
+                break
+            deepest += 1
+        agreement = None
+        if ids is not None and deepest:
+            edge = LlmParts(parts.embed, layers, parts.head)
+            agreement = calibrate_llm(spec, parts, ids, positions, edge_parts=edge, settings={"float32": None},
+                                      cuts_measured=[spec.num_layers])["cuts"][str(spec.num_layers)]["float32"][
+                "token_agreement"]
+        first_layer = embed + initializer_bytes(layers[0]) + kv
+        rows.append({"weights": weights, "deepest_cut": deepest, "token_agreement": agreement,
+                     "first_layer_bytes": first_layer})
+    allowed = [r for r in rows if r["deepest_cut"] and (r["token_agreement"] is None
+                                                        or r["token_agreement"] >= 1 - accuracy_budget - 1e-12)]
+    if not allowed:
+        need = min(r["first_layer_bytes"] for r in rows)
+        fitting = [r for r in rows if r["deepest_cut"]]
+        why = (f"no precision keeps the token agreement within {accuracy_budget:g} "
+               "(" + ", ".join(f"{r['weights']}: {r['token_agreement']:.4f}" for r in fitting) + ")" if fitting else
+               f"one layer on the edge needs {need / 2**20:.2f} MiB at W̄ = {max_tokens} (embedding, its weights "
+               f"and KV cache)")
+        raise ConfigError(f"--memory {memory_bytes / 2**20:.2f} MiB fits no edge configuration: {why}")
+    best = max(allowed, key=lambda r: (r["deepest_cut"], -candidates.index(r["weights"])))
+    return {"memory_bytes": memory_bytes, "accuracy_budget": accuracy_budget, "candidates": rows,
+            "chosen": {"weights": best["weights"], "cut": best["deepest_cut"]},
+            "reason": f"the deepest cut that fits {memory_bytes / 2**20:.2f} MiB at W̄ = {max_tokens}"
+                      + ("" if ids is not None else " (fidelity not measured: no --calib-text)")}
 
 
 def _roofline(spec: DeviceSpec, costs: dict[str, PartCost]) -> dict[str, float]:

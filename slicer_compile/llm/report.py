@@ -44,11 +44,25 @@ def write_llm_report(artifact: LlmArtifact) -> Path:
         "|" + "---|" * len(HEADER),
         *("| " + " | ".join(row) + " |" for row in cut_rows(artifact)),
         "",
+        *_opsc_lines(artifact),
         *_calibration_lines(artifact),
     ]
     path = artifact.path / REPORT
     write_text_atomically(path, "\n".join(lines) + "\n")
     return path
+
+
+def _opsc_lines(artifact: LlmArtifact) -> list[str]:
+    plan = artifact.manifest.get("opsc")
+    if not plan:
+        return []
+    lines = [f"Edge weights chosen for {_mib(plan['memory_bytes'])} (Sung et al. Eq. 8): "
+             f"**{plan['chosen']['weights']}**, deepest cut {plan['chosen']['cut']} — {plan['reason']}.", "",
+             "| edge weights | deepest cut that fits | token agreement (all layers on the edge) |", "|---|---:|---:|"]
+    for row in plan["candidates"]:
+        agreement = "not measured" if row["token_agreement"] is None else f"{row['token_agreement']:.4f}"
+        lines.append(f"| {row['weights']} | {row['deepest_cut']} | {agreement} |")
+    return lines + [""]
 
 
 def _calibration_lines(artifact: LlmArtifact) -> list[str]:

@@ -206,3 +206,37 @@ def test_the_accuracy_budget_chooses_the_bits_of_an_ar_query(calibrated):
     assert (anything.hidden_bits[:-1] < strict.hidden_bits[:-1]).all()
     # the last layer was not measured (cuts 1..L-1): the codec's bound there
     assert strict.hidden_bits[-1] == anything.hidden_bits[-1]
+
+
+def test_auto_weights_put_the_most_layers_within_memory_and_accuracy(tmp_path, capsys):
+    """Sung et al. Eq. 8 on the trained LM: the deepest cut that fits the edge memory,
+    among the precisions that keep the token agreement within the budget."""
+    from slicer_compile.llm.compile import compile_llm
+    from tests.llm.test_llama_parts import TRAINED_LM
+
+    text = TRAINED_LM / "heldout.txt"
+    roomy = compile_llm(TRAINED_LM, device="jetson", out_dir=tmp_path / "roomy", weights="auto", memory_bytes=1e9)
+    assert roomy.manifest["opsc"]["chosen"] == {"weights": "fp32", "cut": roomy.spec.num_layers}  # ties: precision
+    fp32_layers = roomy.cuts[-1]["edge_memory_bytes_at_max_tokens"]
+    # Room for every layer at int8 (0.28x), not at fp32: int8 goes deeper.
+    tight = compile_llm(TRAINED_LM, device="jetson", out_dir=tmp_path / "tight", weights="auto",
+                        memory_bytes=0.45 * fp32_layers, calib_text=text, calib_positions=256, accuracy_budget=0.01)
+    plan = tight.manifest["opsc"]
+    assert plan["chosen"]["weights"] in ("int8", "int4") and plan["chosen"]["cut"] == tight.spec.num_layers
+    assert tight.edge_weights == plan["chosen"]["weights"]
+    assert tight.cuts[-1]["edge_memory_bytes_at_max_tokens"] <= 0.45 * fp32_layers
+    rows = {r["weights"]: r for r in plan["candidates"]}
+    assert rows["fp32"]["deepest_cut"] < tight.spec.num_layers and rows["int8"]["token_agreement"] >= 0.99
+    assert "Eq. 8" in (tight.path / "report.md").read_text()
+    # A strict budget that int4 misses (95% agreement) and memory only int4 fits: refused, one line.
+    code, _, err = run_cli(["llm", str(TRAINED_LM), "--device", "jetson", "--weights", "auto", "--memory",
+                            f"{int(0.2 * fp32_layers)}B", "--calib-text", str(text), "--calib-positions", "256",
+                            "--accuracy-budget", "0", "-o", str(tmp_path / "none")], capsys)
+    # (one line: the blank one before it is the finished progress bar's, off a terminal)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "fits no edge configuration" in err, err
+    assert not (tmp_path / "none").exists()
+    code, _, err = run_cli(["llm", str(TRAINED_LM), "--weights", "auto", "--memory", "1KB", "-o",
+                            str(tmp_path / "tiny")], capsys)
+    assert code == 1 and "one layer on the edge needs" in err
+    code, _, err = run_cli(["llm", str(TRAINED_LM), "--weights", "auto", "-o", str(tmp_path / "x")], capsys)
+    assert code == 1 and "needs the edge's memory budget" in err

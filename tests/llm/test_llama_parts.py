@@ -39,8 +39,7 @@ def llama(request):
     if request.param == "random":
         model = tiny_llama()
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(TRAINED_LM, local_files_only=True,
-                                                                  torch_dtype=torch.float32).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(TRAINED_LM, local_files_only=True).float().eval()
     spec = LlamaSpec.from_config(model.config)
     return model, spec, export_parts(model, spec)
 
