@@ -24,20 +24,22 @@ public:
     {
     }
 
+    //! The low ``width`` bits of ``value`` (0..64), a byte's worth at a time.
     bool put(uint64_t value, int width)
     {
-        for (int bit = width - 1; bit >= 0; --bit)
+        while (width > 0)
         {
             size_t const byte = mBits >> 3;
             if (byte >= mCapacity)
             {
                 return false;
             }
-            if ((value >> bit) & 1U)
-            {
-                mOut[byte] |= static_cast<uint8_t>(0x80U >> (mBits & 7));
-            }
-            ++mBits;
+            int const free = 8 - static_cast<int>(mBits & 7);
+            int const n = width < free ? width : free;
+            uint64_t const chunk = (value >> (width - n)) & ((uint64_t{1} << n) - 1);
+            mOut[byte] |= static_cast<uint8_t>(chunk << (free - n));
+            mBits += static_cast<uint64_t>(n);
+            width -= n;
         }
         return true;
     }
@@ -63,18 +65,23 @@ public:
     {
     }
 
+    //! ``width`` bits (0..64), a byte's worth at a time.
     bool get(int width, uint64_t* value)
     {
         uint64_t v = 0;
-        for (int i = 0; i < width; ++i)
+        while (width > 0)
         {
             size_t const byte = mBits >> 3;
             if (byte >= mLen)
             {
                 return false;
             }
-            v = (v << 1) | ((mBuf[byte] >> (7 - (mBits & 7))) & 1U);
-            ++mBits;
+            int const avail = 8 - static_cast<int>(mBits & 7);
+            int const n = width < avail ? width : avail;
+            uint64_t const chunk = (static_cast<uint64_t>(mBuf[byte]) >> (avail - n)) & ((uint64_t{1} << n) - 1);
+            v = (v << n) | chunk;
+            mBits += static_cast<uint64_t>(n);
+            width -= n;
         }
         *value = v;
         return true;

@@ -66,6 +66,58 @@ public:
     std::vector<uint8_t> mBytes;
 };
 
+//! The k-th highest of ``scores`` (1 <= k < T; every score a finite float >= +0, whose
+//! bit patterns order as the values do): a radix select, two passes of a 16-bit
+//! histogram, O(T) without the copy and partitioning of a selection by comparisons.
+constexpr uint64_t kRadixSelectMin = 1u << 16;
+
+float kthHighest(std::vector<float> const& scores, uint64_t k)
+{
+    std::vector<uint32_t> histogram(1u << 16);
+    auto bitsOf = [](float v)
+    {
+        uint32_t b;
+        std::memcpy(&b, &v, sizeof b);
+        return b;
+    };
+    for (float v : scores)
+    {
+        ++histogram[bitsOf(v) >> 16];
+    }
+    uint64_t above = 0;
+    uint32_t high = 0xFFFFu;
+    for (;; --high)
+    {
+        if (above + histogram[high] >= k)
+        {
+            break;
+        }
+        above += histogram[high];
+    }
+    std::fill(histogram.begin(), histogram.end(), 0u);
+    for (float v : scores)
+    {
+        uint32_t const b = bitsOf(v);
+        if ((b >> 16) == high)
+        {
+            ++histogram[b & 0xFFFFu];
+        }
+    }
+    uint32_t low = 0xFFFFu;
+    for (;; --low)
+    {
+        if (above + histogram[low] >= k)
+        {
+            break;
+        }
+        above += histogram[low];
+    }
+    uint32_t const bits = (high << 16) | low;
+    float kth;
+    std::memcpy(&kth, &bits, sizeof kth);
+    return kth;
+}
+
 //! Flat indices (ascending) of the min(k, nnz) highest scores, ties to the lower index.
 std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
 {
@@ -76,10 +128,14 @@ std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
         return kept;
     }
     float kth = 0.0f;
-    if (k < T)
+    if (k < T && T >= kRadixSelectMin)
+    {
+        kth = kthHighest(scores, k);
+    }
+    else if (k < T)  // small: the histograms' 256 KiB would cost more than the selection
     {
         std::vector<float> copy(scores);
-        std::nth_element(copy.begin(), copy.begin() + (T - k), copy.end());
+        std::nth_element(copy.begin(), copy.begin() + static_cast<std::ptrdiff_t>(T - k), copy.end());
         kth = copy[T - k];
     }
     if (k >= T || kth == 0.0f)
@@ -118,17 +174,27 @@ std::vector<uint8_t> splitBlocks(std::vector<float> const& magnitudes, int maxBl
     {
         return labels;
     }
+    // A block is a run of ranks, not an order within it: one partition per block
+    // boundary (O(T) each) instead of a full sort. Ties go to the earlier value, as a
+    // stable sort by magnitude would put them.
     std::vector<size_t> order(magnitudes.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(
-        order.begin(), order.end(), [&](size_t a, size_t b) { return magnitudes[a] > magnitudes[b]; });
-    size_t rank = 0;
+    auto const before = [&](size_t a, size_t b)
+    { return magnitudes[a] > magnitudes[b] || (magnitudes[a] == magnitudes[b] && a < b); };
+    size_t start = 0;
     for (size_t b = 0; b < sizes.size(); ++b)
     {
-        for (int64_t j = 0; j < sizes[b]; ++j)
+        size_t const end = start + static_cast<size_t>(sizes[b]);
+        if (b + 1 < sizes.size())
         {
-            labels[order[rank++]] = static_cast<uint8_t>(b);
+            std::nth_element(order.begin() + static_cast<std::ptrdiff_t>(start),
+                order.begin() + static_cast<std::ptrdiff_t>(end), order.end(), before);
         }
+        for (size_t j = start; j < end; ++j)
+        {
+            labels[order[j]] = static_cast<uint8_t>(b);
+        }
+        start = end;
     }
     return labels;
 }

@@ -492,3 +492,19 @@ def test_a_server_and_client_on_the_cpp_coder_answer_as_on_numpy(host_build, tmp
                                for split in artifact.splits if split.files for s in x]
     for a, b in zip(outputs["numpy"], outputs["native"]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("size, kind", [(1 << 16, "normal"), (70001, "ties"), (200000, "sparse")])
+def test_the_radix_select_of_large_tensors_keeps_what_numpy_keeps(coder, size, kind):
+    """From 64 Ki values the C++ encoder finds the k-th score by a radix select: the same
+    kept set (ties to the lower index, zeros never kept) as numpy's, byte for byte."""
+    from slicer_compile.codec import SlicerConfig
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal(size).astype(np.float32)
+    if kind == "ties":
+        x = np.round(x * 4) / 4  # a few distinct magnitudes: the k-th score is shared by many
+    elif kind == "sparse":
+        x[rng.random(size) < 0.95] = 0  # fewer non-zeros than k at s = 0.9
+    for sparsity in (0.5, 0.9, 0.99):
+        check_encoder(coder, x.reshape(1, -1), SlicerConfig(sparsity=sparsity))
