@@ -11,6 +11,7 @@ reference, which is the spec.
 from __future__ import annotations
 
 import ctypes
+import functools
 import shutil
 from pathlib import Path
 
@@ -102,7 +103,7 @@ class RuntimeCoder:
 
         native = self._native_for(elements, AUTO_NATIVE_DECODE_ELEMENTS) if codec_id == SlicerConfig.codec_id else None
         if native is not None:
-            return native.decode_slicer(payload, max_elements=limits.max_elements)
+            return native.decode_slicer(payload, max_elements=limits.max_elements, expected_elements=elements)
         return decode(payload, limits)
 
 
@@ -114,6 +115,20 @@ def host_coder_for(choice: str, build_dir: str | Path | None = None) -> "HostCod
     if choice == "native" and coder is None:
         raise ConfigError("the native coder is not built: run slicer-compile build-kernels --host-only")
     return coder
+
+
+@functools.lru_cache(maxsize=256)
+def _payload_bound(shape: tuple[int, ...], cfg) -> int:
+    """Bytes every payload of ``shape`` at ``cfg`` fits in (predict_bits; cached: a
+    per-token caller asks the same question for every token)."""
+    from slicer_compile.codec import predict_bits
+
+    return predict_bits(shape, cfg) // 8 + 1
+
+
+@functools.lru_cache(maxsize=256)
+def _knobs_of(cfg) -> "_Knobs":
+    return _Knobs(*cfg.knob_values())
 
 
 class HostCoder:
@@ -217,12 +232,10 @@ class HostCoder:
         """The C++ SLICER encoder: a complete payload for ``x`` (float32 or float16)."""
         flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
         shape = np.array(x.shape, dtype=np.uint32)
-        knobs = _Knobs(*cfg.knob_values())
+        knobs = _knobs_of(cfg)
         dtype_code = 2 if x.dtype == np.float16 else 1
-        from slicer_compile.codec import predict_bits
-
         # predict_bits bounds every payload, so one call with that capacity suffices.
-        out = np.zeros(predict_bits(x.shape, cfg) // 8 + 1, dtype=np.uint8)
+        out = np.zeros(_payload_bound(tuple(x.shape), cfg), dtype=np.uint8)
         needed = ctypes.c_size_t()
         self._check(self._lib.slicer_encode_host(flat.ctypes.data, shape.ctypes.data, x.ndim, dtype_code,
                                                  ctypes.byref(knobs), out.ctypes.data, out.size,
@@ -268,23 +281,36 @@ class HostCoder:
             out.ctypes.data, out.size, ctypes.byref(written)), "encode_from_kept_parallel")
         return out[: written.value].tobytes()
 
-    def decode_slicer(self, payload: bytes, max_elements: int = 1 << 28, max_payload_bytes: int = 1 << 31) -> np.ndarray:
-        """The C++ SLICER decoder; raises PayloadError wherever the numpy decoder does."""
+    def decode_slicer(self, payload: bytes, max_elements: int = 1 << 28, max_payload_bytes: int = 1 << 31,
+                      expected_elements: int | None = None) -> np.ndarray:
+        """The C++ SLICER decoder; raises PayloadError wherever the numpy decoder does.
+
+        ``expected_elements`` (a server knows its tensor's size): decode in one pass into
+        a buffer that size; without it, or where the payload holds more, a sizing pass
+        first (the payload is validated either way before anything is written)."""
         data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
         limits = _Limits(max_elements, max_payload_bytes)
         shape = np.zeros(8, dtype=np.uint32)
         ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
         args = (data.ctypes.data, len(payload), ctypes.byref(limits))
         tail = (shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code), ctypes.byref(elements))
-        status = self._lib.slicer_decode_host(*args, None, 0, *tail)  # validates and sizes
+        status = _ERR_CAPACITY
+        if expected_elements is not None and 0 < expected_elements <= max_elements:
+            out = np.empty(expected_elements, dtype=np.float32)
+            status = self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail)
+        if status == _ERR_CAPACITY:  # no size given, or the payload holds more: size it first
+            status = self._lib.slicer_decode_host(*args, None, 0, *tail)  # validates and sizes
+            if status not in (_OK, _ERR_CAPACITY, _ERR_ARGUMENT):
+                self._check(status, "decode_slicer")
+            if status != _ERR_ARGUMENT:
+                out = np.empty(max(elements.value, 1), dtype=np.float32)
+                status = self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail)
         if status == _ERR_ARGUMENT:
             raise SlicerCompileError("the host decoder reads SLICER payloads (codec id 1) only")
-        if status not in (_OK, _ERR_CAPACITY):
-            self._check(status, "decode_slicer")
-        out = np.zeros(max(elements.value, 1), dtype=np.float32)
-        self._check(self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail), "decode_slicer")
+        self._check(status, "decode_slicer")
         dtype = np.float16 if dtype_code.value == 2 else np.float32
-        return out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value])).astype(dtype)
+        value = out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value]))
+        return value.astype(dtype, copy=False)
 
     def decode_parallel(self, payload: bytes, max_elements: int = 1 << 20,
                         max_payload_bytes: int = 1 << 31) -> np.ndarray:

@@ -508,3 +508,18 @@ def test_the_radix_select_of_large_tensors_keeps_what_numpy_keeps(coder, size, k
         x[rng.random(size) < 0.95] = 0  # fewer non-zeros than k at s = 0.9
     for sparsity in (0.5, 0.9, 0.99):
         check_encoder(coder, x.reshape(1, -1), SlicerConfig(sparsity=sparsity))
+
+
+@pytest.mark.parametrize("expected", [None, 4096, 4000, 5000, 1])
+def test_decoding_with_a_size_hint_gives_the_same_tensor(coder, expected):
+    """One pass where the hint holds the payload, a sizing pass first where it does not
+    (a smaller hint), the same tensor either way."""
+    from slicer_compile.codec import SlicerConfig, decode, encode
+
+    x = np.random.default_rng(4).standard_normal((1, 4096)).astype(np.float32)
+    payload = encode(x, SlicerConfig(sparsity=0.9))
+    got = coder.decode_slicer(payload, expected_elements=expected)
+    assert got.shape == (1, 4096)
+    np.testing.assert_array_equal(got, decode(payload))
+    with pytest.raises(PayloadError):
+        coder.decode_slicer(payload[:-3], expected_elements=expected)
