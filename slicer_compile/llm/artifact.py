@@ -16,6 +16,8 @@ from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.storage import sha256_of
 
 _PART_FILE = re.compile(r"^parts/[A-Za-z0-9_]+\.onnx$")
+#: no byte count, time or rate in a manifest is beyond this (a petabyte; 30 years in ms)
+_MAX_FIELD = 1e15
 CUT_FIELDS = ("edge_ms_per_token", "server_ms_per_token", "hidden_bytes_per_token", "edge_kv_bytes_per_token",
               "server_kv_bytes_per_token", "edge_weight_bytes", "edge_memory_bytes_at_max_tokens")
 
@@ -81,17 +83,18 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
         raise ArtifactError(f"{manifest_path} has LLM schema version {manifest.get('schema_version')}; this build "
                             f"reads {LLM_SCHEMA_VERSION}")
     try:
+        _check_top_level(manifest)
         spec = _spec(manifest["architecture"])
         weights = manifest["weights"]
-        if not isinstance(weights, dict) or weights.get("edge") not in WEIGHT_PRECISIONS:
-            raise ArtifactError(f"weights.edge must be one of {WEIGHT_PRECISIONS}")
         expected = {EMBED, HEAD, *(layer_name(i) for i in range(spec.num_layers))}
         if weights["edge"] != "fp32":
             expected |= {edge_layer_name(i) for i in range(spec.num_layers)}
         parts, digests = manifest["parts"], manifest["digests"]
         if not isinstance(parts, dict) or set(parts) != expected or not isinstance(digests, dict) \
                 or set(digests) != expected:
-            raise ArtifactError(f"parts must name exactly {sorted(expected)}")
+            raise ArtifactError(f"parts and digests must name exactly embed, head and {layer_name(0)}.."
+                                f"{layer_name(spec.num_layers - 1)} (the {spec.num_layers} layers of the "
+                                f"architecture){' and their edge_ copies' if weights['edge'] != 'fp32' else ''}")
         for name, relative in parts.items():
             if not isinstance(relative, str) or not _PART_FILE.match(relative):
                 raise ArtifactError(f"part {name!r}: {relative!r} is not a file under parts/")
@@ -102,23 +105,48 @@ def load_llm_artifact(path: str | Path) -> LlmArtifact:
                 list(range(spec.num_layers + 1)):
             raise ArtifactError(f"cuts must be the layer boundaries 0..{spec.num_layers} in order")
         for row in cuts:
+            if row.get("edge_layers") != row["cut"]:
+                raise ArtifactError(f"cut {row['cut']}: edge_layers must equal the cut")
             for key in CUT_FIELDS:
                 value = row.get(key)
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                    raise ArtifactError(f"cut {row['cut']}: {key} must be a number >= 0, got {value!r}")
+                whole = key.endswith("_bytes") or key.endswith("_bytes_per_token") or key.endswith("_max_tokens")
+                if (not isinstance(value, int if whole else (int, float)) or isinstance(value, bool)
+                        or not 0 <= value <= _MAX_FIELD):
+                    raise ArtifactError(f"cut {row['cut']}: {key} must be {'an integer' if whole else 'a number'} "
+                                        f"in 0..{_MAX_FIELD:g}, got {value!r}")
         full = manifest["edge_full_step_ms"]
-        if not isinstance(full, (int, float)) or isinstance(full, bool) or full < 0:
+        if not isinstance(full, (int, float)) or isinstance(full, bool) or not 0 <= full <= _MAX_FIELD:
             raise ArtifactError(f"edge_full_step_ms must be a number >= 0, got {full!r}")
         _check_calibration(manifest.get("calibration"), spec)
         _check_opsc(manifest.get("opsc"), spec)
         max_tokens = manifest["max_tokens"]
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1 << 24:
             raise ArtifactError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     except KeyError as exc:
         raise ArtifactError(f"{manifest_path}: the manifest lacks {exc}") from None
     except ArtifactError as exc:
         raise ArtifactError(f"{manifest_path}: {exc}") from None
     return LlmArtifact(path, manifest, spec)
+
+
+def _check_top_level(manifest: dict) -> None:
+    """The fields every reader prints or compares, of the types they expect."""
+    for key in ("artifact_id", "source", "tool_version", "created"):
+        if not isinstance(manifest[key], str):
+            raise ArtifactError(f"{key} must be a string")
+    for key in ("device", "server_device"):
+        device = manifest[key]
+        if not isinstance(device, dict) or not all(isinstance(device.get(f), str)
+                                                   for f in ("name", "description", "latency_source")):
+            raise ArtifactError(f"{key} must be an object with name, description and latency_source")
+    weights = manifest["weights"]
+    if not isinstance(weights, dict) or weights.get("edge") not in WEIGHT_PRECISIONS or weights.get("server") != "fp32" \
+            or not (weights.get("group_size") is None or (isinstance(weights["group_size"], int)
+                                                          and not isinstance(weights["group_size"], bool))):
+        raise ArtifactError(f"weights must be {{edge: one of {WEIGHT_PRECISIONS}, server: fp32, group_size}}")
+    seconds = manifest.get("compile_seconds")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)):
+        raise ArtifactError("compile_seconds must be a number")
 
 
 def _check_calibration(section, spec: LlamaSpec) -> None:
@@ -132,8 +160,8 @@ def _check_calibration(section, spec: LlamaSpec) -> None:
         for name, row in rows.items():
             values = [row.get(k) if isinstance(row, dict) else None
                       for k in ("token_agreement", "perplexity", "bits_per_token")]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values) \
-                    or values[0] > 1:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= _MAX_FIELD
+                       for v in values) or values[0] > 1:
                 raise ArtifactError(f"calibration: cut {cut}, {name!r}: agreement in [0, 1], perplexity and bits >= 0")
 
 
