@@ -65,10 +65,9 @@ def _ensure_opset(model) -> None:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
 
 
-def _surgery(model, change) -> "onnx.ModelProto":
+def _surgery(model, change):
     """``change(graph)`` applied to a copy of ``model`` through onnx-graphsurgeon; the
     model-level fields graphsurgeon does not carry (metadata, doc string) are kept."""
-    import onnx
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
@@ -78,8 +77,7 @@ def _surgery(model, change) -> "onnx.ModelProto":
     out.ir_version = model.ir_version
     out.metadata_props.extend(model.metadata_props)
     out.doc_string, out.model_version = model.doc_string, model.model_version
-    onnx.checker.check_model(out)
-    return out
+    return out  # checked where it is written (compiler._materialize_into), not at every surgery
 
 
 def _node(graph, op: str, name: str, inputs: list, outputs: list, domain: str | None = None, **attrs) -> None:
@@ -211,7 +209,8 @@ def set_metadata(model, **props: str) -> None:
             entry.key, entry.value = key, str(value)
 
 
-def _activation_info(tensor, batch_dim: str | None):
+def _batched_shape(tensor, batch_dim: str | None) -> list:
+    """``tensor``'s shape with its first axis named ``batch_dim`` (symbolic), if given."""
     shape = list(tensor.shape)
     if batch_dim and shape:
         shape[0] = batch_dim
@@ -237,7 +236,7 @@ def strip_encoders(edge, crossing: list, batch_dim: str | None = "batch"):
         outputs = [o for o in graph.outputs if o.name not in codec_outputs]
         for t in activations:
             value = tensors[t.name]
-            value.shape = _activation_info(t, batch_dim)
+            value.shape = _batched_shape(t, batch_dim)
             outputs.append(value)
         graph.outputs = outputs
         graph.inputs = [i for i in graph.inputs if i.name != KNOBS_INPUT]
@@ -259,7 +258,7 @@ def strip_decoders(server, crossing: list, batch_dim: str | None = "batch"):
         for t in activations:
             value = tensors[t.name]
             value.inputs.clear()  # cut from its decoder chain, which cleanup then drops
-            value.shape = _activation_info(t, batch_dim)
+            value.shape = _batched_shape(t, batch_dim)
             inputs.append(value)
         for inp in inputs:  # side tensors batch too
             if batch_dim and inp.shape and inp.name not in {t.name for t in activations}:
