@@ -154,15 +154,25 @@ def _check_calibration(section, spec: LlamaSpec) -> None:
         return
     if not isinstance(section, dict) or section.get("status") != "measured" or not isinstance(section.get("cuts"), dict):
         raise ArtifactError("calibration must be {status: none} or a measured section with cuts")
+    handover = section.get("handover", {})
+    if not isinstance(handover, dict):
+        raise ArtifactError("calibration: handover must be an object")
+    for cut, rows in handover.items():
+        _check_rows(cut, rows, spec, ("token_agreement", "perplexity", "kv_bits_per_token"))
     for cut, rows in section["cuts"].items():
-        if not (isinstance(cut, str) and cut.isdigit() and 1 <= int(cut) <= spec.num_layers) or not isinstance(rows, dict):
-            raise ArtifactError(f"calibration: cut {cut!r} is not a layer boundary inside the model")
-        for name, row in rows.items():
-            values = [row.get(k) if isinstance(row, dict) else None
-                      for k in ("token_agreement", "perplexity", "bits_per_token")]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= _MAX_FIELD
-                       for v in values) or values[0] > 1:
-                raise ArtifactError(f"calibration: cut {cut}, {name!r}: agreement in [0, 1], perplexity and bits >= 0")
+        _check_rows(cut, rows, spec, ("token_agreement", "perplexity", "bits_per_token"))
+
+
+def _check_rows(cut, rows, spec: LlamaSpec, fields: tuple[str, ...]) -> None:
+    """One cut's rows: setting -> {agreement in [0, 1], perplexity and bits: bounded numbers}."""
+    if not (isinstance(cut, str) and cut.isdigit() and 1 <= int(cut) <= spec.num_layers) or not isinstance(rows, dict):
+        raise ArtifactError(f"calibration: cut {cut!r} is not a layer boundary inside the model")
+    for name, row in rows.items():
+        values = [row.get(k) if isinstance(row, dict) else None for k in fields]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= _MAX_FIELD
+                   for v in values) or values[0] > 1:
+            raise ArtifactError(f"calibration: cut {cut}, {name!r}: {', '.join(fields)} must be numbers "
+                                "(agreement in [0, 1])")
 
 
 def _check_opsc(plan, spec: LlamaSpec) -> None:

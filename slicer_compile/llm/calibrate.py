@@ -114,16 +114,78 @@ def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000
         edge.close()
         server.close()
     return {"status": "measured", "metric": "token_agreement", "positions": int(len(exact)),
-            "perplexity": round(math.exp(-float(exact_logprob.mean())), 6), "settings": list(settings), "cuts": cuts}
+            "perplexity": round(math.exp(-float(exact_logprob.mean())), 6), "settings": list(settings), "cuts": cuts,
+            "handover": {str(cut): calibrate_handover(spec, parts, ids, cut, max(1, positions // 2)) for cut in measured
+                         if cut < spec.num_layers}}
 
 
-def cheapest_within(calibration: dict, cut: int, accuracy_budget: float) -> tuple[str, float] | None:
+#: KV-cache settings at a hand-over (each layer's key and value coded as one tensor)
+KV_SETTINGS = {"float32": None, "float16": Float16Config(), "int8": Int8Config(), "tabq": TabqConfig()}
+
+
+def _coded_cache(cache: np.ndarray, cfg) -> tuple[np.ndarray, int]:
+    if cfg is None:
+        return cache, cache.nbytes
+    payload = encode(np.ascontiguousarray(cache), cfg)
+    return decode(payload), len(payload)
+
+
+def calibrate_handover(spec: LlamaSpec, parts, ids: np.ndarray, cut: int, positions: int = 512,
+                       settings: dict = KV_SETTINGS) -> dict:
+    """SLICER's hand-over (Eq. 5) with the KV cache shipped (I_kv = 1): per window, the
+    edge runs layers 1..cut on the first half of the tokens; their hidden states cross
+    as they are, and the KV cache of layers 1..cut through each ``settings`` codec; the
+    server builds layers cut+1..L from the hidden states, takes the shipped cache for
+    1..cut, and carries on over the second half with the whole model. Scored on the
+    second half against the unsplit model: token agreement, perplexity, and the KV bits
+    shipped per hand-over token."""
+    from slicer_compile.llm.stack import LayerStack
+
+    windows = windows_of(ids, 2 * positions)
+    full = LayerStack(spec, parts.layers, embed=parts.embed, head=parts.head)
+    edge = LayerStack(spec, parts.layers[:cut], embed=parts.embed)
+    rest = LayerStack(spec, parts.layers[cut:])
+    results = {}
+    for name, cfg in settings.items():
+        agree, logprobs, shipped, handed = [], [], 0, 0
+        for window in windows:
+            tokens, half = window[:-1], (len(window) - 1) // 2
+            full.reset()
+            reference = full.logits(full.forward(full.embed(tokens)))[0, half:]
+            edge.reset()
+            rest.reset()
+            rest.forward(edge.forward(edge.embed(tokens[:half])))
+            full.reset()
+            caches = []
+            for key, value in edge.caches:
+                (k, kb), (v, vb) = _coded_cache(key, cfg), _coded_cache(value, cfg)
+                caches.append((k, v))
+                shipped += kb + vb
+            full.caches = caches + list(rest.caches)
+            handed += half
+            logits = full.logits(full.forward(full.embed(tokens[half:])))[0].astype(np.float64)
+            agree.append(logits.argmax(-1) == reference.argmax(-1))
+            logits -= logits.max(-1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            logprobs.append(logp[np.arange(len(tokens) - half), window[half + 1:]])
+        results[name] = {"token_agreement": round(float(np.concatenate(agree).mean()), 6),
+                         "perplexity": round(math.exp(-float(np.concatenate(logprobs).mean())), 6),
+                         "kv_bits_per_token": round(8 * shipped / handed, 3)}
+    for stack in (full, edge, rest):
+        stack.close()
+    return results
+
+
+def cheapest_within(calibration: dict, cut: int, accuracy_budget: float, table: str = "cuts",
+                    bits: str = "bits_per_token") -> tuple[str, float] | None:
     """The setting with the fewest bits per token at ``cut`` whose agreement stays within
-    ``accuracy_budget``; (name, bits), None where the cut was not measured."""
-    rows = (calibration or {}).get("cuts", {}).get(str(cut))
+    ``accuracy_budget``; (name, bits), None where the cut was not measured. ``table``:
+    "cuts" (the per-token hidden state) or "handover" (the KV cache shipped, ``bits`` =
+    "kv_bits_per_token")."""
+    rows = (calibration or {}).get(table, {}).get(str(cut))
     if not rows:
         return None
-    within = [(r["bits_per_token"], name) for name, r in rows.items() if r["token_agreement"] >= 1 - accuracy_budget - 1e-12]
+    within = [(r[bits], name) for name, r in rows.items() if r["token_agreement"] >= 1 - accuracy_budget - 1e-12]
     if not within:
         return None
     bits, name = min(within)

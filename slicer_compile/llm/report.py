@@ -77,6 +77,16 @@ def _calibration_lines(artifact: LlmArtifact) -> list[str]:
         for name, row in rows.items():
             lines.append(f"| {cut} | {name} | {row['bits_per_token']:.0f} | {row['token_agreement']:.4f} | "
                          f"{row['perplexity']:.3f} |")
+    handover = calibration.get("handover") or {}
+    if handover:
+        lines += ["", "Hand-over with the KV cache (SLICER Eq. 5, I_kv = 1): the edge's layers' cache shipped "
+                  "through each codec, the server carrying on with the whole model:", "",
+                  "| cut | KV codec | KV bits per hand-over token | token agreement after | perplexity after |",
+                  "|---:|---|---:|---:|---:|"]
+        for cut, rows in handover.items():
+            for name, row in rows.items():
+                lines.append(f"| {cut} | {name} | {row['kv_bits_per_token']:.0f} | {row['token_agreement']:.4f} | "
+                             f"{row['perplexity']:.3f} |")
     lines += ["", f"![bits per token against token agreement]({PLOTS}/{CODEC_PLOT})", ""]
     _plot(artifact, calibration)
     return lines

@@ -275,3 +275,21 @@ def test_a_crafted_llm_manifest_is_one_line(compiled, tmp_path, capsys):
                     refused += 1
                     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (path, key, value, err)
     assert refused > len(places) * len(WRONG)  # most are refused, by both commands
+
+
+def test_a_handover_with_the_kv_cache_continues_the_unsplit_model(calibrated):
+    """The edge's KV cache shipped raw, the server carrying on with the whole model: the
+    unsplit model's tokens exactly; int8 keeps them at a quarter of the bits."""
+    from slicer_compile.llm.selection import ar_table
+
+    handover = calibrated.manifest["calibration"]["handover"]
+    kv = 2 * calibrated.spec.num_kv_heads * calibrated.spec.head_dim * 4
+    for cut, rows in handover.items():
+        assert rows["float32"]["token_agreement"] == 1.0
+        assert rows["float32"]["kv_bits_per_token"] == 8 * kv * int(cut)
+        assert rows["int8"]["token_agreement"] >= 0.99
+        assert rows["int8"]["kv_bits_per_token"] < 0.27 * rows["float32"]["kv_bits_per_token"]
+    table = ar_table(calibrated, accuracy_budget=0.01)
+    for i, cut in enumerate(range(1, calibrated.spec.num_layers)):
+        assert table.kv_bits_per_token[i] <= handover[str(cut)]["int8"]["kv_bits_per_token"] + 1
+    assert "Hand-over with the KV cache" in (calibrated.path / "report.md").read_text()
