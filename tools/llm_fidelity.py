@@ -44,6 +44,15 @@ def main() -> None:
                 print(f"| {cut} | {name} | {r['bits_per_token']:.0f} | {r['bits_per_token'] / float16_bits:.3f} | "
                       f"{r['token_agreement']:.4f} | {r['perplexity']:.3f} | {r['perplexity'] - ppl:+.3f} |")
         print()
+        print("Hand-over with the KV cache (I_kv = 1): first half of each window on the edge, its layers' cache "
+              "shipped through the codec, the second half scored on the server's whole model")
+        print("| cut | KV codec | KV bits per hand-over token | token agreement after | perplexity after |")
+        print("|---:|---|---:|---:|---:|")
+        for cut, rows in result["handover"].items():
+            for name, r in rows.items():
+                print(f"| {cut} | {name} | {r['kv_bits_per_token']:.0f} | {r['token_agreement']:.4f} | "
+                      f"{r['perplexity']:.3f} |")
+        print()
         print("OPSC: the edge's layers quantised weight-only (the hidden state uncoded), cut at the deepest layer")
         print("| edge weights | edge layer bytes | token agreement | perplexity | Δ perplexity |")
         print("|---|---:|---:|---:|---:|")
