@@ -3,10 +3,11 @@
 The artifact holds the parts (``parts/embed.onnx``, ``parts/layer_NNN.onnx``,
 ``parts/head.onnx``: see llm.export; with ``weights`` int8/int4, the edge's copies of
 the layers ``parts/edge_layer_NNN.onnx``, quantised weight-only: llm.opsc) and a
-manifest whose cut table gives, per layer
-boundary ℓ = 0..L: edge and server time per generated token, the hidden-state bytes
-that cross per token, the KV-cache bytes each side keeps per token, and edge memory at
-``max_tokens`` tokens (weights + KV cache grown to W̄, Sung et al. Eq. 2).
+manifest whose cut table gives, per layer boundary ℓ = 0..L: edge and server time per
+generated token, the hidden-state bytes that cross per token, the KV-cache bytes each
+side keeps per token, and edge memory at ``max_tokens`` tokens (weights + KV cache
+grown to W̄, Sung et al. Eq. 2). With a calibration text, the fidelity of each cut
+under each per-token codec and of each hand-over (llm.calibrate).
 
 Time per token is the roofline of each part's decode step at half the token budget of
 context (FLOPs: two per weight, plus attention over the cache; bytes: the weights and
@@ -27,10 +28,10 @@ from typing import Callable
 import numpy as np
 
 from slicer_compile import __version__
-from slicer_compile.errors import ConfigError, ModelError
-from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, PAST_KEY, PAST_VALUE, LlmParts, export_parts
 from slicer_compile.artifact import is_artifact_dir
+from slicer_compile.errors import ConfigError, ModelError
 from slicer_compile.llm.artifact import load_llm_artifact
+from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, PAST_KEY, PAST_VALUE, LlmParts, export_parts
 from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, edge_layer_name, layer_name
 from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.llm.opsc import WEIGHT_PRECISIONS, check_weights, quantise_weights
@@ -190,74 +191,76 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
         raise ConfigError("choosing the edge weights (auto) needs the edge's memory budget (--memory)")
     started = time.perf_counter()
     edge_spec, server_spec = get_device(device), get_device(server_device)
-    loaded, source = load_llm(model)
-    spec = LlamaSpec.from_config(loaded.config)
-    progress("exporting the parts", 0, 1)
-    parts = export_parts(loaded, spec)
-    progress("exporting the parts", 1, 1)
-    ids = None
-    if calib_text is not None:
-        from slicer_compile.llm.calibrate import text_tokens
-
-        ids = text_tokens(calib_text, spec, model if isinstance(model, (str, Path)) else None)
-        if int(ids.max()) >= spec.vocab_size:
-            raise ConfigError(f"the calibration text has token ids beyond the vocabulary of {spec.vocab_size}")
-    plan = None
-    if memory_bytes is not None:
-        plan = choose_weights(spec, parts, memory_bytes, accuracy_budget, max_tokens, group_size, ids,
-                              [weights] if weights != AUTO else list(WEIGHT_PRECISIONS), calib_positions)
-        weights = plan["chosen"]["weights"]
-    edge_layers = ()
-    if weights != "fp32":
-        edge_layers = tuple(quantise_weights(blob, weights, group_size) for blob in parts.layers)
-    calibration = {"status": "none", "reason": "compiled without --calib-text: fidelity is unknown"}
-    if ids is not None:
-        from slicer_compile.llm.calibrate import calibrate_llm
-
-        edge_parts = LlmParts(parts.embed, edge_layers, parts.head) if edge_layers else None
-        calibration = calibrate_llm(spec, parts, ids, calib_positions, edge_parts=edge_parts,
-                                    progress=lambda d, t: progress("calibrating cuts x codecs", d, t))
-    context = max(1, max_tokens // 2)
-    costs = part_costs(spec, parts, context, edge_layers)
-    server_s = _roofline(server_spec, costs)
-    if device == LOCAL_CPU:
-        edge_s, latency_source = _measured_step_s(spec, parts, context, runs, edge_layers), \
-            f"measured with ONNX Runtime ({runs} runs, median) at {context} tokens of context"
-    else:
-        edge_s, latency_source = _roofline(edge_spec, costs), \
-            f"roofline model per part at {context} tokens of context"
-    names = [EMBED, *(layer_name(i) for i in range(spec.num_layers)), HEAD,
-             *(edge_layer_name(i) for i in range(len(edge_layers)))]
-    blobs = [parts.embed, *parts.layers, parts.head, *edge_layers]
-    files = {name: f"{PARTS}/{name}.onnx" for name in names}
-    digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in zip(names, blobs)}
-    artifact_id = hashlib.sha256("".join(digests.values()).encode() + repr((device, max_tokens, weights, group_size)).encode()).hexdigest()[:16]
-    manifest = {
-        "schema_version": LLM_SCHEMA_VERSION,
-        "kind": LLM_KIND,
-        "tool_version": __version__,
-        "artifact_id": artifact_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "architecture": spec.as_dict(),
-        "max_tokens": max_tokens,
-        "device": {**edge_spec.as_dict(), "latency_source": latency_source},
-        "server_device": {**server_spec.as_dict(), "latency_source": f"roofline model per part at {context} tokens"},
-        "weights": {"edge": weights, "server": "fp32", "group_size": group_size if weights != "fp32" else None},
-        "parts": files,
-        "digests": digests,
-        "part_costs": {n: {"weight_bytes": c.weight_bytes, "flops_per_token": c.flops,
-                           "bytes_per_token": c.bytes_moved} for n, c in costs.items()},
-        "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens, quantised=bool(edge_layers)),
-        "calibration": calibration,
-        "opsc": plan,
-        # one token generated by the edge alone: embedding, every (edge) layer, the head
-        "edge_full_step_ms": round(1e3 * (edge_s[EMBED] + edge_s[HEAD] + sum(
-            edge_s[(edge_layer_name if edge_layers else layer_name)(i)] for i in range(spec.num_layers))), 6),
-        "compile_seconds": None,
-    }
+    # The output directory is checked before any work (a refusal costs nothing), and a
+    # failure anywhere below leaves nothing behind.
     with StagedDirectory(out_dir, overwrite=overwrite, owned=is_artifact_dir, what="LLM artifact",
                          inputs=[p for p in (model, calib_text) if isinstance(p, (str, Path))]) as staging:
+        loaded, source = load_llm(model)
+        spec = LlamaSpec.from_config(loaded.config)
+        progress("exporting the parts", 0, 1)
+        parts = export_parts(loaded, spec)
+        progress("exporting the parts", 1, 1)
+        ids = None
+        if calib_text is not None:
+            from slicer_compile.llm.calibrate import text_tokens
+
+            ids = text_tokens(calib_text, spec, model if isinstance(model, (str, Path)) else None)
+            if int(ids.max()) >= spec.vocab_size:
+                raise ConfigError(f"the calibration text has token ids beyond the vocabulary of {spec.vocab_size}")
+        plan = None
+        if memory_bytes is not None:
+            plan = choose_weights(spec, parts, memory_bytes, accuracy_budget, max_tokens, group_size, ids,
+                                  [weights] if weights != AUTO else list(WEIGHT_PRECISIONS), calib_positions)
+            weights = plan["chosen"]["weights"]
+        edge_layers = ()
+        if weights != "fp32":
+            edge_layers = tuple(quantise_weights(blob, weights, group_size) for blob in parts.layers)
+        calibration = {"status": "none", "reason": "compiled without --calib-text: fidelity is unknown"}
+        if ids is not None:
+            from slicer_compile.llm.calibrate import calibrate_llm
+
+            edge_parts = LlmParts(parts.embed, edge_layers, parts.head) if edge_layers else None
+            calibration = calibrate_llm(spec, parts, ids, calib_positions, edge_parts=edge_parts,
+                                        progress=lambda d, t: progress("calibrating cuts x codecs", d, t))
+        context = max(1, max_tokens // 2)
+        costs = part_costs(spec, parts, context, edge_layers)
+        server_s = _roofline(server_spec, costs)
+        if device == LOCAL_CPU:
+            edge_s, latency_source = _measured_step_s(spec, parts, context, runs, edge_layers), \
+                f"measured with ONNX Runtime ({runs} runs, median) at {context} tokens of context"
+        else:
+            edge_s, latency_source = _roofline(edge_spec, costs), \
+                f"roofline model per part at {context} tokens of context"
+        names = [EMBED, *(layer_name(i) for i in range(spec.num_layers)), HEAD,
+                 *(edge_layer_name(i) for i in range(len(edge_layers)))]
+        blobs = [parts.embed, *parts.layers, parts.head, *edge_layers]
+        files = {name: f"{PARTS}/{name}.onnx" for name in names}
+        digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in zip(names, blobs)}
+        artifact_id = hashlib.sha256("".join(digests.values()).encode() + repr((device, max_tokens, weights, group_size)).encode()).hexdigest()[:16]
+        manifest = {
+            "schema_version": LLM_SCHEMA_VERSION,
+            "kind": LLM_KIND,
+            "tool_version": __version__,
+            "artifact_id": artifact_id,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "architecture": spec.as_dict(),
+            "max_tokens": max_tokens,
+            "device": {**edge_spec.as_dict(), "latency_source": latency_source},
+            "server_device": {**server_spec.as_dict(), "latency_source": f"roofline model per part at {context} tokens"},
+            "weights": {"edge": weights, "server": "fp32", "group_size": group_size if weights != "fp32" else None},
+            "parts": files,
+            "digests": digests,
+            "part_costs": {n: {"weight_bytes": c.weight_bytes, "flops_per_token": c.flops,
+                               "bytes_per_token": c.bytes_moved} for n, c in costs.items()},
+            "cuts": cut_table(spec, costs, edge_s, server_s, max_tokens, quantised=bool(edge_layers)),
+            "calibration": calibration,
+            "opsc": plan,
+            # one token generated by the edge alone: embedding, every (edge) layer, the head
+            "edge_full_step_ms": round(1e3 * (edge_s[EMBED] + edge_s[HEAD] + sum(
+                edge_s[(edge_layer_name if edge_layers else layer_name)(i)] for i in range(spec.num_layers))), 6),
+            "compile_seconds": None,
+        }
         (staging / PARTS).mkdir()
         for name, blob in zip(names, blobs):
             write_bytes_atomically(staging / files[name], blob)

@@ -293,3 +293,17 @@ def test_a_handover_with_the_kv_cache_continues_the_unsplit_model(calibrated):
     for i, cut in enumerate(range(1, calibrated.spec.num_layers)):
         assert table.kv_bits_per_token[i] <= handover[str(cut)]["int8"]["kv_bits_per_token"] + 1
     assert "Hand-over with the KV cache" in (calibrated.path / "report.md").read_text()
+
+
+def test_an_output_directory_that_is_not_ours_is_refused_first_and_kept(model_dir, tmp_path, capsys, monkeypatch):
+    import slicer_compile.llm.compile as llm_compile
+
+    folder, _ = model_dir
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(llm_compile, "load_llm", lambda model: pytest.fail("the model was loaded before the check"))
+    for args in ([], ["--force"]):
+        code, _, err = run_cli(["llm", str(folder), "-o", str(out), *args], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "error:" in err
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
