@@ -132,6 +132,10 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
     backend = get_backend(opts.backend)
     engine_options = backend.check_build(opts.precision, opts.calib is not None)
 
+    inputs = [p for p in (model, opts.calib, opts.profile) if isinstance(p, (str, Path))]
+    destination = StagedDirectory(out_dir, overwrite=opts.overwrite, owned=is_artifact_dir, what="artifact",
+                                  inputs=inputs)
+    destination.check()  # a refused output directory costs nothing: before any work
     source_path, normalised = _front_end(model, example_inputs)
     feeds = load_calibration_inputs(opts.calib, normalised) if opts.calib else None
     input_shapes, shape_notes = resolve_input_shapes(normalised, opts.input_shapes, feeds)
@@ -180,9 +184,7 @@ def compile_model(model, device: str = LOCAL_CPU, out_dir: str | Path = "out", c
         "compile_seconds": None,
     }
 
-    inputs = [p for p in (model, opts.calib, opts.profile) if isinstance(p, (str, Path))]
-    with StagedDirectory(out_dir, overwrite=opts.overwrite, owned=is_artifact_dir, what="artifact",
-                         inputs=inputs) as staging:
+    with destination as staging:
         (staging / FULL_MODEL).write_bytes(model_bytes)
         artifact = Artifact(staging, manifest, table)
         partitioner = Partitioner(normalised)

@@ -115,6 +115,21 @@ class StagedDirectory:
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
+        self.check()
+        recover_interrupted(self.destination)
+        # os.mkdir applies the umask (mkdtemp would make it 0700: unreadable to a
+        # server running as another user).
+        self.staging = _sibling(self.destination, _STAGING)
+        try:
+            os.mkdir(self.staging)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write to {self.destination.parent}: {exc.strerror or exc}") from None
+        return self.staging
+
+    def check(self) -> None:
+        """Refuse the destination now, before any work, where ``__enter__`` would: a
+        protected folder, a missing parent, a file, a non-empty folder without
+        ``overwrite`` or not ours, no write permission."""
         dest, parent = self.destination, self.destination.parent
         resolved = dest.resolve()
         if resolved in protected_directories(self.inputs):
@@ -133,15 +148,6 @@ class StagedDirectory:
                                     "that slicer-compile wrote (or an empty one); name a new directory with -o")
         if not os.access(parent, os.W_OK):
             raise ArtifactError(f"cannot write to {parent}: permission denied")
-        recover_interrupted(dest)
-        # os.mkdir applies the umask (mkdtemp would make it 0700: unreadable to a
-        # server running as another user).
-        self.staging = _sibling(dest, _STAGING)
-        try:
-            os.mkdir(self.staging)
-        except OSError as exc:
-            raise ArtifactError(f"cannot write to {parent}: {exc.strerror or exc}") from None
-        return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:

@@ -266,3 +266,18 @@ def test_plots_of_many_splits_label_the_pareto_ones_and_a_spread(tmp_path):
     ids = {artifact.splits[i].id for i in labelled}
     assert set(artifact.pareto) <= ids and {artifact.splits[0].id, artifact.splits[-1].id} <= ids
     assert (artifact.path / "plots" / "latency.png").stat().st_size > 10_000
+
+
+def test_a_refused_output_directory_costs_nothing(tmp_path, monkeypatch):
+    """A non-empty folder that is not an artifact is refused before the model is read."""
+    import slicer_compile.compiler as compiler
+    from slicer_compile.errors import ArtifactError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(compiler, "_front_end", lambda *a: pytest.fail("the model was read before the check"))
+    for overwrite in (False, True):
+        with pytest.raises(ArtifactError):
+            compiler.compile_model(EXAMPLES / "digits_cnn.onnx", out_dir=out, overwrite=overwrite)
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
