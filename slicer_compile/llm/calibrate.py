@@ -120,7 +120,8 @@ def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000
 
 
 #: KV-cache settings at a hand-over (each layer's key and value coded as one tensor)
-KV_SETTINGS = {"float32": None, "float16": Float16Config(), "int8": Int8Config(), "tabq": TabqConfig()}
+KV_SETTINGS = {"float32": None, "float16": Float16Config(), "int8": Int8Config(), "tabq": TabqConfig(),
+               "slicer-0.5": SlicerConfig(sparsity=0.5), "slicer-0.75": SlicerConfig(sparsity=0.75)}
 
 
 def _coded_cache(cache: np.ndarray, cfg) -> tuple[np.ndarray, int]:
