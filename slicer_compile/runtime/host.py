@@ -53,7 +53,8 @@ class ServerConfig:
     #: yet batched): a lone request runs at once. False: every batch waits the full delay.
     wait_only_when_busy: bool = True
     #: a request that finds no other in flight and the batcher idle runs on the thread that
-    #: decoded it, without the hops to the batcher thread and back (~170 µs here); over
+    #: decoded it, without the hops to the batcher thread and back (tools/bench_server_overhead.py
+    #: prices them); over
     #: HTTP, one small enough (body <= inline_max_bytes, the split's recent compute <=
     #: inline_max_compute_s) is answered on the event loop itself, without any hop
     run_alone_inline: bool = True
