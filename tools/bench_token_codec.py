@@ -13,9 +13,7 @@ Target (LLM issue, one CPU core): encode + decode <= 50 µs with the C++ host co
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slicer_compile.codec import Float16Config, Int8Config, SlicerConfig, TabqConfig, ZstdConfig, decode, encode  # noqa: E402
 from slicer_compile.codec.native import built_host_coder  # noqa: E402
+from tools.bench_native import median_ms  # noqa: E402  (the same timing as the C++/numpy bench)
 
 
 def median_us(fn, repeat: int) -> float:
-    for _ in range(min(50, repeat)):
+    for _ in range(min(50, repeat)):  # warm caches and the allocator before timing
         fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return 1e3 * median_ms(fn, repeat)
 
 
 def main() -> None:

@@ -134,7 +134,9 @@ def inspect_command(artifact_dir: Path, plots: bool, as_json: bool) -> None:
     from slicer_compile.artifact import load_artifact
     from slicer_compile.report import write_report
 
-    if _is_llm_artifact(artifact_dir):
+    from slicer_compile.llm.artifact import is_llm_artifact_dir
+
+    if is_llm_artifact_dir(artifact_dir):
         _inspect_llm(artifact_dir, plots, as_json)
         return
     artifact = load_artifact(artifact_dir)
@@ -148,17 +150,6 @@ def inspect_command(artifact_dir: Path, plots: bool, as_json: bool) -> None:
     if plots:
         written = write_report(artifact)
         click.echo(f"wrote {written}", err=as_json)
-
-
-def _is_llm_artifact(path: Path) -> bool:
-    import json
-
-    from slicer_compile.llm.artifact import is_llm_manifest
-
-    try:
-        return is_llm_manifest(json.loads((path / "manifest.json").read_text()))
-    except (OSError, ValueError, RecursionError):
-        return False  # load_artifact says what is wrong
 
 
 def _inspect_llm(path: Path, report: bool, as_json: bool) -> None:

@@ -57,10 +57,10 @@ def select_command(artifact_dir: Path, bandwidth: float, snr_db: float | None, s
 
     Exit status 3 when no split meets the constraints (the answer says which
     constraint excluded how many splits)."""
-    from slicer_compile.cli.compile_commands import _is_llm_artifact
+    from slicer_compile.llm.artifact import is_llm_artifact_dir
     from slicer_compile.select import Selector
 
-    if _is_llm_artifact(artifact_dir):
+    if is_llm_artifact_dir(artifact_dir):
         return _select_llm(artifact_dir, bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, max_tokens,
                            accuracy_budget, as_json)
     conditions = conditions_from(bandwidth, snr_db, snr_linear, epsilon, deadline, memory, rate, accuracy_budget)

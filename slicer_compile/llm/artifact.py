@@ -63,6 +63,15 @@ def is_llm_manifest(manifest) -> bool:
     return isinstance(manifest, dict) and manifest.get("kind") == LLM_KIND
 
 
+def is_llm_artifact_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a manifest of an LLM artifact (commands that take either
+    kind dispatch on it; an unreadable one is not, and its loader says what is wrong)."""
+    try:
+        return is_llm_manifest(json.loads((Path(path) / MANIFEST).read_text()))
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 def load_llm_artifact(path: str | Path) -> LlmArtifact:
     """Read and check an LLM artifact's manifest.
 

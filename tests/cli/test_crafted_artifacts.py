@@ -31,6 +31,11 @@ def mutations(manifest: dict):
     split = next(i for i, s in enumerate(manifest["splits"]) if s["files"])
     places = [((), key) for key in manifest] + [(("splits", split), key) for key in manifest["splits"][split]]
     places += [(("splits", split, "crossing", 0), key) for key in manifest["splits"][split]["crossing"][0]]
+    return mutations_at(manifest, places)
+
+
+def mutations_at(manifest: dict, places: list[tuple[tuple, str]]):
+    """(label, mutated manifest) for each (path, key) of ``places`` set to each wrong value."""
     for path, key in places:
         for value in WRONG_VALUES:
             mutated = copy.deepcopy(manifest)

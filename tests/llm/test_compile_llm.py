@@ -242,39 +242,31 @@ def test_auto_weights_put_the_most_layers_within_memory_and_accuracy(tmp_path, c
     assert code == 1 and "needs the edge's memory budget" in err
 
 
-WRONG = [None, "x", [], {}, -1, True, 1e308, [[["deep"]]]]
-
-
 def test_a_crafted_llm_manifest_is_one_line(compiled, tmp_path, capsys):
     """Every field of the manifest (top level, architecture, a cut row) set to each wrong
     value: inspect and select answer (or refuse) in one line, never a traceback."""
-    import copy
     import shutil
+
+    from tests.cli.test_crafted_artifacts import WRONG_VALUES, mutations_at
 
     manifest = json.loads((compiled.path / "manifest.json").read_text())
     places = [((), k) for k in manifest] + [(("architecture",), k) for k in manifest["architecture"]]
     places += [(("cuts", 1), k) for k in manifest["cuts"][1]]
     refused = 0
-    for path, key in places:
-        for value in WRONG:
-            mutated = copy.deepcopy(manifest)
-            target = mutated
-            for step in path:
-                target = target[step]
-            target[key] = value
-            folder = tmp_path / "a"
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(compiled.path, folder)
-            (folder / "manifest.json").write_text(json.dumps(mutated))
-            for args in (["inspect", str(folder), "--no-plots"],
-                         ["select", str(folder), "--bandwidth", "10MHz", "--snr-db", "10", "--deadline", "1s",
-                          "--memory", "1GB"]):
-                code, _, err = run_cli(args, capsys)
-                assert "Traceback" not in err, (path, key, value, err)
-                if code not in (0, 3):
-                    refused += 1
-                    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (path, key, value, err)
-    assert refused > len(places) * len(WRONG)  # most are refused, by both commands
+    for label, mutated in mutations_at(manifest, places):
+        folder = tmp_path / "a"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(compiled.path, folder)
+        (folder / "manifest.json").write_text(json.dumps(mutated))
+        for args in (["inspect", str(folder), "--no-plots"],
+                     ["select", str(folder), "--bandwidth", "10MHz", "--snr-db", "10", "--deadline", "1s",
+                      "--memory", "1GB"]):
+            code, _, err = run_cli(args, capsys)
+            assert "Traceback" not in err, (label, err)
+            if code not in (0, 3):
+                refused += 1
+                assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (label, err)
+    assert refused > len(places) * len(WRONG_VALUES)  # most are refused, by both commands
 
 
 def test_a_handover_with_the_kv_cache_continues_the_unsplit_model(calibrated):
