@@ -44,9 +44,11 @@ ALLOWED = {
                                          "slicer_compile.frontend", "slicer_compile.graph", "slicer_compile.select"},
     # The LLM compiler and its runtime pieces: beside the split compiler, on the same layers
     # below (the artifact's file names, the codec, ONNX Runtime, the device models, the
-    # autoregressive selector); the split compiler and the runtime do not import it.
+    # autoregressive selector; the front end and the partitioner to read an ONNX export);
+    # the split compiler and the runtime do not import it.
     "slicer_compile.llm": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.codec", "slicer_compile.backends.onnxrt",
-                                     "slicer_compile.profile.devices", "slicer_compile.select.autoregressive"},
+                                     "slicer_compile.profile.devices", "slicer_compile.select.autoregressive",
+                                     "slicer_compile.frontend", "slicer_compile.graph.partition"},
     "slicer_compile.compiler": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.backends.registry",
                                           "slicer_compile.calibrate", "slicer_compile.codec", "slicer_compile.frontend",
                                           "slicer_compile.graph", "slicer_compile.profile", "slicer_compile.report"},

@@ -21,7 +21,7 @@ def print_cut_table(artifact) -> None:
 
 
 @click.command("llm")
-@click.argument("model_path", metavar="MODEL_DIR", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
 @click.option("--device", default="cpu", show_default=True,
               help="Edge device (slicer-compile devices; cpu = measured here).")
@@ -45,12 +45,13 @@ def print_cut_table(artifact) -> None:
 def llm_command(model_path: Path, out_dir: Path, device: str, server_device: str, max_tokens: int,
                 weights: str, memory: float | None, accuracy_budget: float, group_size: str, calib_text: Path | None,
                 calib_positions: int, force: bool) -> None:
-    """Compile a decoder-only LLM (a transformers model directory, Llama family) into
-    per-layer parts with explicit KV caches, and a per-token cut table."""
+    """Compile a decoder-only LLM (Llama family: a transformers model directory, or an
+    ONNX export with its KV cache as past_key_values inputs) into per-layer parts with
+    explicit KV caches, and a per-token cut table."""
     from slicer_compile.llm.compile import compile_llm
 
     if not model_path.exists():
-        raise SlicerCompileError(f"no such model directory: {model_path}")
+        raise SlicerCompileError(f"no such model: {model_path}")
     with Progress() as progress:
         artifact = compile_llm(model_path, device=device, out_dir=out_dir, max_tokens=max_tokens,
                                server_device=server_device, overwrite=force, weights=weights,

@@ -56,7 +56,7 @@ def cli() -> None:
     slicer-compile devices                              device profiles known
     slicer-compile profile MODEL.onnx -o prof.json      measure per-node latency here
     slicer-compile inspect out/                         the split table
-    slicer-compile llm MODEL_DIR --device jetson -o lm/ a decoder-only LLM, per layer
+    slicer-compile llm MODEL --device jetson -o lm/     a decoder-only LLM, per layer
     slicer-compile select out/ --bandwidth 10MHz ...    split and knobs for a channel
     slicer-compile serve out/ | run out/ --server ...   run the split for real
     """

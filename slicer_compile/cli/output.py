@@ -90,9 +90,12 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
         from rich.progress import TimeElapsedColumn, TimeRemainingColumn
 
+        console = stderr_console()
+        # Off a terminal (a log, a pipe) a live bar is noise, and its stop would leave a
+        # blank line before a one-line error: shown only to a person watching.
         self._progress = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                      transient=True, console=stderr_console())
+                                      transient=True, console=console, disable=not console.is_terminal)
         self._started = False  # shown from the first stage on: a command refused before any leaves no blank line
         self._tasks = {}
         return self

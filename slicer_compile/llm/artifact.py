@@ -209,11 +209,14 @@ def _spec(data) -> LlamaSpec:
     for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                 "intermediate_size"):
         value = data[key]
+        if value is None and key == "intermediate_size":
+            continue  # not known for an ONNX export whose weights do not show it
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 20:
             raise ArtifactError(f"architecture: {key} must be a positive integer, got {value!r}")
     if data["num_heads"] % data["num_kv_heads"]:
         raise ArtifactError("architecture: num_heads must be a multiple of num_kv_heads")
     for key in ("rope_theta", "rms_norm_eps"):
-        if not isinstance(data[key], (int, float)) or isinstance(data[key], bool) or not data[key] > 0:
-            raise ArtifactError(f"architecture: {key} must be a positive number")
+        value = data[key]
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+            raise ArtifactError(f"architecture: {key} must be a positive number or null (unknown)")
     return LlamaSpec(**data)

@@ -51,9 +51,34 @@ class PartCost:
     bytes_moved: float
 
 
-def load_llm(model):
-    """A ``transformers`` causal LM from an object, a config (random weights) or a
-    local model directory; (model, source description)."""
+@dataclass(frozen=True)
+class LoadedLlm:
+    """A decoder-only LLM as the compiler takes it: its shape, its parts, where it came
+    from and where its tokenizer is (None: none known)."""
+
+    spec: LlamaSpec
+    parts: LlmParts
+    source: str
+    tokenizer_dir: Path | None
+
+
+def load_llm(model) -> LoadedLlm:
+    """The parts of a decoder-only LLM: from an ONNX export with its KV cache
+    (llm.onnx_import; its tokenizer, if any, beside it), or from a ``transformers``
+    causal LM (an object, a config: random weights, or a local model directory)."""
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+        from slicer_compile.llm.onnx_import import read_onnx_llm
+
+        spec, parts = read_onnx_llm(model)
+        return LoadedLlm(spec, parts, str(model), Path(model).parent)
+    loaded, source = _load_transformers(model)
+    spec = LlamaSpec.from_config(loaded.config)
+    return LoadedLlm(spec, export_parts(loaded, spec), source,
+                     Path(model) if isinstance(model, (str, Path)) else None)
+
+
+def _load_transformers(model):
+    """A ``transformers`` causal LM and a description of its source."""
     try:
         import transformers
     except ImportError:
@@ -70,11 +95,8 @@ def load_llm(model):
         torch.manual_seed(0)
         return transformers.AutoModelForCausalLM.from_config(model), f"<{type(model).__name__}, random weights>"
     path = Path(model)
-    if path.suffix == ".onnx":
-        raise ModelError(f"{path}: reading an ONNX LLM (past_key_values inputs) is not supported yet; give a "
-                         "transformers model directory (config.json and weights)")
     if not (path / "config.json").is_file():
-        raise ModelError(f"{path} is not a transformers model directory (no config.json)")
+        raise ModelError(f"{path} is neither an ONNX file nor a transformers model directory (no config.json)")
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -195,16 +217,15 @@ def compile_llm(model, device: str = LOCAL_CPU, out_dir: str | Path = "out_lm", 
     # failure anywhere below leaves nothing behind.
     with StagedDirectory(out_dir, overwrite=overwrite, owned=is_artifact_dir, what="LLM artifact",
                          inputs=[p for p in (model, calib_text) if isinstance(p, (str, Path))]) as staging:
-        loaded, source = load_llm(model)
-        spec = LlamaSpec.from_config(loaded.config)
-        progress("exporting the parts", 0, 1)
-        parts = export_parts(loaded, spec)
-        progress("exporting the parts", 1, 1)
+        progress("reading the model into parts", 0, 1)
+        loaded = load_llm(model)
+        spec, parts, source = loaded.spec, loaded.parts, loaded.source
+        progress("reading the model into parts", 1, 1)
         ids = None
         if calib_text is not None:
             from slicer_compile.llm.calibrate import text_tokens
 
-            ids = text_tokens(calib_text, spec, model if isinstance(model, (str, Path)) else None)
+            ids = text_tokens(calib_text, spec, loaded.tokenizer_dir)
             if int(ids.max()) >= spec.vocab_size:
                 raise ConfigError(f"the calibration text has token ids beyond the vocabulary of {spec.vocab_size}")
         plan = None

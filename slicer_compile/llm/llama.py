@@ -27,9 +27,11 @@ class LlamaSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    intermediate_size: int
-    rope_theta: float
-    rms_norm_eps: float
+    # None where the source does not say (an ONNX export: llm.onnx_import); only the
+    # export from ``transformers`` builds layers from these.
+    intermediate_size: int | None
+    rope_theta: float | None
+    rms_norm_eps: float | None
 
     @staticmethod
     def from_config(config) -> "LlamaSpec":

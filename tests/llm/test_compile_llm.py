@@ -116,9 +116,9 @@ def test_the_selector_answers_autoregressive_queries_on_an_llm_artifact(compiled
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d: None, "no such model directory"),
-    (lambda d: d.mkdir() or d, "not a transformers model directory"),
-    (lambda d: ((d.parent / "m.onnx").write_bytes(b"x"), d.parent / "m.onnx")[1], "reading an ONNX LLM"),
+    (lambda d: None, "no such model"),
+    (lambda d: d.mkdir() or d, "neither an ONNX file nor a transformers model directory"),
+    (lambda d: ((d.parent / "m.onnx").write_bytes(b"x"), d.parent / "m.onnx")[1], "not a readable ONNX model"),
     (lambda d: transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=32).save_pretrained(d) or d,
      "model type 'bert' is not a supported decoder-only LLM"),
