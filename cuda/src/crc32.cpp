@@ -9,9 +9,13 @@ namespace slicer
 namespace
 {
 
-std::array<uint32_t, 256> makeTable()
+//! Slicing-by-8 tables: kTABLES[0] is the byte-wise table; kTABLES[j][b] is the CRC of
+//! byte b followed by j zero bytes, so eight bytes are folded in per step.
+using Tables = std::array<std::array<uint32_t, 256>, 8>;
+
+Tables makeTables()
 {
-    std::array<uint32_t, 256> table{};
+    Tables tables{};
     for (uint32_t i = 0; i < 256; ++i)
     {
         uint32_t c = i;
@@ -19,9 +23,17 @@ std::array<uint32_t, 256> makeTable()
         {
             c = (c & 1U) ? 0xEDB88320U ^ (c >> 1) : c >> 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
     }
-    return table;
+    for (uint32_t i = 0; i < 256; ++i)
+    {
+        for (int j = 1; j < 8; ++j)
+        {
+            uint32_t const previous = tables[j - 1][i];
+            tables[j][i] = tables[0][previous & 0xFFU] ^ (previous >> 8);
+        }
+    }
+    return tables;
 }
 
 } // namespace
@@ -29,11 +41,20 @@ std::array<uint32_t, 256> makeTable()
 
 extern "C" uint32_t slicer_crc32(uint8_t const* data, size_t len, uint32_t crc)
 {
-    static std::array<uint32_t, 256> const kTABLE = slicer::makeTable();
+    static slicer::Tables const kTABLES = slicer::makeTables();
+    auto const& t = kTABLES;
     uint32_t c = crc ^ 0xFFFFFFFFU;
-    for (size_t i = 0; i < len; ++i)
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8)  // the bytes read one by one: no alignment or endianness assumed
     {
-        c = kTABLE[(c ^ data[i]) & 0xFFU] ^ (c >> 8);
+        uint32_t const lo = c ^ (static_cast<uint32_t>(data[i]) | (static_cast<uint32_t>(data[i + 1]) << 8)
+            | (static_cast<uint32_t>(data[i + 2]) << 16) | (static_cast<uint32_t>(data[i + 3]) << 24));
+        c = t[7][lo & 0xFFU] ^ t[6][(lo >> 8) & 0xFFU] ^ t[5][(lo >> 16) & 0xFFU] ^ t[4][lo >> 24]
+            ^ t[3][data[i + 4]] ^ t[2][data[i + 5]] ^ t[1][data[i + 6]] ^ t[0][data[i + 7]];
+    }
+    for (; i < len; ++i)
+    {
+        c = t[0][(c ^ data[i]) & 0xFFU] ^ (c >> 8);
     }
     return c ^ 0xFFFFFFFFU;
 }

@@ -7,6 +7,7 @@
 #include "slicer_codec.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -31,11 +32,26 @@ size_t golombNbytes(std::vector<uint64_t> const& gaps, uint64_t gapSum, uint64_t
     }
     else
     {
-        for (uint64_t g : gaps)
+        if (m <= 0xFFFFFFFFULL && gapSum <= 0xFFFFFFFFULL)
         {
-            uint64_t const q = g / m;
-            unaryBits += q;
-            extra += (g - q * m) >= shape.u ? 1 : 0;
+            // Every gap fits 32 bits (their sum does): a 32-bit division is a fraction of
+            // a 64-bit one, and this loop runs for three moduli per subset.
+            uint32_t const m32 = static_cast<uint32_t>(m);
+            for (uint64_t g : gaps)
+            {
+                uint32_t const q = static_cast<uint32_t>(g) / m32;
+                unaryBits += q;
+                extra += (static_cast<uint32_t>(g) - q * m32) >= shape.u ? 1 : 0;
+            }
+        }
+        else
+        {
+            for (uint64_t g : gaps)
+            {
+                uint64_t const q = g / m;
+                unaryBits += q;
+                extra += (g - q * m) >= shape.u ? 1 : 0;
+            }
         }
     }
     return 1 + kGOLOMB_HEADER_BYTES + packedNbytes(unaryBits, 1) + packedNbytes(n, shape.width)
@@ -481,7 +497,18 @@ extern "C" slicer_status slicer_decode_subset(
     return SLICER_OK;
 }
 
-extern "C" void slicer_label_chunk(int base, int* perWord, int* bits)
+namespace slicer
+{
+namespace
+{
+
+struct LabelChunk
+{
+    int perWord;
+    int bits;
+};
+
+LabelChunk searchLabelChunk(int base)
 {
     // Same search as positions.label_chunk: the chunk whose word wastes the least.
     int bestC = 1;
@@ -506,8 +533,34 @@ extern "C" void slicer_label_chunk(int base, int* perWord, int* bits)
             bestRatio = static_cast<double>(b) / c;
         }
     }
-    *perWord = bestC;
-    *bits = bestBits;
+    return {bestC, bestBits};
+}
+
+//! Every base a label section can have (labels are bytes), searched once: the coders
+//! ask for every section of every payload.
+std::array<LabelChunk, 257> const& labelChunks()
+{
+    static std::array<LabelChunk, 257> const kCHUNKS = []
+    {
+        std::array<LabelChunk, 257> chunks{};
+        for (int base = 0; base <= 256; ++base)
+        {
+            chunks[base] = searchLabelChunk(base);
+        }
+        return chunks;
+    }();
+    return kCHUNKS;
+}
+
+} // namespace
+} // namespace slicer
+
+extern "C" void slicer_label_chunk(int base, int* perWord, int* bits)
+{
+    slicer::LabelChunk const chunk
+        = base >= 0 && base <= 256 ? slicer::labelChunks()[base] : slicer::searchLabelChunk(base);
+    *perWord = chunk.perWord;
+    *bits = chunk.bits;
 }
 
 extern "C" slicer_status slicer_encode_labels(
@@ -589,6 +642,8 @@ extern "C" slicer_status slicer_decode_labels(uint8_t const* buf, size_t len, ui
     }
     slicer::BitReader reader(buf, len);
     std::vector<uint64_t> digits(perWord);
+    bool const power2 = (base & (base - 1)) == 0;
+    int const shift = slicer::bitLength(static_cast<uint64_t>(base)) - 1;
     for (uint64_t w = 0; w < words; ++w)
     {
         uint64_t acc = 0;
@@ -597,10 +652,21 @@ extern "C" slicer_status slicer_decode_labels(uint8_t const* buf, size_t len, ui
         {
             return SLICER_ERR_PAYLOAD; // a word beyond base^perWord
         }
-        for (int j = perWord - 1; j >= 0; --j)
+        if (power2)  // the usual block counts (2, 4, 8): digits are bit fields
         {
-            digits[j] = acc % static_cast<uint64_t>(base);
-            acc /= static_cast<uint64_t>(base);
+            for (int j = perWord - 1; j >= 0; --j)
+            {
+                digits[j] = acc & (static_cast<uint64_t>(base) - 1);
+                acc >>= shift;
+            }
+        }
+        else
+        {
+            for (int j = perWord - 1; j >= 0; --j)
+            {
+                digits[j] = acc % static_cast<uint64_t>(base);
+                acc /= static_cast<uint64_t>(base);
+            }
         }
         for (int j = 0; j < perWord; ++j)
         {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -118,6 +119,50 @@ float kthHighest(std::vector<float> const& scores, uint64_t k)
     return kth;
 }
 
+//! The k-th highest of ``scores`` by selecting among the few above a bound found on
+//! a sample (every 16th score: if the k-th is above the bound, so is everything the
+//! selection needs); the whole selection where the bound falls short.
+float kthHighestBySample(std::vector<float> const& scores, uint64_t k)
+{
+    uint64_t const T = scores.size();
+    constexpr uint64_t kSTRIDE = 16;
+    std::vector<float> pool;
+    if (T >= 64 * kSTRIDE)
+    {
+        std::vector<float> sample;
+        sample.reserve(T / kSTRIDE + 1);
+        for (uint64_t i = 0; i < T; i += kSTRIDE)
+        {
+            sample.push_back(scores[i]);
+        }
+        // A rank in the sample with a margin: about 1.5 k + 2 sqrt(k) of the T would pass.
+        uint64_t const want = std::min<uint64_t>(sample.size() - 1,
+            (k + k / 2 + 2 * static_cast<uint64_t>(std::sqrt(static_cast<double>(k)))) / kSTRIDE + 1);
+        std::nth_element(sample.begin(), sample.begin() + static_cast<std::ptrdiff_t>(sample.size() - 1 - want),
+            sample.end());
+        float const bound = sample[sample.size() - 1 - want];
+        pool.resize(T);
+        uint64_t n = 0;
+        for (uint64_t i = 0; i < T; ++i)
+        {
+            pool[n] = scores[i];
+            n += scores[i] >= bound;
+        }
+        pool.resize(n);
+        if (n < k)
+        {
+            pool.assign(scores.begin(), scores.end());  // the sample misled: select over everything
+        }
+    }
+    else
+    {
+        pool.assign(scores.begin(), scores.end());
+    }
+    uint64_t const n = pool.size();
+    std::nth_element(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(n - k), pool.end());
+    return pool[n - k];
+}
+
 //! Flat indices (ascending) of the min(k, nnz) highest scores, ties to the lower index.
 std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
 {
@@ -134,9 +179,7 @@ std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
     }
     else if (k < T)  // small: the histograms' 256 KiB would cost more than the selection
     {
-        std::vector<float> copy(scores);
-        std::nth_element(copy.begin(), copy.begin() + static_cast<std::ptrdiff_t>(T - k), copy.end());
-        kth = copy[T - k];
+        kth = kthHighestBySample(scores, k);
     }
     if (k >= T || kth == 0.0f)
     {
@@ -149,19 +192,36 @@ std::vector<int64_t> selectKept(std::vector<float> const& scores, uint64_t k)
         }
         return kept;
     }
-    uint64_t above = 0;
-    for (float s : scores)
-    {
-        above += s > kth ? 1 : 0;
-    }
-    uint64_t tiesToKeep = k - above;
+    // Every score >= kth, without branches (which of the T scores is kept is data, and
+    // would be mispredicted): each index is written, the count moves on for a kept one.
+    // At least k are; ties at kth beyond the k-th are then dropped from the end, so
+    // the ties kept are the lowest indices.
+    kept.resize(T);
+    uint64_t n = 0;
     for (uint64_t i = 0; i < T; ++i)
     {
-        if (scores[i] > kth || (scores[i] == kth && tiesToKeep > 0 && tiesToKeep--))
-        {
-            kept.push_back(static_cast<int64_t>(i));
-        }
+        kept[n] = static_cast<int64_t>(i);
+        n += scores[i] >= kth;
     }
+    if (n > k)
+    {
+        // The ties to drop are the last n - k: from the first of them on, keep only the
+        // scores above kth (one pass, whatever the number of ties).
+        uint64_t excess = n - k;
+        uint64_t first = n;
+        while (excess > 0)
+        {
+            excess -= scores[kept[--first]] == kth;
+        }
+        uint64_t w = first;
+        for (uint64_t j = first; j < n; ++j)
+        {
+            kept[w] = kept[j];
+            w += scores[kept[j]] != kth;
+        }
+        n = w;
+    }
+    kept.resize(n);
     return kept;
 }
 
@@ -237,22 +297,23 @@ extern "C" slicer_status slicer_encode_host(float const* x, uint32_t const* shap
     {
         return SLICER_ERR_ARGUMENT;
     }
-    for (uint64_t i = 0; i < T; ++i)
-    {
-        if (!std::isfinite(x[i]))
-        {
-            return SLICER_ERR_ARGUMENT;
-        }
-    }
 
-    // ATKF
+    // ATKF, and the finiteness check in the same pass (a NaN fails every comparison).
     std::vector<float> scores(T);
     float const posScale = 1.0f + knobs->lam;
     float const negScale = 1.0f - knobs->lam;
+    bool const plain = knobs->lam == 0.0f;
+    int finite = 1;
     for (uint64_t i = 0; i < T; ++i)
     {
         float const v = x[i];
-        scores[i] = knobs->lam == 0.0f ? std::fabs(v) : (v > 0.0f ? v / posScale : (v < 0.0f ? -v / negScale : 0.0f));
+        float const magnitude = std::fabs(v);
+        finite &= magnitude <= std::numeric_limits<float>::max();
+        scores[i] = plain ? magnitude : (v > 0.0f ? v / posScale : (v < 0.0f ? -v / negScale : 0.0f));
+    }
+    if (!finite)
+    {
+        return SLICER_ERR_ARGUMENT;
     }
     uint64_t const k = slicer::keptCount(knobs->sparsity, T);
     std::vector<int64_t> const kept = selectKept(scores, k);
@@ -283,6 +344,10 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
     // MS: split by sign, rank into equal-cardinality blocks
     std::vector<int64_t> negSel, posSel;
     std::vector<float> posMags, negMags;
+    negSel.reserve(keptCount);
+    posSel.reserve(keptCount);
+    negMags.reserve(keptCount);
+    posMags.reserve(keptCount);
     for (size_t i = 0; i < keptCount; ++i)
     {
         float const v = values[i];
@@ -304,8 +369,14 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
     std::vector<int64_t> const negSizes = blockSizes(static_cast<int64_t>(negSel.size()), knobs->blocksNeg);
     sizes.insert(sizes.end(), negSizes.begin(), negSizes.end());
 
-    // Group magnitudes by block, index order within a block.
-    std::vector<std::vector<float>> groups(sizes.size());
+    // Magnitudes grouped by block, index order within a block: one flat array, block b
+    // at [start[b], start[b + 1]) (a counting sort by label).
+    std::vector<size_t> start(sizes.size() + 1, 0);
+    for (size_t b = 0; b < sizes.size(); ++b)
+    {
+        start[b + 1] = start[b] + static_cast<size_t>(sizes[b]);
+    }
+    std::vector<float> grouped(keptCount);
     {
         std::vector<uint8_t> blockOf(keptCount);
         for (size_t j = 0; j < posSel.size(); ++j)
@@ -316,41 +387,50 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
         {
             blockOf[negSel[j]] = static_cast<uint8_t>(labelsNeg[j] + nbPos);
         }
+        std::vector<size_t> next(start.begin(), start.end() - 1);
         for (size_t i = 0; i < keptCount; ++i)
         {
-            groups[blockOf[i]].push_back(std::fabs(values[i]));
+            grouped[next[blockOf[i]]++] = std::fabs(values[i]);
         }
     }
 
-    // AIQ + ABQ per block
+    // AIQ + ABQ per block; the code buffers are sized once for the largest block.
+    size_t largest = 0;
+    for (int64_t n : sizes)
+    {
+        largest = std::max(largest, static_cast<size_t>(n));
+    }
+    std::vector<int32_t> reference(largest), codes(largest), trialCodes(largest);
+    std::vector<uint64_t> wide(largest);
     ByteSink table;
     std::vector<uint8_t> valueSection;
-    for (auto const& g : groups)
+    valueSection.reserve(packedNbytes(keptCount, knobs->qBits) + sizes.size());
+    for (size_t b = 0; b < sizes.size(); ++b)
     {
-        float const lo = *std::min_element(g.begin(), g.end());
-        float const hi = *std::max_element(g.begin(), g.end());
+        float const* g = grouped.data() + start[b];
+        size_t const n = start[b + 1] - start[b];
+        float const lo = *std::min_element(g, g + n);
+        float const hi = *std::max_element(g, g + n);
         int q = lo == hi ? 0 : knobs->qBits;
-        std::vector<int32_t> codes(g.size(), 0);
+        std::fill(codes.begin(), codes.begin() + static_cast<std::ptrdiff_t>(n), 0);
         if (q > 0)
         {
             float const step = stepOf(lo, hi, q);
-            std::vector<int32_t> reference(g.size());
-            for (size_t i = 0; i < g.size(); ++i)
+            for (size_t i = 0; i < n; ++i)
             {
                 reference[i] = static_cast<int32_t>(quantizeCode(g[i], lo, step, q));
             }
-            codes = reference;
+            std::copy(reference.begin(), reference.begin() + static_cast<std::ptrdiff_t>(n), codes.begin());
             for (int trial = knobs->qBits - 1; trial >= knobs->qMin; --trial)
             {
                 float const trialStep = stepOf(lo, hi, trial);
-                std::vector<int32_t> trialCodes(g.size());
                 int64_t mismatch = 0;
-                for (size_t i = 0; i < g.size(); ++i)
+                for (size_t i = 0; i < n; ++i)
                 {
                     trialCodes[i] = static_cast<int32_t>(quantizeCode(g[i], lo, trialStep, trial));
                     mismatch += std::llabs(static_cast<int64_t>(reference[i] >> (knobs->qBits - trial)) - trialCodes[i]);
                 }
-                double const ds = static_cast<double>(mismatch) / static_cast<double>(g.size());
+                double const ds = static_cast<double>(mismatch) / static_cast<double>(n);
                 if (!(ds <= static_cast<double>(knobs->delta)))
                 {
                     break;
@@ -362,12 +442,12 @@ extern "C" slicer_status slicer_encode_from_kept(int64_t const* kept, float cons
         table.u8(static_cast<uint8_t>(q));
         table.f32(lo);
         table.f32(hi);
-        std::vector<uint64_t> wide(codes.begin(), codes.end());
-        size_t const nbytes = packedNbytes(wide.size(), q);
+        std::copy(codes.begin(), codes.begin() + static_cast<std::ptrdiff_t>(n), wide.begin());
+        size_t const nbytes = packedNbytes(n, q);
         size_t const at = valueSection.size();
         valueSection.resize(at + nbytes);
         size_t done = 0;
-        slicer_pack_uint(wide.data(), wide.size(), q, valueSection.data() + at, nbytes, &done);
+        slicer_pack_uint(wide.data(), n, q, valueSection.data() + at, nbytes, &done);
     }
 
     // Frame

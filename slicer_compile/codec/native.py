@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,11 @@ def build_kernels(build_dir: str | Path | None = None, cuda: bool = True, jobs: 
 #: make and read the same bytes (tests/cuda/test_host_coder.py).
 CODER_CHOICES = ("auto", "numpy", "native")
 #: "auto" takes the C++ coder up to these tensor sizes, where it beats numpy on this
-#: machine (tools/bench_native.py --elements N: encode faster up to ~16 Ki elements,
-#: decode up to ~32 Ki; 20-30x at 64 elements, slower at 1 Mi until the C++ coder's
-#: rework, the codec issue, lands), and numpy beyond.
-AUTO_NATIVE_ENCODE_ELEMENTS = 8192
-AUTO_NATIVE_DECODE_ELEMENTS = 16384
+#: machine (tools/bench_native.py --elements N, s = 0.9: encode 14x numpy at 4 Ki, 4.0x
+#: at 16 Ki, 1.4x at 64 Ki, 0.86x at 256 Ki; decode 11x, 4.5x, 2.0x, 0.58x; slower
+#: at 1 Mi until the large-tensor rework of the codec issue), and numpy beyond.
+AUTO_NATIVE_ENCODE_ELEMENTS = 65536
+AUTO_NATIVE_DECODE_ELEMENTS = 65536
 
 
 def built_host_coder(build_dir: str | Path | None = None) -> "HostCoder | None":
@@ -131,11 +132,52 @@ def _knobs_of(cfg) -> "_Knobs":
     return _Knobs(*cfg.knob_values())
 
 
+@functools.lru_cache(maxsize=256)
+def _knobs_ref(cfg):
+    """A pointer to ``cfg``'s knobs (the cached struct outlives it)."""
+    return ctypes.byref(_knobs_of(cfg))
+
+
+@functools.lru_cache(maxsize=256)
+def _dims_of(shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """A uint32 copy of ``shape`` and its address (the array is kept by the cache)."""
+    dims = np.array(shape, dtype=np.uint32)
+    return dims, dims.ctypes.data
+
+
+@functools.lru_cache(maxsize=64)
+def _limits_ref(max_elements: int, max_payload_bytes: int):
+    return ctypes.byref(_Limits(max_elements, max_payload_bytes))
+
+
+class _CallScratch(threading.local):
+    """Per thread, what every encode or decode call would otherwise make anew: the
+    out-parameters, the decoded shape, a growing output buffer. A per-token caller
+    makes the same call once per token, where a microsecond of ctypes set-up is a
+    tenth of the work; a server decodes on many threads at once, hence per thread."""
+
+    def __init__(self):
+        self.shape = np.zeros(8, dtype=np.uint32)
+        self.shape_ptr = self.shape.ctypes.data
+        self.ndim, self.dtype_code, self.elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
+        self.written = ctypes.c_size_t()
+        self.refs = tuple(ctypes.byref(v) for v in (self.ndim, self.dtype_code, self.elements))
+        self.written_ref = ctypes.byref(self.written)
+        self._out = ctypes.create_string_buffer(0)
+
+    def out_buffer(self, nbytes: int) -> int:
+        """The address of at least ``nbytes`` of this thread's output buffer."""
+        if len(self._out) < nbytes:
+            self._out = ctypes.create_string_buffer(max(nbytes, 2 * len(self._out)))
+        return ctypes.addressof(self._out)
+
+
 class HostCoder:
     """ctypes access to the host coders of libslicer_host.so (or libslicer_cuda.so)."""
 
     def __init__(self, library: str | Path):
         self._lib = ctypes.CDLL(str(library))
+        self._scratch = _CallScratch()
         u64, size_t, p = ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p
         self._lib.slicer_packed_nbytes.restype = size_t
         self._lib.slicer_packed_nbytes.argtypes = [u64, ctypes.c_int]
@@ -230,17 +272,16 @@ class HostCoder:
 
     def encode_slicer(self, x: np.ndarray, cfg) -> bytes:
         """The C++ SLICER encoder: a complete payload for ``x`` (float32 or float16)."""
-        flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
-        shape = np.array(x.shape, dtype=np.uint32)
-        knobs = _knobs_of(cfg)
-        dtype_code = 2 if x.dtype == np.float16 else 1
+        scratch = self._scratch
+        flat = x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
+        shape = tuple(x.shape)
         # predict_bits bounds every payload, so one call with that capacity suffices.
-        out = np.zeros(_payload_bound(tuple(x.shape), cfg), dtype=np.uint8)
-        needed = ctypes.c_size_t()
-        self._check(self._lib.slicer_encode_host(flat.ctypes.data, shape.ctypes.data, x.ndim, dtype_code,
-                                                 ctypes.byref(knobs), out.ctypes.data, out.size,
-                                                 ctypes.byref(needed)), "encode_slicer")
-        return out[: needed.value].tobytes()
+        capacity = _payload_bound(shape, cfg)
+        out = scratch.out_buffer(capacity)
+        self._check(self._lib.slicer_encode_host(flat.ctypes.data, _dims_of(shape)[1], len(shape),
+                                                 2 if x.dtype == np.float16 else 1, _knobs_ref(cfg), out, capacity,
+                                                 scratch.written_ref), "encode_slicer")
+        return ctypes.string_at(out, scratch.written.value)
 
     def encode_from_kept(self, kept: np.ndarray, values: np.ndarray, shape: tuple[int, ...], dtype, cfg) -> bytes:
         """The encoder after ATKF (what the GPU path runs on the host)."""
@@ -288,29 +329,29 @@ class HostCoder:
         ``expected_elements`` (a server knows its tensor's size): decode in one pass into
         a buffer that size; without it, or where the payload holds more, a sizing pass
         first (the payload is validated either way before anything is written)."""
-        data = np.frombuffer(payload, dtype=np.uint8) if payload else np.zeros(1, np.uint8)
-        limits = _Limits(max_elements, max_payload_bytes)
-        shape = np.zeros(8, dtype=np.uint32)
-        ndim, dtype_code, elements = ctypes.c_int(), ctypes.c_int(), ctypes.c_uint64()
-        args = (data.ctypes.data, len(payload), ctypes.byref(limits))
-        tail = (shape.ctypes.data, ctypes.byref(ndim), ctypes.byref(dtype_code), ctypes.byref(elements))
+        scratch = self._scratch
+        # bytes go to C as they are (ctypes passes their buffer); anything else is copied once.
+        data = payload if type(payload) is bytes and payload else (bytes(payload) or b"\0")
+        args = (data, len(payload), _limits_ref(max_elements, max_payload_bytes))
+        tail = (scratch.shape_ptr, *scratch.refs)
         status = _ERR_CAPACITY
         if expected_elements is not None and 0 < expected_elements <= max_elements:
             out = np.empty(expected_elements, dtype=np.float32)
-            status = self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail)
+            status = self._lib.slicer_decode_host(*args, out.ctypes.data, expected_elements, *tail)
         if status == _ERR_CAPACITY:  # no size given, or the payload holds more: size it first
             status = self._lib.slicer_decode_host(*args, None, 0, *tail)  # validates and sizes
             if status not in (_OK, _ERR_CAPACITY, _ERR_ARGUMENT):
                 self._check(status, "decode_slicer")
             if status != _ERR_ARGUMENT:
-                out = np.empty(max(elements.value, 1), dtype=np.float32)
+                out = np.empty(max(scratch.elements.value, 1), dtype=np.float32)
                 status = self._lib.slicer_decode_host(*args, out.ctypes.data, out.size, *tail)
         if status == _ERR_ARGUMENT:
             raise SlicerCompileError("the host decoder reads SLICER payloads (codec id 1) only")
         self._check(status, "decode_slicer")
-        dtype = np.float16 if dtype_code.value == 2 else np.float32
-        value = out[: elements.value].reshape(tuple(int(d) for d in shape[: ndim.value]))
-        return value.astype(dtype, copy=False)
+        elements, ndim = scratch.elements.value, scratch.ndim.value
+        value = out[:elements] if elements != out.size else out
+        value = value.reshape(scratch.shape[:ndim].tolist())
+        return value.astype(np.float16) if scratch.dtype_code.value == 2 else value
 
     def decode_parallel(self, payload: bytes, max_elements: int = 1 << 20,
                         max_payload_bytes: int = 1 << 31) -> np.ndarray:
