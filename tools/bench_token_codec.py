@@ -4,7 +4,11 @@ decoded, as a per-token split does once per generated token; every codec of the 
 through the Python API, and SLICER through the C++ host coder where `slicer-compile
 build-kernels --host-only` has built it, measured in one run.
 
-    python tools/bench_token_codec.py [--elements 4096] [--repeat 2000]
+    python tools/bench_token_codec.py [--elements 4096] [--repeat 2000] [--baseline-library OLD.so]
+
+``--baseline-library``: another build of libslicer_host.so (say, of an earlier commit:
+``git worktree add /tmp/old REV && slicer-compile build-kernels --host-only --source
+/tmp/old --build-dir /tmp/old/build``) timed in the same run, through this wrapper.
 
 Target (LLM issue, one CPU core): encode + decode <= 50 µs with the C++ host coder,
 <= 200 µs through the Python API.
@@ -21,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slicer_compile.codec import Float16Config, Int8Config, SlicerConfig, TabqConfig, ZstdConfig, decode, encode  # noqa: E402
-from slicer_compile.codec.native import built_host_coder  # noqa: E402
+from slicer_compile.codec.native import HostCoder, built_host_coder  # noqa: E402
 from tools.bench_native import median_ms  # noqa: E402  (the same timing as the C++/numpy bench)
 
 
@@ -35,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--elements", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=2000)
+    parser.add_argument("--baseline-library", type=Path, help="another libslicer_host.so to time beside this one")
     args = parser.parse_args()
     x = np.random.default_rng(0).standard_normal((1, 1, args.elements)).astype(np.float32)  # a dense hidden state
     rows = []
@@ -43,13 +48,19 @@ def main() -> None:
         payload = encode(x, cfg)
         enc, dec = median_us(lambda: encode(x, cfg), args.repeat), median_us(lambda: decode(payload), args.repeat)
         rows.append((f"{name}, Python API (numpy)", len(payload), enc, dec))
-    coder = built_host_coder()
-    if coder is not None:
+    coders = [("C++ host coder", built_host_coder())]
+    if args.baseline_library:
+        coders.append((f"C++ host coder, baseline {args.baseline_library}", HostCoder(args.baseline_library)))
+    coder = coders[0][1]
+    for label, native in coders:
+        if native is None:
+            continue
         cfg = SlicerConfig(sparsity=0.9)
-        payload = coder.encode_slicer(x, cfg)
+        payload = native.encode_slicer(x, cfg)
         # The size known, as a server knows its tensor's (RuntimeCoder): one decode pass.
-        rows.append(("SLICER s=0.9, C++ host coder", len(payload), median_us(lambda: coder.encode_slicer(x, cfg), args.repeat),
-                     median_us(lambda: coder.decode_slicer(payload, expected_elements=x.size), args.repeat)))
+        rows.append((f"SLICER s=0.9, {label}", len(payload),
+                     median_us(lambda: native.encode_slicer(x, cfg), args.repeat),
+                     median_us(lambda: native.decode_slicer(payload, expected_elements=x.size), args.repeat)))
     print(f"{args.elements} float32 values (one token's hidden state), {args.repeat} runs, median")
     print("| codec | payload B | encode µs | decode µs | encode + decode µs |")
     print("|---|---:|---:|---:|---:|")
