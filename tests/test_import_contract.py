@@ -39,13 +39,17 @@ ALLOWED = {
     "slicer_compile.calibrate": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.codec", "slicer_compile.frontend", "slicer_compile.graph",
                                            "slicer_compile.backends.onnxrt"},
     "slicer_compile.report": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.select"},
+    # The runtime serves both kinds of artifact: a split's parts, and an LLM's (its parts,
+    # stacks and calibration tables, from slicer_compile.llm).
     "slicer_compile.runtime": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.backends.base",
                                          "slicer_compile.backends.registry", "slicer_compile.codec",
-                                         "slicer_compile.frontend", "slicer_compile.graph", "slicer_compile.select"},
+                                         "slicer_compile.frontend", "slicer_compile.graph", "slicer_compile.select",
+                                         "slicer_compile.llm"},
     # The LLM compiler and its runtime pieces: beside the split compiler, on the same layers
     # below (the artifact's file names, the codec, ONNX Runtime, the device models, the
     # autoregressive selector; the front end and the partitioner to read an ONNX export);
-    # the split compiler and the runtime do not import it.
+    # the split compiler does not import it, the runtime serves it, and it never imports
+    # the runtime.
     "slicer_compile.llm": NEUTRAL | {"slicer_compile.artifact", "slicer_compile.codec", "slicer_compile.backends.onnxrt",
                                      "slicer_compile.profile.devices", "slicer_compile.select.autoregressive",
                                      "slicer_compile.frontend", "slicer_compile.graph.partition"},

@@ -1,4 +1,4 @@
-"""bench codec | serve | tensorrt."""
+"""bench codec | serve | llm | tensorrt."""
 
 from __future__ import annotations
 
@@ -87,6 +87,62 @@ def bench_serve(artifact_dir: Path, clients: list[int], requests: int, splits: s
         r.split_id, f"{100 * r.edge_flops_share:.1f}%", str(r.clients), f"{r.answered}/{r.requests}",
         f"{r.throughput_rps:.0f}", f"{r.round_trip_p50_ms:.2f}", f"{r.round_trip_p99_ms:.2f}",
         f"{r.server_compute_us:.1f}", f"{r.mean_batch:.1f}", f"{r.bytes_sent:.0f}"] for r in rows])
+
+
+@bench.command("llm")
+@artifact_argument
+@click.option("--clients", default="1,4,16,64", show_default=True, type=NumberList(int, minimum=1),
+              help="Clients at once.")
+@click.option("--prompts", default=64, show_default=True, type=POSITIVE, help="Prompts in the workload.")
+@click.option("--tokens", default=64, show_default=True, type=POSITIVE, help="Tokens generated per prompt.")
+@click.option("--prompt-tokens", default=16, show_default=True, type=POSITIVE, help="Tokens per prompt.")
+@click.option("--cuts", type=NumberList(int, minimum=0), help="Layer boundaries (default: 0, cloud only, and every one).")
+@click.option("--link-cut", type=int, help="The cut of the link table (default: half the layers on the edge).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG (default: OUT_DIR/plots/llm_server_time.png).")
+@json_option("the rows")
+@verbosity_options
+def bench_llm(artifact_dir: Path, clients: list[int], prompts: int, tokens: int, prompt_tokens: int,
+              cuts: list[int] | None, link_cut: int | None, plot_path: Path | None, as_json: bool) -> None:
+    """Server compute per token against clients (cloud only and splits at increasing
+    depth), and bytes and ms per token on the link per mode."""
+    from slicer_compile.errors import ConfigError
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.runtime.llm_loadtest import link, plot_server_time, rows_as_dicts, server_time
+    from slicer_compile.runtime.llm_server import LlmServer
+
+    artifact = load_llm_artifact(artifact_dir)
+    layers = artifact.spec.num_layers
+    cuts = cuts if cuts is not None else list(range(layers + 1))
+    link_cut = layers // 2 if link_cut is None else link_cut
+    if any(c > layers for c in cuts + [link_cut]) or link_cut < 0:
+        raise ConfigError(f"cuts are layer boundaries 0..{layers}")
+    if prompt_tokens + tokens > artifact.manifest["max_tokens"] + 1:
+        raise ConfigError(f"{prompt_tokens} + {tokens} tokens exceed the artifact's W̄ = {artifact.manifest['max_tokens']}")
+    with stderr_console().status("bench llm") as status:
+        rows = server_time(artifact_dir, clients, cuts, prompts, tokens, prompt_tokens,
+                           progress=lambda what: status.update(f"bench llm: {what}"))
+        with LlmServer(artifact_dir, port=0) as server:
+            links = link(artifact_dir, server.url, link_cut, min(tokens, 32),
+                         progress=lambda what: status.update(f"bench llm, link: {what}"))
+    plot = plot_server_time(rows, plot_path or Path(artifact_dir) / "plots" / "llm_server_time.png")
+    click.echo(f"wrote {plot}", err=True)
+    if as_json:
+        print_json({"server_time": rows_as_dicts(rows), "link": rows_as_dicts(links)})
+        return
+    print_table(f"bench llm: {prompts} prompts x {tokens} tokens, clients in lockstep", [
+        Column("cut", 100), Column("clients", 99), Column("tokens", 60), Column("server s", 95),
+        Column("server ms/token", 98), Column("mean batch", 80), Column("vs cloud only", 97), Column("exact", 50)], [
+        ["cloud only" if r.cut == 0 else str(r.cut), str(r.clients), str(r.tokens), f"{r.server_s:.3f}",
+         f"{r.server_ms_per_token:.4f}", f"{r.mean_batch:.1f}", f"{r.vs_cloud_only:.2f}x", "yes" if r.exact else "NO"]
+        for r in rows], caption="server compute only (the edge's hidden states made beforehand); exact: every "
+                                "token the unsplit model's")
+    print_table(f"the link at cut {link_cut}, one client over HTTP (loopback)", [
+        Column("mode", 100, "left"), Column("tokens", 60), Column("request B/token", 95),
+        Column("payload B/token", 90), Column("ms/token", 98), Column("agreement", 70)], [
+        [r.mode, str(r.tokens), f"{r.request_bytes_per_token:.0f}", f"{r.payload_bytes_per_token:.0f}",
+         f"{r.ms_per_token:.2f}", f"{r.token_agreement:.3f}"] for r in links],
+        caption="agreement: with the raw per-token split's tokens")
 
 
 @bench.command("tensorrt")

@@ -97,3 +97,50 @@ def generate_greedy(edge: LayerStack, server: LayerStack, prompt: Sequence[int],
         tokens.append(token)
         hidden = edge.forward(edge.embed(np.array([token])))
     return tokens
+
+
+class PartRunners:
+    """The ONNX Runtime sessions of an LLM's parts, made once and shared by every
+    sequence a server runs (a session per part, not per sequence); the caches live with
+    the sequences. ``max_batch``: how many sequences one call may carry (1 where an
+    export fixed the batch axis at 1)."""
+
+    def __init__(self, spec: LlamaSpec, parts, threads: int = 0):
+        self.spec = spec
+        make = lambda blob, name: OnnxrtRunner(blob, name=name, optimize=True, threads=threads).activate()  # noqa: E731
+        self._embed = make(parts.embed, "embed")
+        self._layers = [make(blob, f"layer{i}") for i, blob in enumerate(parts.layers)]
+        self._head = make(parts.head, "head")
+        self.max_batch = 1 if _fixed_batch(parts.layers[0]) else None
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        """Token ids [B, S] -> hidden states [B, S, H]."""
+        return self._embed.infer({INPUT_IDS: np.asarray(token_ids, np.int64)})[HIDDEN]
+
+    def forward(self, first: int, hidden: np.ndarray, caches: list[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Hidden states [B, S, H] through layers ``first``.. ``first + len(caches) - 1``,
+        each with its cache [B, kv heads, past, head dim]; (hidden out, the grown caches)."""
+        grown = []
+        for i, (past_key, past_value) in enumerate(caches):
+            out = self._layers[first + i].infer({HIDDEN: hidden, PAST_KEY: past_key, PAST_VALUE: past_value})
+            hidden = out[HIDDEN_OUT]
+            grown.append((out[PRESENT_KEY], out[PRESENT_VALUE]))
+        return hidden, grown
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        return self._head.infer({HIDDEN: hidden})[LOGITS]
+
+    def close(self) -> None:
+        for runner in [self._embed, *self._layers, self._head]:
+            runner.deactivate()
+
+
+def _fixed_batch(layer: bytes) -> bool:
+    """Whether a layer part's hidden input has its batch axis fixed at 1."""
+    import onnx
+
+    graph = onnx.load_from_string(layer).graph
+    hidden = next(i for i in graph.input if i.name == HIDDEN)
+    first = hidden.type.tensor_type.shape.dim[0]
+    return first.HasField("dim_value") and first.dim_value == 1

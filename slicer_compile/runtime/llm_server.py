@@ -1,0 +1,244 @@
+"""An LLM artifact's server over HTTP: KServe v2 inference requests (binary tensor
+extension) carrying one step of a sequence, in front of a
+:class:`~slicer_compile.runtime.llm_host.LlmHost`.
+
+A step is a request to ``/v2/models/<artifact id>/infer`` (or ``/v2/models/llm/infer``)
+whose parameters say which sequence and what step, as Triton's sequence batcher has
+them: ``sequence_id`` (a string or an integer), ``sequence_start``, ``sequence_end``;
+and at the start, ``cut`` (the layer boundary ℓ), ``mode`` ("split" or "handover") and,
+for a hand-over, ``max_new_tokens``. Its tensors:
+
+* ``hidden`` FP32 [1, S, H]: the new tokens' hidden states after layer ℓ, raw; or
+  ``hidden_payloads`` UINT8 [N] with ``payload_lengths`` INT64 [S]: one codec payload
+  per token, concatenated;
+* ``input_ids`` INT64 [1, S]: the tokens (cloud-only steps; a hand-over: all so far);
+* a hand-over with the edge's KV cache: ``kv`` FP32 [ℓ, 2, 1, heads, S, head_dim] raw,
+  or ``kv_payloads`` UINT8 [N] with ``kv_lengths`` INT64 [2ℓ] (key then value per layer).
+
+The answer's ``tokens`` INT64 [n] is the next token (a split step) or every token the
+server generated after a hand-over; its parameters carry the server's compute seconds
+and the batch sizes the step ran in. A refusal is an HTTP status with a JSON
+``{"error": …}``: 400 a malformed step, 404 an unknown sequence, 409 a sequence started
+twice, 410 an evicted one (and why), 503 at the session limit or while stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+
+from slicer_compile.codec import DecodeLimits, PayloadError, decode
+from slicer_compile.errors import SlicerCompileError
+from slicer_compile.runtime.access import Access
+from slicer_compile.runtime.host import HostError
+from slicer_compile.runtime.llm_host import LlmHost, LlmServerConfig, Step
+from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, ProtocolError, decode_message, encode_message
+from slicer_compile.runtime.server import _within
+
+#: The model name every LLM artifact also answers to.
+LLM_MODEL = "llm"
+_JSON = {"Content-Type": "application/json"}
+
+
+class LlmServer:
+    """Serves one LLM artifact's server side over HTTP (see module docstring)."""
+
+    def __init__(self, artifact_dir: str | Path, host: str = "127.0.0.1", port: int = 8700,
+                 config: LlmServerConfig | None = None, access: Access | None = None,
+                 max_request_bytes: int = 64 << 20, request_timeout_s: float = 30.0, workers: int = 8):
+        self.host = LlmHost(artifact_dir, config)
+        self.access = access or Access()
+        self.max_request_bytes, self.request_timeout_s = max_request_bytes, request_timeout_s
+        self.names = {LLM_MODEL, self.host.artifact.id}
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm-decode")
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        app = web.Application(client_max_size=max_request_bytes)
+        app.router.add_get("/v2/health/live", self._live)
+        app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v2/models/{model}", self._metadata)
+        app.router.add_post("/v2/models/{model}/infer", self._infer)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        try:
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, host, port, ssl_context=self.access.server_ssl_context())
+            try:
+                self._loop.run_until_complete(site.start())
+            except OSError as exc:
+                raise SlicerCompileError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+            self.host.stop()
+            raise
+        self._address = self._runner.addresses[0][:2]
+
+    @property
+    def url(self) -> str:
+        host, port = self._address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self) -> "LlmServer":
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llm-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            self.stop()
+
+    def request_stop(self) -> None:
+        if not self._stopped and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def stop(self) -> None:
+        """Refuse new steps, answer the queued ones, release. Safe from any thread, twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
+        else:
+            self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+        self._workers.shutdown(wait=True)
+        self.host.stop()
+
+    def __enter__(self) -> "LlmServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.Response(status=status, body=json.dumps({"error": message}).encode(), headers=_JSON)
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=503 if self._stopped else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self.access.authorized(request.headers.get("Authorization")):
+            return self._error(401, "a valid bearer token is required")
+        return web.Response(text=self.host.stats.render(self.host), content_type="text/plain")
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        if not self.access.authorized(request.headers.get("Authorization")):
+            return self._error(401, "a valid bearer token is required")
+        if request.match_info["model"] not in self.names:
+            return self._error(404, f"no model {request.match_info['model']!r}")
+        spec = self.host.spec
+        return web.json_response({"name": self.host.artifact.id, "platform": "slicer-compile-llm",
+                                  "parameters": {"num_layers": spec.num_layers, "hidden_size": spec.hidden_size,
+                                                 "vocab_size": spec.vocab_size, "max_tokens": self.host.max_tokens}})
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        if not self.access.authorized(request.headers.get("Authorization")):
+            return self._error(401, "a valid bearer token is required")
+        if self._stopped:
+            return self._error(503, "the server is shutting down")
+        if request.match_info["model"] not in self.names:
+            return self._error(404, f"no model {request.match_info['model']!r}")
+        if request.content_length is None:
+            return self._error(411, "a Content-Length header is required")
+        try:
+            body = await _within(request.read(), self.request_timeout_s)
+        except asyncio.TimeoutError:
+            return self._error(408, f"the request body did not arrive within {self.request_timeout_s:g} s")
+        except (ConnectionError, web.HTTPRequestEntityTooLarge):
+            return self._error(413, f"a step is at most {self.max_request_bytes} bytes")
+        loop = asyncio.get_running_loop()
+        try:
+            # Parsing and decoding the payloads is work: on a thread, not the event loop.
+            step, binary = await loop.run_in_executor(self._workers, self._step_of, body,
+                                                      request.headers.get(HEADER_LENGTH))
+            result = await asyncio.wrap_future(self.host.submit(step))
+        except ProtocolError as exc:
+            return self._error(400, str(exc))
+        except HostError as exc:
+            return self._error(exc.status, str(exc))
+        reply = InferMessage({"tokens": np.array(result.tokens, np.int64)},
+                             {"server_compute_s": result.compute_s, "batch_sizes": json.dumps(result.batch_sizes),
+                              "session_kv_bytes": result.session_kv_bytes}, model_name=self.host.artifact.id)
+        body, headers = encode_message(reply, request=False)
+        return web.Response(status=200, body=body, headers=headers)
+
+    def _step_of(self, body: bytes, header_length: str | None) -> tuple[Step, bool]:
+        """A request body as a host Step: every tensor checked and decoded."""
+        if header_length is not None and not (header_length.isascii() and header_length.isdigit()):
+            raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer")
+        message = decode_message(body, int(header_length) if header_length else None, request=True,
+                                 max_elements=self.max_request_bytes)
+        p, t = message.parameters, message.tensors
+        sequence_id = p.get("sequence_id")
+        if isinstance(sequence_id, bool) or not isinstance(sequence_id, (str, int)):
+            raise ProtocolError("a step needs a sequence_id parameter (a string or an integer)")
+        flags = {}
+        for name in ("sequence_start", "sequence_end"):
+            if not isinstance(p.get(name, False), bool):
+                raise ProtocolError(f"{name} must be true or false")
+            flags[name] = p.get(name, False)
+        mode = p.get("mode", "split")
+        if mode not in ("split", "handover"):
+            raise ProtocolError(f"mode must be 'split' or 'handover', got {mode!r}")
+        cut, new_tokens = p.get("cut"), p.get("max_new_tokens", 1)
+        for name, value in (("cut", cut), ("max_new_tokens", new_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ProtocolError(f"{name} must be an integer")
+        hidden = t.get("hidden")
+        if "hidden_payloads" in t:
+            hidden = self.host.decode_token_payloads(_split(t, "hidden_payloads", "payload_lengths"))
+        kv = None
+        if "kv" in t:
+            raw = t["kv"]
+            if raw.ndim != 6 or raw.shape[1] != 2 or raw.dtype != np.float32:
+                raise ProtocolError("kv must be FP32 [layers, 2, 1, heads, tokens, head_dim]")
+            kv = [(raw[i, 0], raw[i, 1]) for i in range(raw.shape[0])]
+        elif "kv_payloads" in t:
+            kv = self._decode_kv(_split(t, "kv_payloads", "kv_lengths"))
+        step = Step(str(sequence_id), start=flags["sequence_start"], end=flags["sequence_end"], cut=cut,
+                    hidden=hidden, token_ids=t.get("input_ids"), handover=mode == "handover", kv=kv,
+                    max_new_tokens=new_tokens)
+        return step, message.binary_outputs
+
+    def _decode_kv(self, payloads: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+        spec = self.host.spec
+        if len(payloads) % 2:
+            raise ProtocolError("kv_lengths must list a key and a value payload per layer")
+        limits = DecodeLimits(max_elements=spec.num_kv_heads * spec.head_dim * self.host.max_tokens)
+        try:
+            tensors = [decode(p, limits).astype(np.float32, copy=False) for p in payloads]
+        except PayloadError as exc:
+            raise HostError(400, "bad_payload", f"KV-cache payload: {exc}") from None
+        return list(zip(tensors[::2], tensors[1::2]))
+
+
+def _split(tensors: dict, data: str, lengths: str) -> list[bytes]:
+    """Concatenated payloads (UINT8) cut by their lengths (INT64), every length checked."""
+    blob, sizes = tensors[data], tensors.get(lengths)
+    if blob.dtype != np.uint8 or blob.ndim != 1 or sizes is None or sizes.ndim != 1 or sizes.dtype != np.int64:
+        raise ProtocolError(f"{data} must be UINT8 [N] with {lengths} INT64 [count]")
+    if (sizes < 0).any() or int(sizes.sum()) != blob.size:
+        raise ProtocolError(f"{lengths} do not add up to the {blob.size} bytes of {data}")
+    raw, out, at = blob.tobytes(), [], 0
+    for size in sizes.tolist():
+        out.append(raw[at: at + size])
+        at += size
+    return out
