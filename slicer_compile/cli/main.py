@@ -59,6 +59,7 @@ def cli() -> None:
     slicer-compile llm MODEL --device jetson -o lm/     a decoder-only LLM, per layer
     slicer-compile select out/ --bandwidth 10MHz ...    split and knobs for a channel
     slicer-compile serve out/ | run out/ --server ...   run the split for real
+    slicer-compile generate lm/ --server ... --prompt   an LLM split token by token
     """
 
 

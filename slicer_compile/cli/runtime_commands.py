@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from slicer_compile.backends.registry import DEFAULT_BACKEND
 from slicer_compile.cli.compile_commands import require_backend
 from slicer_compile.cli.options import (
     PORT,
@@ -70,18 +71,28 @@ def load_npy(path: Path) -> np.ndarray:
               help="info: one access-log line per request on stderr.")
 @click.option("--decoder", default="auto", show_default=True, type=click.Choice(CODER_CHOICES),
               help="SLICER decoder: auto = the C++ host coder where build-kernels built it, else numpy.")
+@click.option("--max-sessions", default=256, show_default=True, type=POSITIVE,
+              help="LLM artifacts: sequences held at once; beyond, a start gets 503.")
+@click.option("--session-timeout", default="300s", show_default=True,
+              type=Quantity("time", minimum=0.1, maximum=86400),
+              help="LLM artifacts: a sequence with no step for this long is evicted (its client is told why).")
+@click.option("--max-kv-memory", default="1GiB", show_default=True, type=Quantity("bytes", minimum=1, maximum=2**44),
+              help="LLM artifacts: KV-cache bytes across sequences; beyond, the least recently used are evicted.")
 @backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
 @verbosity_options
 def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
                   max_queue_delay: float, max_request_bytes: float, max_connections: int, request_timeout: float,
                   idle_timeout: float, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None,
-                  log_level: str, decoder: str, backend: str) -> None:
-    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol).
+                  log_level: str, decoder: str, max_sessions: int, session_timeout: float, max_kv_memory: float,
+                  backend: str) -> None:
+    """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol); for an
+    LLM artifact, its server-side layers for many sequences at once, token by token.
 
     Beyond loopback, give --tls-cert/--tls-key and a token (--token-file or
     $SLICER_SERVER_TOKEN): without them anyone who reaches the port may use it."""
     import signal
 
+    from slicer_compile.llm.artifact import is_llm_artifact_dir
     from slicer_compile.runtime.access import Access, read_token
     from slicer_compile.runtime.server import ServerConfig, serve
 
@@ -90,6 +101,26 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
     logging.getLogger("slicer_compile.access").setLevel(level)
     require_backend(backend)
     access = Access(tls_cert, tls_key, read_token(token_file))
+    if is_llm_artifact_dir(artifact_dir):
+        from slicer_compile.runtime.llm_host import LlmServerConfig
+        from slicer_compile.runtime.llm_server import LlmServer
+
+        if grpc_port is not None or backend != DEFAULT_BACKEND:
+            raise SlicerCompileError("an LLM artifact is served over HTTP with ONNX Runtime (no --grpc-port, "
+                                     "no --backend tensorrt yet)")
+        config = LlmServerConfig(max_sessions=max_sessions, idle_timeout_s=session_timeout,
+                                 max_kv_bytes=int(max_kv_memory), max_batch=max_batch, decoder=decoder)
+        server = LlmServer(artifact_dir, host, port, config, access=access, max_request_bytes=int(max_request_bytes),
+                           request_timeout_s=request_timeout)
+        signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+        click.echo(f"serving LLM artifact {server.host.artifact.id} ({server.host.spec.num_layers} layers) on "
+                   f"{'https' if access.tls else 'http'}://{server.url} (/v2/models/llm/infer, /metrics); "
+                   "Ctrl-C stops", err=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return
     config = ServerConfig(max_batch=max_batch, max_queue_delay_s=max_queue_delay,
                           max_request_bytes=int(max_request_bytes), max_connections=max_connections,
                           request_timeout_s=request_timeout, client_timeout_s=idle_timeout, backend=backend,
@@ -107,6 +138,78 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def json_steps_option(command):
+    return click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON (no streaming).")(command)
+
+
+@click.command("generate")
+@artifact_argument
+@click.option("--server", "server_url", required=True, help="host:port of slicer-compile serve OUT_LM/ (https:// for TLS).")
+@click.option("--prompt", required=True, help="Text (a byte-level model), or token ids: 1,2,3.")
+@click.option("--max-tokens", default=64, show_default=True, type=POSITIVE, help="Tokens to generate.")
+@click.option("--cut", type=click.IntRange(min=0), help="Per-token split at this layer boundary (default: half the layers here).")
+@click.option("--codec", help="Per-token codec (float32 float16 int8 zstd tabq slicer-0.5 slicer-0.75 slicer-0.9; "
+                              "default: the fewest calibrated bits within --accuracy-budget).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Send this bearer token (first line of the file; or ${TOKEN_ENV}).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA certificate that signed the server's (default: the system's).")
+@channel_options(required=False)
+@json_steps_option
+@verbosity_options
+def generate_command(artifact_dir: Path, server_url: str, prompt: str, max_tokens: int, cut: int | None,
+                     codec: str | None, token_file: Path | None, tls_ca: Path | None, bandwidth: float,
+                     snr_db: float | None, deadline: float | None, memory: float, epsilon: float,
+                     accuracy_budget: float, as_json: bool) -> None:
+    """Generate with an LLM artifact split with --server, streaming the tokens.
+
+    With --snr-db and --deadline the selector chooses the mode (tokens made here
+    first, the hand-over layer, whether the KV cache travels: SLICER Eq. 5-6 with
+    early exit); otherwise every token is split at --cut."""
+    import json
+    import sys
+
+    from slicer_compile.runtime.access import read_token
+    from slicer_compile.runtime.llm_client import EdgeLLM
+    from slicer_compile.runtime.transport import ClientAccess
+
+    conditions = None
+    if snr_db is not None or deadline is not None:
+        if snr_db is None or deadline is None:
+            raise SlicerCompileError("the selector needs both --snr-db and --deadline")
+        if cut is not None:
+            raise SlicerCompileError("give --cut or the conditions (--snr-db, --deadline), not both")
+        conditions = conditions_from(bandwidth, snr_db, None, epsilon, deadline, memory, None, accuracy_budget)
+    ids = [int(t) for t in prompt.split(",")] if prompt.replace(",", "").isdigit() and "," in prompt else prompt
+    access = ClientAccess(read_token(token_file), tls_ca)
+    with EdgeLLM(artifact_dir, server_url, access=access) as llm:
+        plan = llm.plan(max_tokens, conditions, cut, codec)
+        click.echo(f"{plan.reason}; per-token codec {plan.codec}", err=True)
+        steps = []
+        for step in llm.generate(ids, max_tokens, plan=plan):
+            steps.append(step)
+            if as_json:
+                continue
+            text = bytes([step.token]).decode("utf-8", "replace") if llm.spec.vocab_size == 256 else f"{step.token} "
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(s) for s in steps]))
+        return
+    sent = sum(s.sent_bytes for s in steps)
+    click.echo("", err=False)
+    click.echo(f"{len(steps)} tokens ({', '.join(f'{n} {m}' for m, n in _modes(steps))}), "
+               f"{sum(s.seconds for s in steps) * 1e3 / len(steps):.2f} ms/token, {sent / len(steps):.0f} request "
+               "bytes/token", err=True)
+
+
+def _modes(steps) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for s in steps:
+        counts[s.mode] = counts.get(s.mode, 0) + 1
+    return list(counts.items())
 
 
 @click.command("run")
@@ -207,4 +310,4 @@ def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, force: bo
                f"see {repo_dir}/README.md to start Triton")
 
 
-COMMANDS = [serve_command, run_command, triton_command]
+COMMANDS = [serve_command, run_command, generate_command, triton_command]

@@ -304,3 +304,66 @@ def test_sixty_four_sessions_of_sixty_four_tokens_lose_no_step(artifact, model):
         assert host.stats.tokens == 64 * 64 and host.stats.max_batch == 64 and host.sessions() == 0
     finally:
         host.stop()
+
+
+def run_cli(args, capsys):
+    from slicer_compile.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+def test_generate_streams_the_tokens_and_says_how_they_came(artifact, model, capsys):
+    prompt = [7, 8, 9]
+    expected = reference(model, prompt, 10)
+    with LlmServer(artifact, port=0) as server:
+        code, out, err = run_cli(["generate", str(artifact), "--server", server.url, "--prompt", "7,8,9",
+                                  "--max-tokens", "10", "--cut", "3", "--codec", "float32"], capsys)
+        assert code == 0, err
+        assert [int(t) for t in out.split()] == expected  # a 96-token vocabulary: ids, not text
+        assert "per-token split at layer 3" in err and "10 tokens (10 split)" in err
+        code, out, err = run_cli(["generate", str(artifact), "--server", server.url, "--prompt", "7,8,9",
+                                  "--max-tokens", "10", "--cut", "3", "--snr-db", "10", "--deadline", "1s"], capsys)
+        assert code == 1 and err.strip().count("\n") == 0 and "not both" in err
+
+
+def test_serve_runs_an_llm_artifact_and_stops_on_sigterm(artifact, model):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "slicer_compile.cli", "serve", str(artifact), "--port", "0"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        found = re.search(r"http://(\S+) ", line)
+        assert found, line
+        with EdgeLLM(artifact, found.group(1)) as llm:
+            assert [s.token for s in llm.generate([1, 2, 3], 6, cut=1, codec="float32")] == \
+                reference(model, [1, 2, 3], 6)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_bench_llm_measures_server_time_per_cut_and_the_link(artifact, capsys):
+    import json
+
+    code, out, err = run_cli(["bench", "llm", str(artifact), "--clients", "1,4", "--prompts", "4", "--tokens", "6",
+                              "--prompt-tokens", "4", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    rows = result["server_time"]
+    assert all(r["exact"] for r in rows) and {r["cut"] for r in rows} == {0, 1, 2, 3, 4}
+    by = {(r["cut"], r["clients"]): r for r in rows}
+    assert by[(0, 4)]["mean_batch"] == 4 and by[(0, 1)]["mean_batch"] == 1
+    # The server runs fewer layers as the cut deepens: less compute per token.
+    assert by[(4, 1)]["server_ms_per_token"] < by[(0, 1)]["server_ms_per_token"]
+    modes = {r["mode"]: r for r in result["link"]}
+    assert modes["hand-over after 8 edge tokens, KV recomputed"]["payload_bytes_per_token"] == 0
+    assert all(r["token_agreement"] == 1.0 for r in result["link"] if "float16" in r["mode"] or "hand" in r["mode"])
