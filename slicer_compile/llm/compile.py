@@ -31,7 +31,7 @@ from slicer_compile import __version__
 from slicer_compile.artifact import is_artifact_dir
 from slicer_compile.errors import ConfigError, ModelError
 from slicer_compile.llm.artifact import load_llm_artifact
-from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, PAST_KEY, PAST_VALUE, LlmParts, export_parts
+from slicer_compile.llm.export import EMBED, HEAD, HIDDEN, INPUT_IDS, LlmParts, export_parts
 from slicer_compile.llm.layout import LLM_KIND, LLM_SCHEMA_VERSION, MANIFEST, PARTS, edge_layer_name, layer_name
 from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.llm.opsc import WEIGHT_PRECISIONS, check_weights, quantise_weights
@@ -142,13 +142,16 @@ def _measured_step_s(spec: LlamaSpec, parts: LlmParts, context: int, runs: int, 
                      ) -> dict[str, float]:
     """Median time of each part's decode step here, in ONNX Runtime."""
     from slicer_compile.backends.onnxrt import OnnxrtRunner
+    from slicer_compile.llm.stack import layer_feeds, part_inputs
 
     cache = np.zeros((1, spec.num_kv_heads, context, spec.head_dim), np.float32)
     hidden = np.zeros((1, 1, spec.hidden_size), np.float32)
     jobs = [(EMBED, parts.embed, {INPUT_IDS: np.zeros((1, 1), np.int64)})]
-    layer_feeds = {HIDDEN: hidden, PAST_KEY: cache, PAST_VALUE: cache}
-    jobs += [(layer_name(i), blob, layer_feeds) for i, blob in enumerate(parts.layers)]
-    jobs += [(edge_layer_name(i), blob, layer_feeds) for i, blob in enumerate(edge_layers)]
+    def feeds_of(blob):
+        return layer_feeds(part_inputs(blob), hidden, cache, cache)
+
+    jobs += [(layer_name(i), blob, feeds_of(blob)) for i, blob in enumerate(parts.layers)]
+    jobs += [(edge_layer_name(i), blob, feeds_of(blob)) for i, blob in enumerate(edge_layers)]
     jobs.append((HEAD, parts.head, {HIDDEN: hidden}))
     out = {}
     for name, blob, feeds in jobs:

@@ -1,6 +1,7 @@
 """The parts of a Llama-family LLM as ONNX graphs: ``embed`` (token ids -> hidden
-states), one ``layer`` per decoder layer (hidden states and the layer's KV cache in,
-hidden states and the grown cache out) and ``head`` (hidden states -> logits). Every
+states), one ``layer`` per decoder layer (hidden states, the layer's KV cache, a padding
+mask and positions in; hidden states and the grown cache out) and ``head`` (hidden
+states -> logits). Every
 sequence axis is symbolic: the same layer graph runs the prefill (past length 0) and
 each one-token decode step.
 """
@@ -17,6 +18,8 @@ EMBED, HEAD = "embed", "head"
 #: the names the runtime feeds and reads
 INPUT_IDS, HIDDEN, HIDDEN_OUT, LOGITS = "input_ids", "hidden", "hidden_out", "logits"
 PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE = "past_key", "past_value", "present_key", "present_value"
+#: a layer's padding mask [B, past + new] (int64, 0 = padding) and positions [B, new] (int64)
+ATTENTION_MASK, POSITION_IDS = "attention_mask", "position_ids"
 OPSET = 17
 
 
@@ -42,9 +45,13 @@ def export_parts(model, spec: LlamaSpec) -> LlmParts:
         embed_onnx = _export(embed, (torch.zeros(batch, seq, dtype=torch.int64),), [INPUT_IDS], [HIDDEN],
                              {INPUT_IDS: {0: "batch", 1: "seq"}, HIDDEN: {0: "batch", 1: "seq"}})
         layer_axes = {HIDDEN: {0: "batch", 1: "seq"}, PAST_KEY: {0: "batch", 2: "past"},
-                      PAST_VALUE: {0: "batch", 2: "past"}, HIDDEN_OUT: {0: "batch", 1: "seq"},
+                      PAST_VALUE: {0: "batch", 2: "past"}, ATTENTION_MASK: {0: "batch", 1: "total"},
+                      POSITION_IDS: {0: "batch", 1: "seq"}, HIDDEN_OUT: {0: "batch", 1: "seq"},
                       PRESENT_KEY: {0: "batch", 2: "total"}, PRESENT_VALUE: {0: "batch", 2: "total"}}
-        layer_onnx = tuple(_export(layer, (hidden, cache, cache), [HIDDEN, PAST_KEY, PAST_VALUE],
+        mask = torch.ones(batch, past + seq, dtype=torch.int64)
+        positions = torch.arange(past, past + seq, dtype=torch.int64)[None].expand(batch, seq)
+        layer_onnx = tuple(_export(layer, (hidden, cache, cache, mask, positions),
+                                   [HIDDEN, PAST_KEY, PAST_VALUE, ATTENTION_MASK, POSITION_IDS],
                                    [HIDDEN_OUT, PRESENT_KEY, PRESENT_VALUE], layer_axes) for layer in layers)
         head_onnx = _export(head, (hidden,), [HIDDEN], [LOGITS],
                             {HIDDEN: {0: "batch", 1: "seq"}, LOGITS: {0: "batch", 1: "seq"}})

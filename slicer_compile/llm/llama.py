@@ -4,9 +4,11 @@ exports to an ONNX graph with ``past_key``/``past_value`` inputs and ``present_k
 ``present_value`` outputs. The weights are a ``transformers`` Llama model's; the
 arithmetic follows its modelling code (tests/llm compares logits and greedy tokens).
 
-The position of each new token is the past length plus its index: the graph reads the
-past length from the cache's shape, so one graph serves the prefill (past length 0)
-and every one-token decode step.
+Each layer also takes an attention mask over past + new tokens and the new tokens'
+positions, so that sequences of different lengths run as one batch (their caches
+padded on the left, the padding masked); one sequence alone feeds ones and its past
+length onwards. Every axis is symbolic: one graph serves the prefill (past length 0)
+and every decode step.
 """
 
 from __future__ import annotations
@@ -117,17 +119,19 @@ def build_modules(model, spec: LlamaSpec):
             inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2, dtype=torch.float32) / spec.head_dim))
             self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-        def forward(self, hidden, past_key, past_value):
+        def forward(self, hidden, past_key, past_value, attention_mask, position_ids):
+            # attention_mask [B, past + new]: 0 where a sequence's cache is padding (a
+            # batch of sequences of different lengths is padded on the left);
+            # position_ids [B, new]: each new token's position in its own sequence.
             batch, new = hidden.shape[0], hidden.shape[1]
             past = past_key.shape[2]
             x = rms_norm(hidden, self.norm1, spec.rms_norm_eps)
             q = self.q(x).view(batch, new, spec.num_heads, spec.head_dim).transpose(1, 2)
             k = self.k(x).view(batch, new, spec.num_kv_heads, spec.head_dim).transpose(1, 2)
             v = self.v(x).view(batch, new, spec.num_kv_heads, spec.head_dim).transpose(1, 2)
-            positions = (torch.arange(new, device=hidden.device) + past).to(torch.float32)
-            freqs = positions[:, None] * self.inv_freq[None, :]
+            freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq[None, None, :]
             angles = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+            cos, sin = angles.cos()[:, None], angles.sin()[:, None]
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             key = torch.cat((past_key, k), dim=2)
@@ -140,7 +144,8 @@ def build_modules(model, spec: LlamaSpec):
             total = past + new
             rows = torch.arange(new, device=hidden.device)[:, None] + past
             cols = torch.arange(total, device=hidden.device)[None, :]
-            scores = scores.masked_fill(cols > rows, torch.finfo(scores.dtype).min)
+            hidden_keys = (attention_mask == 0)[:, None, None, :]
+            scores = scores.masked_fill((cols > rows)[None, None] | hidden_keys, torch.finfo(scores.dtype).min)
             attention = torch.softmax(scores, dim=-1)
             mixed = torch.matmul(attention, values).transpose(1, 2).reshape(batch, new, spec.num_heads * spec.head_dim)
             hidden = hidden + self.o(mixed)

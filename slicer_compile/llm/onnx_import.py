@@ -15,11 +15,12 @@ How the layers are found, without knowing the exporter's op names or node order:
   the caches of layers i.. and the side computations) the rest of the model is
   computed. The residual stream is such a tensor twice per layer (after the attention
   and after the MLP); the boundary is the later one, made by the residual ``Add``.
-- each part is extracted between its boundaries, and its side inputs are replaced by
-  what it computes itself: the attention mask by ones over past + new tokens, the
-  positions by past..past+S-1, a shape read from the token ids or from another
-  layer's cache by the same shape read from the part's own hidden state or cache.
-  Decided: like the parts made from ``transformers``, they run one unpadded sequence.
+- each part is extracted between its boundaries. A layer part keeps the attention
+  mask and the positions as inputs (``attention_mask``, ``position_ids``, as the parts
+  made from ``transformers`` have them: sequences of different lengths then share a
+  batch, padded on the left); ``cache_position`` is computed inside from the cache's
+  length, and a shape read from the token ids or from another layer's cache is read
+  from the part's own hidden state or cache instead.
 - the parts are then composed and checked against the whole model on a prefill and
   decode steps: they must give its logits, or the model is refused.
 """
@@ -35,12 +36,14 @@ import numpy as np
 from slicer_compile.errors import ModelError
 from slicer_compile.frontend.onnx_model import MAX_IR_VERSION, graph_inputs, load_onnx, tensor_types
 from slicer_compile.llm.export import (
+    ATTENTION_MASK,
     HIDDEN,
     HIDDEN_OUT,
     INPUT_IDS,
     LOGITS,
     PAST_KEY,
     PAST_VALUE,
+    POSITION_IDS,
     PRESENT_KEY,
     PRESENT_VALUE,
     LlmParts,
@@ -52,6 +55,11 @@ _KV_SUFFIX = re.compile(r"[._/](\d+)[._/](key|value)$", re.IGNORECASE)
 _KV_PREFIX = re.compile(r"[._/]?(key|value)[._/]?(\d+)$", re.IGNORECASE)
 #: side inputs the parts can compute for themselves (see module docstring)
 MASK, POSITIONS, CACHE_POSITION = "mask", "positions", "cache_position"
+
+#: Side inputs a layer part keeps as inputs, under the names of llm.export, so that
+#: sequences of different lengths can share a batch (padded caches, masked); the rest
+#: (cache_position: positions in the padded batch) are computed inside.
+KEPT = {MASK: ATTENTION_MASK, POSITIONS: POSITION_IDS}
 
 #: A part reproduces the model if its logits are this close (relative to their scale):
 #: the same float32 arithmetic, regrouped.
@@ -374,6 +382,8 @@ class _PartCutter:
             rewrite.shape_from(name, HIDDEN, rank=2)
         elif alias in self._caches and has_cache:
             rewrite.shape_from(name, PAST_KEY, rank=4)
+        elif name in self._layout.side and has_cache and self._layout.side[name] in KEPT:
+            rewrite.keep(name, KEPT[self._layout.side[name]])
         elif name in self._layout.side and has_cache:
             rewrite.computed(name, self._layout.side[name])
         elif name not in self._inputs and shape is not None and len(shape) == 3:
@@ -399,7 +409,8 @@ class _PartCutter:
              present_value: PRESENT_VALUE})
         for name in side:
             self._replace_side(rewrite, name, has_cache=True)
-        return rewrite.done([HIDDEN, PAST_KEY, PAST_VALUE], [HIDDEN_OUT, PRESENT_KEY, PRESENT_VALUE])
+        kept = [n for n in (ATTENTION_MASK, POSITION_IDS) if n in rewrite.kept]
+        return rewrite.done([HIDDEN, PAST_KEY, PAST_VALUE, *kept], [HIDDEN_OUT, PRESENT_KEY, PRESENT_VALUE])
 
     def head(self, hidden: str) -> bytes:
         logits = self._layout.logits
@@ -422,6 +433,7 @@ class _Rewrite:
         self._source = source
         self.what = what
         self._made: dict[str, object] = {}
+        self.kept: set[str] = set()
 
     def rename(self, names: dict[str, str]) -> "_Rewrite":
         tensors = self._graph.tensors()
@@ -480,26 +492,32 @@ class _Rewrite:
             _rewire(node, old, source)
         self._graph.inputs = [t for t in self._graph.inputs if t is not old]
 
+    def keep(self, name: str, canonical: str) -> None:
+        """Side input ``name`` stays an input, as ``canonical`` and int64 (cast inside to
+        the model's own type where that differs)."""
+        old = self._tensor(name)
+        if np.dtype(old.dtype) == np.int64:
+            self.rename({name: canonical})
+        else:
+            made = self._gs.Variable(canonical, dtype=np.int64, shape=old.shape)
+            self._graph.inputs.append(made)
+            cast = self._op("Cast", [made], np.dtype(old.dtype), {"to": _onnx_type(old.dtype)})
+            self._replace(old, cast)
+        self.kept.add(canonical)
+
     def computed(self, name: str, kind: str) -> None:
-        """Side input ``name`` computed in the part: ones over past + new tokens (a
-        mask), or the positions past .. past + S - 1."""
+        """Side input ``name`` computed in the part: the positions past .. past + S - 1
+        of the (padded) batch, what ``cache_position`` is."""
+        assert kind == CACHE_POSITION, kind
         old = self._tensor(name)
         dtype = np.dtype(old.dtype)
-        batch, seq, past, total = self._lengths()
-        if kind == MASK:
-            shape = self._op("Concat", [batch, total], np.int64, {"axis": 0})
-            made = self._op("ConstantOfShape", [shape], dtype,
-                            {"value": self._gs.Constant(self._unique("one"), np.ones(1, dtype))})
-        else:
-            scalar = self._const(np.array([0], np.int64))
-            start = self._op("Squeeze", [past, scalar], np.int64)
-            stop = self._op("Squeeze", [total, scalar], np.int64)
-            made = self._op("Range", [start, stop, self._const(np.array(1, np.int64))], np.int64)
-            if kind == POSITIONS:
-                row = self._op("Unsqueeze", [made, scalar], np.int64)
-                made = self._op("Expand", [row, self._op("Concat", [batch, seq], np.int64, {"axis": 0})], np.int64)
-            if dtype != np.int64:
-                made = self._op("Cast", [made], dtype, {"to": _onnx_type(dtype)})
+        _, _, past, total = self._lengths()
+        scalar = self._const(np.array([0], np.int64))
+        start = self._op("Squeeze", [past, scalar], np.int64)
+        stop = self._op("Squeeze", [total, scalar], np.int64)
+        made = self._op("Range", [start, stop, self._const(np.array(1, np.int64))], np.int64)
+        if dtype != np.int64:
+            made = self._op("Cast", [made], dtype, {"to": _onnx_type(dtype)})
         self._replace(old, made)
 
     def done(self, inputs: list[str], outputs: list[str]) -> bytes:
@@ -544,7 +562,8 @@ def _attention_heads(layer: bytes, hidden: int, kv_heads: int, head_dim: int) ->
     for value in list(model.graph.input):
         dims = value.type.tensor_type.shape.dim
         for axis, size in enumerate({HIDDEN: [1, 2, hidden], PAST_KEY: [1, kv_heads, 3, head_dim],
-                                     PAST_VALUE: [1, kv_heads, 3, head_dim]}[value.name]):
+                                     PAST_VALUE: [1, kv_heads, 3, head_dim], ATTENTION_MASK: [1, 5],
+                                     POSITION_IDS: [1, 2]}[value.name]):
             dims[axis].Clear()
             dims[axis].dim_value = size
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -11,16 +11,39 @@ import numpy as np
 
 from slicer_compile.backends.onnxrt import OnnxrtRunner
 from slicer_compile.llm.export import (
+    ATTENTION_MASK,
     HIDDEN,
     HIDDEN_OUT,
     INPUT_IDS,
     LOGITS,
     PAST_KEY,
     PAST_VALUE,
+    POSITION_IDS,
     PRESENT_KEY,
     PRESENT_VALUE,
 )
 from slicer_compile.llm.llama import LlamaSpec
+
+
+def part_inputs(blob: bytes) -> frozenset[str]:
+    """The input names of a part (a layer part from before the padding mask has none)."""
+    import onnx
+
+    return frozenset(i.name for i in onnx.load_from_string(blob).graph.input)
+
+
+def layer_feeds(inputs: frozenset[str], hidden: np.ndarray, past_key: np.ndarray, past_value: np.ndarray,
+                mask: np.ndarray | None = None, positions: np.ndarray | None = None) -> dict:
+    """What a layer part is fed: without ``mask``/``positions``, sequences with no
+    padding (every key seen, positions from the past length on)."""
+    feeds = {HIDDEN: hidden, PAST_KEY: past_key, PAST_VALUE: past_value}
+    batch, new, past = hidden.shape[0], hidden.shape[1], past_key.shape[2]
+    if ATTENTION_MASK in inputs:
+        feeds[ATTENTION_MASK] = mask if mask is not None else np.ones((batch, past + new), np.int64)
+    if POSITION_IDS in inputs:
+        feeds[POSITION_IDS] = positions if positions is not None else np.broadcast_to(
+            np.arange(past, past + new, dtype=np.int64), (batch, new))
+    return feeds
 
 
 class LayerStack:
@@ -32,6 +55,7 @@ class LayerStack:
         self.spec = spec
         self._embed = OnnxrtRunner(embed, name="embed", optimize=True).activate() if embed else None
         self._layers = [OnnxrtRunner(m, name=f"layer{i}", optimize=True).activate() for i, m in enumerate(layers)]
+        self._inputs = [part_inputs(m) for m in layers]
         self._head = OnnxrtRunner(head, name="head", optimize=True).activate() if head else None
         self.reset()
 
@@ -52,7 +76,7 @@ class LayerStack:
         """The new tokens' hidden states [1, S, H] through every layer, caches grown by S."""
         for i, layer in enumerate(self._layers):
             past_key, past_value = self.caches[i]
-            out = layer.infer({HIDDEN: hidden, PAST_KEY: past_key, PAST_VALUE: past_value})
+            out = layer.infer(layer_feeds(self._inputs[i], hidden, past_key, past_value))
             hidden = out[HIDDEN_OUT]
             self.caches[i] = (out[PRESENT_KEY], out[PRESENT_VALUE])
         return hidden
@@ -110,20 +134,27 @@ class PartRunners:
         make = lambda blob, name: OnnxrtRunner(blob, name=name, optimize=True, threads=threads).activate()  # noqa: E731
         self._embed = make(parts.embed, "embed")
         self._layers = [make(blob, f"layer{i}") for i, blob in enumerate(parts.layers)]
+        self._inputs = [part_inputs(blob) for blob in parts.layers]
         self._head = make(parts.head, "head")
         self.max_batch = 1 if _fixed_batch(parts.layers[0]) else None
+        #: whether sequences of different lengths can share a batch (padded, masked)
+        self.ragged = all({ATTENTION_MASK, POSITION_IDS} <= names for names in self._inputs)
 
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
         """Token ids [B, S] -> hidden states [B, S, H]."""
         return self._embed.infer({INPUT_IDS: np.asarray(token_ids, np.int64)})[HIDDEN]
 
-    def forward(self, first: int, hidden: np.ndarray, caches: list[tuple[np.ndarray, np.ndarray]]
+    def forward(self, first: int, hidden: np.ndarray, caches: list[tuple[np.ndarray, np.ndarray]],
+                mask: np.ndarray | None = None, positions: np.ndarray | None = None
                 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """Hidden states [B, S, H] through layers ``first``.. ``first + len(caches) - 1``,
-        each with its cache [B, kv heads, past, head dim]; (hidden out, the grown caches)."""
+        each with its cache [B, kv heads, past, head dim]; (hidden out, the grown caches).
+        ``mask`` [B, past + S] and ``positions`` [B, S]: caches padded on the left (only
+        where :attr:`ragged`)."""
         grown = []
         for i, (past_key, past_value) in enumerate(caches):
-            out = self._layers[first + i].infer({HIDDEN: hidden, PAST_KEY: past_key, PAST_VALUE: past_value})
+            feeds = layer_feeds(self._inputs[first + i], hidden, past_key, past_value, mask, positions)
+            out = self._layers[first + i].infer(feeds)
             hidden = out[HIDDEN_OUT]
             grown.append((out[PRESENT_KEY], out[PRESENT_VALUE]))
         return hidden, grown

@@ -14,12 +14,13 @@ Two modes, chosen by the client when its session starts:
   cache of layers 1..ℓ; without it the server recomputes those layers from the ids.
   The server then generates the rest alone and answers every token at once.
 
-Batching: the steps waiting at once, the server's own hand-over generations included,
-are grouped by (first layer, past length, new tokens) and each group runs as one batch
-through every layer — continuous batching of the sequences at the same position. Ragged
-lengths form separate groups, run one after the other: the parts' attention has no
-padding mask, so a cache of another length cannot join a batch (an export whose batch
-axis is fixed at 1 runs every sequence alone).
+Batching (continuous, across clients): the steps waiting at once, the server's own
+hand-over generations included, are grouped by (first layer, new tokens) and each group
+runs as one batch through every layer. Sequences of different lengths share a batch:
+their caches are padded on the left to the longest, the padding masked out by the layer
+parts' ``attention_mask``, each new token at its own ``position_ids``; parts without
+those inputs (an artifact compiled before them) batch only sequences of one length, and
+an export whose batch axis is fixed at 1 runs every sequence alone.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ class LlmHost:
             for job in jobs:
                 if job.handover is not None:
                     self._run_handover(job)  # its generation joins the batches from the next round
-            for group in _groups(steps, self.max_batch):
+            for group in _groups(steps, self.max_batch, self.runners.ragged):
                 self._run_group(group)
 
     def _run_group(self, group: list[_Job]) -> None:
@@ -337,10 +338,8 @@ class LlmHost:
                 hidden = self.runners.embed(np.concatenate([j.token_ids for j in group]))
             else:
                 hidden = np.concatenate([j.hidden for j in group])
-            layers = len(group[0].session.caches)
-            caches = [(np.concatenate([j.session.caches[i][0] for j in group]),
-                       np.concatenate([j.session.caches[i][1] for j in group])) for i in range(layers)]
-            out, grown = self.runners.forward(first, hidden, caches)
+            caches, mask, positions, pads = _batched_caches([j.session for j in group], hidden.shape[1])
+            out, grown = self.runners.forward(first, hidden, caches, mask, positions)
             logits = self.runners.logits(out[:, -1:])
         except Exception as exc:  # noqa: BLE001 - every accepted step is answered
             for job in group:
@@ -350,7 +349,8 @@ class LlmHost:
         self.stats.observe_batch(len(group), elapsed)
         for b, job in enumerate(group):
             session = job.session
-            session.caches = [(k[b:b + 1].copy(), v[b:b + 1].copy()) for k, v in grown]
+            pad = pads[b]  # its cache without the padding that lined it up with the longest
+            session.caches = [(k[b:b + 1, :, pad:].copy(), v[b:b + 1, :, pad:].copy()) for k, v in grown]
             session.length += (job.token_ids if job.hidden is None else job.hidden).shape[1]
             token = int(np.argmax(logits[b, -1]))
             job.compute_s += elapsed / len(group)
@@ -448,13 +448,44 @@ class LlmHost:
         self.runners.close()
 
 
-def _groups(jobs: list[_Job], max_batch: int) -> list[list[_Job]]:
-    """Jobs that can run as one batch: same first layer, past length, new tokens, input kind."""
+def _groups(jobs: list[_Job], max_batch: int, ragged: bool) -> list[list[_Job]]:
+    """Jobs that can run as one batch: the same first layer, number of new tokens and
+    input kind, and (unless the parts take a padding mask: ``ragged``) past length."""
     by_key: dict[tuple, list[_Job]] = {}
     for job in jobs:
         new = (job.token_ids if job.hidden is None else job.hidden).shape[1]
-        by_key.setdefault((job.session.cut, job.session.length, new, job.hidden is None), []).append(job)
+        key = (job.session.cut, new, job.hidden is None) + (() if ragged else (job.session.length,))
+        by_key.setdefault(key, []).append(job)
     return [group[i:i + max_batch] for group in by_key.values() for i in range(0, len(group), max_batch)]
+
+
+def _batched_caches(sessions: list[_Session], new: int):
+    """The sessions' caches as one batch: (caches per layer, mask, positions, left pad per
+    session). Sessions of one length stack as they are (no mask); otherwise each cache
+    is padded on the left to the longest, the padding masked out, and each sequence's
+    new tokens keep their own positions."""
+    layers = len(sessions[0].caches)
+    lengths = [s.length for s in sessions]
+    longest = max(lengths)
+    if min(lengths) == longest:
+        caches = [(np.concatenate([s.caches[i][0] for s in sessions]),
+                   np.concatenate([s.caches[i][1] for s in sessions])) for i in range(layers)]
+        return caches, None, None, [0] * len(sessions)
+    pads = [longest - n for n in lengths]
+    mask = np.ones((len(sessions), longest + new), np.int64)
+    positions = np.empty((len(sessions), new), np.int64)
+    for b, (pad, n) in enumerate(zip(pads, lengths)):
+        mask[b, :pad] = 0
+        positions[b] = np.arange(n, n + new)
+    caches = []
+    for i in range(layers):
+        key = sessions[0].caches[i][0]
+        shape = (len(sessions), key.shape[1], longest, key.shape[3])
+        keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        for b, (session, pad) in enumerate(zip(sessions, pads)):
+            keys[b, :, pad:], values[b, :, pad:] = session.caches[i][0][0], session.caches[i][1][0]
+        caches.append((keys, values))
+    return caches, mask, positions, pads
 
 
 class _Stats:

@@ -41,11 +41,13 @@ def test_the_spec_is_read_from_the_export(model, exported):
     assert len(parts.layers) == config.num_hidden_layers
     import onnx
 
-    # Every layer part has the contract of the parts made from transformers: the mask,
-    # positions and shapes it read from the model's inputs are computed inside it.
+    # Every layer part has the contract of the parts made from transformers: the mask and
+    # positions as inputs of those names; the shapes it read from the model's inputs
+    # (the token ids', other layers' caches') it now reads from its own.
     for blob in parts.layers:
         layer = onnx.load_from_string(blob)
-        assert [i.name for i in layer.graph.input] == ["hidden", "past_key", "past_value"]
+        assert [i.name for i in layer.graph.input] == ["hidden", "past_key", "past_value", "attention_mask",
+                                                       "position_ids"]
         assert [o.name for o in layer.graph.output] == ["hidden_out", "present_key", "present_value"]
 
 

@@ -79,7 +79,10 @@ def test_every_cut_generates_the_unsplit_models_tokens(artifact, model):
         host.stop()
 
 
-def test_steps_arriving_together_run_as_one_batch_and_ragged_lengths_apart(artifact, model):
+def test_steps_arriving_together_run_as_one_batch_whatever_their_lengths(artifact, model):
+    """Prefills batch by prompt length; the decode steps of sequences of different
+    lengths then share one batch (caches padded on the left, the padding masked), and
+    every sequence still generates the unsplit model's tokens."""
     prompts = [[i + 1, 7, 9, 11] for i in range(6)] + [[3, 4]] * 2  # six of one length, two of another
     expected = [reference(model, p, 4) for p in prompts]
     host = LlmHost(artifact)
@@ -95,9 +98,10 @@ def test_steps_arriving_together_run_as_one_batch_and_ragged_lengths_apart(artif
             for i, r in enumerate(results):
                 tokens[i] += r.tokens
                 news[i] = r.tokens
-            assert sorted(r.batch_sizes[-1] for r in results) == [2, 2, 6, 6, 6, 6, 6, 6]
+            expected_batches = [2, 2, 6, 6, 6, 6, 6, 6] if round_ == 0 else [8] * 8
+            assert sorted(r.batch_sizes[-1] for r in results) == expected_batches
         assert tokens == expected
-        assert host.stats.max_batch == 6
+        assert host.stats.max_batch == 8
     finally:
         host.stop()
 
@@ -285,9 +289,10 @@ def test_http_refusals_say_what_is_wrong(artifact):
 
 
 def test_sixty_four_sessions_of_sixty_four_tokens_lose_no_step(artifact, model):
-    """The load test of the issue, on the host: 64 sessions step together every round
-    (the batcher sees them at once), and each ends with the unsplit model's tokens."""
-    prompts = [[1 + i % 8, 2, 3] for i in range(64)]
+    """The load test of the issue, on the host: 64 sessions of eight prompt lengths step
+    together every round (the batcher sees them at once: after the prefills, one batch
+    of ragged lengths), and each ends with the unsplit model's tokens."""
+    prompts = [[1 + i % 8, 2, 3] + [5] * (i % 8) for i in range(64)]
     expected = {i: reference(model, prompts[i], 64) for i in range(8)}
     host = LlmHost(artifact)
     try:
@@ -367,3 +372,35 @@ def test_bench_llm_measures_server_time_per_cut_and_the_link(artifact, capsys):
     modes = {r["mode"]: r for r in result["link"]}
     assert modes["hand-over after 8 edge tokens, KV recomputed"]["payload_bytes_per_token"] == 0
     assert all(r["token_agreement"] == 1.0 for r in result["link"] if "float16" in r["mode"] or "hand" in r["mode"])
+
+
+def test_an_onnx_export_batches_sequences_of_different_lengths_exactly(tmp_path, model):
+    """The parts read from a user's export (its own mask and position arithmetic) keep
+    the mask and positions as inputs: padded, masked batches stay exact there too."""
+    from tests.llm.onnx_exports import export_with_past
+
+    exported = export_with_past(tiny_llama(), tmp_path / "model.onnx")
+    compile_llm(exported, device="jetson", out_dir=tmp_path / "out", max_tokens=64)
+    prompts = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3, 5, 8, 9, 7]]
+    expected = [reference(model, p, 6) for p in prompts]  # the same weights as the export
+    host = LlmHost(tmp_path / "out")
+    try:
+        assert host.runners.ragged
+        from slicer_compile.llm.artifact import load_llm_artifact
+
+        exported_model = (load_llm_artifact(tmp_path / "out").spec, load_llm_artifact(tmp_path / "out").parts())
+        edges = [EdgeSide(exported_model, 2) for _ in prompts]
+        tokens, news = [[] for _ in prompts], list(prompts)
+        for round_ in range(6):
+            with host.hold():
+                futures = [host.submit(Step(f"x{i}", start=round_ == 0, cut=2, hidden=edges[i].hidden(news[i])))
+                           for i in range(len(prompts))]
+            for i, future in enumerate(futures):
+                result = future.result(30)
+                tokens[i] += result.tokens
+                news[i] = result.tokens
+                if round_:
+                    assert result.batch_sizes[-1] == 3
+        assert tokens == expected
+    finally:
+        host.stop()
