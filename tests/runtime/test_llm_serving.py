@@ -404,3 +404,52 @@ def test_an_onnx_export_batches_sequences_of_different_lengths_exactly(tmp_path,
         assert tokens == expected
     finally:
         host.stop()
+
+
+@pytest.fixture(scope="module")
+def calibrated_lm(tmp_path_factory):
+    """The trained example LM compiled with calibration on its held-out text."""
+    from tests.llm.test_llama_parts import TRAINED_LM
+
+    out = tmp_path_factory.mktemp("lm") / "out"
+    compile_llm(TRAINED_LM, device="jetson", out_dir=out, max_tokens=256, calib_text=TRAINED_LM / "heldout.txt",
+                calib_positions=254)
+    return out
+
+
+@pytest.mark.parametrize("codec", ["int8", "slicer-0.5"])
+def test_served_with_the_codec_the_tokens_agree_as_calibrated(calibrated_lm, codec):
+    """Per-token payloads decoded by the server, its KV cache built from what it received,
+    teacher-forced over the calibration's own positions: the agreement with the unsplit
+    model is what calibration stored for this cut and codec."""
+    from slicer_compile.codec import encode
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.llm.calibrate import SETTINGS, text_tokens, windows_of
+    from tests.llm.test_llama_parts import TRAINED_LM
+
+    artifact = load_llm_artifact(calibrated_lm)
+    spec, parts, cut = artifact.spec, artifact.parts(), 2
+    calibration = artifact.manifest["calibration"]
+    windows = windows_of(text_tokens(TRAINED_LM / "heldout.txt", spec), calibration["positions"])
+    host = LlmHost(calibrated_lm)
+    agree = total = 0
+    try:
+        full = LayerStack(spec, parts.layers, embed=parts.embed, head=parts.head)
+        edge = EdgeSide((spec, parts), cut)
+        for w, window in enumerate(windows):
+            full.reset()
+            exact = full.logits(full.forward(full.embed(window[:-1])))[0].argmax(-1)
+            hidden = edge.hidden(window[:-1])  # teacher-forced: the true tokens, one pass
+            edge.stack.reset()
+            for t in range(len(window) - 1):
+                payload = encode(np.ascontiguousarray(hidden[:, t:t + 1]), SETTINGS[codec])
+                step = Step(f"cal{w}", start=t == 0, end=t == len(window) - 2, cut=cut,
+                            hidden=host.decode_token_payloads([payload]))
+                agree += host.step(step).tokens[0] == exact[t]
+                total += 1
+        full.close()
+    finally:
+        host.stop()
+    calibrated = calibration["cuts"][str(cut)][codec]["token_agreement"]
+    assert total == calibration["positions"]
+    assert abs(agree / total - calibrated) <= 0.02, (agree / total, calibrated)
