@@ -108,8 +108,8 @@ def bench_llm(artifact_dir: Path, clients: list[int], prompts: int, tokens: int,
     depth), and bytes and ms per token on the link per mode."""
     from slicer_compile.errors import ConfigError
     from slicer_compile.llm.artifact import load_llm_artifact
-    from slicer_compile.runtime.llm_loadtest import link, plot_server_time, rows_as_dicts, server_time
-    from slicer_compile.runtime.llm_server import LlmServer
+    from slicer_compile.runtime.llm.loadtest import link, plot_server_time, rows_as_dicts, server_time
+    from slicer_compile.runtime.llm.server import LlmServer
 
     artifact = load_llm_artifact(artifact_dir)
     layers = artifact.spec.num_layers

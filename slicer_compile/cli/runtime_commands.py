@@ -102,8 +102,8 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
     require_backend(backend)
     access = Access(tls_cert, tls_key, read_token(token_file))
     if is_llm_artifact_dir(artifact_dir):
-        from slicer_compile.runtime.llm_host import LlmServerConfig
-        from slicer_compile.runtime.llm_server import LlmServer
+        from slicer_compile.runtime.llm.host import LlmServerConfig
+        from slicer_compile.runtime.llm.server import LlmServer
 
         if grpc_port is not None or backend != DEFAULT_BACKEND:
             raise SlicerCompileError("an LLM artifact is served over HTTP with ONNX Runtime (no --grpc-port, "
@@ -172,7 +172,7 @@ def generate_command(artifact_dir: Path, server_url: str, prompt: str, max_token
     import sys
 
     from slicer_compile.runtime.access import read_token
-    from slicer_compile.runtime.llm_client import EdgeLLM
+    from slicer_compile.runtime.llm.client import EdgeLLM
     from slicer_compile.runtime.transport import ClientAccess
 
     conditions = None

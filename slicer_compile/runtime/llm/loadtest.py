@@ -23,7 +23,7 @@ import numpy as np
 
 from slicer_compile.llm.artifact import load_llm_artifact
 from slicer_compile.llm.stack import LayerStack, generate_greedy, split_stacks
-from slicer_compile.runtime.llm_host import LlmHost, LlmServerConfig, Step
+from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _run_workload(host: LlmHost, cut: int, clients: int, prompt_ids, continuatio
 def link(artifact_dir: str | Path, server_url: str, cut: int, tokens: int = 32, prompt: bytes | list[int] = b"def ",
          progress: Callable[[str], None] = lambda s: None) -> list[LinkRow]:
     """One client over HTTP: bytes and ms per token per mode, against float16 hidden states."""
-    from slicer_compile.runtime.llm_client import EdgeLLM, Plan
+    from slicer_compile.runtime.llm.client import EdgeLLM, Plan
 
     artifact = load_llm_artifact(artifact_dir)
     spec = artifact.spec

@@ -1,5 +1,5 @@
 """The edge side of a split LLM: :class:`EdgeLLM` generates through a server
-(runtime.llm_server), token by token, in the mode the selector picks for the
+(runtime.llm.server), token by token, in the mode the selector picks for the
 conditions, or the one asked for.
 
 * per-token split at cut ℓ: the edge runs the embedding and layers 1..ℓ on each new

@@ -17,9 +17,9 @@ pytest.importorskip("transformers", reason="building the test LLM needs transfor
 from slicer_compile.llm.compile import compile_llm  # noqa: E402
 from slicer_compile.llm.stack import LayerStack, generate_greedy, split_stacks  # noqa: E402
 from slicer_compile.runtime.host import HostError  # noqa: E402
-from slicer_compile.runtime.llm_client import EdgeLLM, Plan  # noqa: E402
-from slicer_compile.runtime.llm_host import LlmHost, LlmServerConfig, Step  # noqa: E402
-from slicer_compile.runtime.llm_server import LlmServer  # noqa: E402
+from slicer_compile.runtime.llm.client import EdgeLLM, Plan  # noqa: E402
+from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step  # noqa: E402
+from slicer_compile.runtime.llm.server import LlmServer  # noqa: E402
 from slicer_compile.runtime.transport import ServerError  # noqa: E402
 from tests.llm.test_llama_parts import tiny_llama  # noqa: E402
 

@@ -1,6 +1,6 @@
 """An LLM artifact's server over HTTP: KServe v2 inference requests (binary tensor
 extension) carrying one step of a sequence, in front of a
-:class:`~slicer_compile.runtime.llm_host.LlmHost`.
+:class:`~slicer_compile.runtime.llm.host.LlmHost`.
 
 A step is a request to ``/v2/models/<artifact id>/infer`` (or ``/v2/models/llm/infer``)
 whose parameters say which sequence and what step, as Triton's sequence batcher has
@@ -37,7 +37,7 @@ from slicer_compile.codec import DecodeLimits, PayloadError, decode
 from slicer_compile.errors import SlicerCompileError
 from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError
-from slicer_compile.runtime.llm_host import LlmHost, LlmServerConfig, Step
+from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
 from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, ProtocolError, decode_message, encode_message
 from slicer_compile.runtime.server import _within
 
