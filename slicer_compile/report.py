@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_compile.artifact import Artifact
-from slicer_compile.storage import atomic_path, write_text_atomically
+from slicer_compile.storage import save_png, write_text_atomically
 
 REPORT = "report.md"
 PLOTS = "plots"
@@ -152,8 +152,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
     ax.set_title("Latency and intermediate-feature size per split")
     fig.tight_layout()
     paths.append(out_dir / "latency.png")
-    _save_figure(fig, paths[-1])
-    plt.close(fig)
+    save_png(fig, paths[-1])
 
     sweep_path = write_sweep_plot(artifact, out_dir / "selector_sweep.png")
     if sweep_path is not None:
@@ -172,8 +171,7 @@ def write_plots(artifact: Artifact) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths.append(out_dir / "fidelity.png")
-        _save_figure(fig, paths[-1])
-        plt.close(fig)
+        save_png(fig, paths[-1])
     return paths
 
 
@@ -218,8 +216,7 @@ def write_sweep_plot(artifact: Artifact, path: Path) -> Path | None:
     bottom.set_xlabel("SNR (dB)")
     fig.suptitle(f"Selector sweep: W = {SWEEP_BANDWIDTH_HZ / 1e6:g} MHz, ε = {SWEEP_EPSILON:g}, best rate")
     fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
@@ -236,9 +233,3 @@ def _labelled_splits(artifact: Artifact) -> list[int]:
     spread = np.round(np.linspace(0, len(splits) - 1, ALL_LABELS_UP_TO // 2)).astype(int).tolist()
     room = len(splits) / ALL_LABELS_UP_TO  # a sample label gives way to a Pareto one this close
     return sorted(pareto | {i for i in spread if all(abs(i - p) >= room for p in pareto)})
-
-
-def _save_figure(fig, path: Path) -> None:
-    """A PNG through a temporary name: a report is never left with half a plot."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")

@@ -247,3 +247,18 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def save_png(figure, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure written as a PNG through a temporary name (a report is never
+    left with half a plot), its folder made if need be; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(figure)
+    return path

@@ -98,7 +98,7 @@ def _plot(artifact: LlmArtifact, calibration: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slicer_compile.storage import atomic_path
+    from slicer_compile.storage import save_png
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for cut, rows in calibration["cuts"].items():
@@ -115,8 +115,4 @@ def _plot(artifact: LlmArtifact, calibration: dict) -> None:
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    folder = artifact.path / PLOTS
-    folder.mkdir(exist_ok=True)
-    with atomic_path(folder / CODEC_PLOT) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_png(figure, artifact.path / PLOTS / CODEC_PLOT, dpi=100)

@@ -20,7 +20,7 @@ from slicer_compile.artifact import load_artifact
 from slicer_compile.codec import SlicerConfig
 from slicer_compile.runtime.client import EdgeClient
 from slicer_compile.runtime.server import ServerConfig, SplitServer
-from slicer_compile.storage import atomic_path
+from slicer_compile.storage import save_png
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,7 @@ def plot_load(rows: list[LoadRow], path: str | Path) -> Path:
     left.legend(fontsize=7)
     fig.suptitle("Server load vs clients: cloud-only and splits at increasing depth")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def rows_as_dicts(rows: list[LoadRow]) -> list[dict]:

@@ -4,7 +4,6 @@ unsplit model's tokens at every cut; what cannot be read is refused in one line.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="making the exports needs torch (pip install -e .[torch])")

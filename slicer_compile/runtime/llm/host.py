@@ -251,7 +251,7 @@ class LlmHost:
 
     def _run_handover(self, job: _Job) -> None:
         """Build a hand-over's caches (on the batcher); the server then generates alone."""
-        step, session, spec = job.handover, job.session, self.spec
+        step, session = job.handover, job.session
         cut, ids = step.cut, job.token_ids
         start = time.perf_counter()
         try:

@@ -179,7 +179,7 @@ def plot_server_time(rows: list[ServerTimeRow], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slicer_compile.storage import atomic_path
+    from slicer_compile.storage import save_png
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for cut in dict.fromkeys(r.cut for r in rows):
@@ -193,8 +193,4 @@ def plot_server_time(rows: list[ServerTimeRow], path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("Server time per token: cloud only against splits at increasing depth")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
