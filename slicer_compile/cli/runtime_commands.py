@@ -146,7 +146,11 @@ def json_steps_option(command):
 
 @click.command("generate")
 @artifact_argument
-@click.option("--server", "server_url", required=True, help="host:port of slicer-compile serve OUT_LM/ (https:// for TLS).")
+@click.option("--server", "server_url", required=True,
+              help="host:port of slicer-compile serve OUT_LM/ (https:// for TLS); several, A,B,…: a lost server's "
+                   "sequence resumes on the next.")
+@click.option("--step-timeout", default="60s", show_default=True, type=Quantity("time", minimum=0.01, maximum=3600),
+              help="A step not answered within this counts its server as lost.")
 @click.option("--prompt", required=True, help="Text (a byte-level model), or token ids: 1,2,3.")
 @click.option("--max-tokens", default=64, show_default=True, type=POSITIVE, help="Tokens to generate.")
 @click.option("--cut", type=click.IntRange(min=0), help="Per-token split at this layer boundary (default: half the layers here).")
@@ -159,7 +163,8 @@ def json_steps_option(command):
 @channel_options(required=False)
 @json_steps_option
 @verbosity_options
-def generate_command(artifact_dir: Path, server_url: str, prompt: str, max_tokens: int, cut: int | None,
+def generate_command(artifact_dir: Path, server_url: str, step_timeout: float, prompt: str, max_tokens: int,
+                     cut: int | None,
                      codec: str | None, token_file: Path | None, tls_ca: Path | None, bandwidth: float,
                      snr_db: float | None, deadline: float | None, memory: float, epsilon: float,
                      accuracy_budget: float, as_json: bool) -> None:
@@ -184,7 +189,7 @@ def generate_command(artifact_dir: Path, server_url: str, prompt: str, max_token
         conditions = conditions_from(bandwidth, snr_db, None, epsilon, deadline, memory, None, accuracy_budget)
     ids = [int(t) for t in prompt.split(",")] if prompt.replace(",", "").isdigit() and "," in prompt else prompt
     access = ClientAccess(read_token(token_file), tls_ca)
-    with EdgeLLM(artifact_dir, server_url, access=access) as llm:
+    with EdgeLLM(artifact_dir, server_url, timeout_s=step_timeout, access=access) as llm:
         plan = llm.plan(max_tokens, conditions, cut, codec)
         click.echo(f"{plan.reason}; per-token codec {plan.codec}", err=True)
         steps = []
@@ -200,7 +205,9 @@ def generate_command(artifact_dir: Path, server_url: str, prompt: str, max_token
         return
     sent = sum(s.sent_bytes for s in steps)
     click.echo("", err=False)
+    resumed = sum(s.resumed for s in steps)
     click.echo(f"{len(steps)} tokens ({', '.join(f'{n} {m}' for m, n in _modes(steps))}), "
+               + (f"resumed on another server {resumed}x, " if resumed else "") +
                f"{sum(s.seconds for s in steps) * 1e3 / len(steps):.2f} ms/token, {sent / len(steps):.0f} request "
                "bytes/token", err=True)
 

@@ -42,8 +42,25 @@ class ClientAccess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+#: gRPC codes as the HTTP statuses they stand for (unknown codes: None, the server failed)
+_GRPC_STATUS = {"StatusCode.INVALID_ARGUMENT": 400, "StatusCode.NOT_FOUND": 404, "StatusCode.UNAUTHENTICATED": 401,
+                "StatusCode.PERMISSION_DENIED": 403, "StatusCode.FAILED_PRECONDITION": 409,
+                "StatusCode.RESOURCE_EXHAUSTED": 503, "StatusCode.UNAVAILABLE": 503, "StatusCode.INTERNAL": 500}
+
+
 class ServerError(SlicerCompileError, RuntimeError):
-    """The server answered with an error, or could not be reached."""
+    """The server answered with an error (``status``: its HTTP status), or could not be
+    reached or did not answer in time (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def server_failed(self) -> bool:
+        """Whether another server may do better: unreachable, timed out, or an error of
+        the server's own (5xx), not a refusal of the request (4xx)."""
+        return self.status is None or self.status >= 500
 
 
 def parse_server_address(address: str) -> tuple[str, int]:
@@ -121,7 +138,8 @@ class HttpTransport:
                 if not reused and fresh_attempts >= 2:
                     raise ServerError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
         if response.status != 200:
-            raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}")
+            raise ServerError(f"server answered {response.status}: {data[:300].decode(errors='replace')}",
+                              response.status)
         length = response.getheader(HEADER_LENGTH)
         return decode_message(data, int(length) if length else None, request=False)
 
@@ -162,7 +180,7 @@ class GrpcTransport:
             result = self._client.infer(model, inputs, parameters=dict(message.parameters),
                                         client_timeout=self.timeout_s, headers=self._headers or None)
         except InferenceServerException as exc:
-            raise ServerError(f"server answered: {exc.message() or exc}") from None
+            raise ServerError(f"server answered: {exc.message() or exc}", _GRPC_STATUS.get(exc.status())) from None
         response = result.get_response()
         tensors = {out.name: result.as_numpy(out.name) for out in response.outputs}
         parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))

@@ -32,7 +32,7 @@ from slicer_compile.llm.artifact import LlmArtifact, load_llm_artifact
 from slicer_compile.llm.calibrate import KV_SETTINGS, SETTINGS, cheapest_within
 from slicer_compile.llm.stack import LayerStack
 from slicer_compile.runtime.protocol import InferMessage
-from slicer_compile.runtime.transport import ClientAccess, HttpTransport, parse_server_address
+from slicer_compile.runtime.transport import ClientAccess, HttpTransport, ServerError, parse_server_address
 
 #: The per-token codec where calibration measured none within the budget (or none ran).
 DEFAULT_CODEC = "float16"
@@ -45,6 +45,7 @@ class TokenStep:
     seconds: float  # this token's share of the wall time, at the client
     sent_bytes: int  # request body bytes for it (0 for a token made here)
     payload_bytes: int  # the codec payloads inside those bytes
+    resumed: bool = False  # its server was lost: the sequence was rebuilt on the next one for it
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,23 @@ _SEQUENCES = itertools.count()
 class EdgeLLM:
     """Generates with an LLM artifact split between this machine and a server."""
 
-    def __init__(self, artifact: str | Path | LlmArtifact, server_url: str, timeout_s: float = 60.0,
-                 access: ClientAccess | None = None, coder: str = "auto"):
+    def __init__(self, artifact: str | Path | LlmArtifact, servers: str | Sequence[str], timeout_s: float = 60.0,
+                 access: ClientAccess | None = None, coder: str = "auto", max_kept_bytes: int | None = None):
+        """``servers``: one address, or several ("A,B" or a list) to fail over to in turn;
+        ``timeout_s``: the per-step deadline past which a server counts as lost;
+        ``max_kept_bytes``: the most a sequence keeps of what it sent (None: no cap),
+        beyond which a resume sends the token ids and the next server recomputes."""
         self.artifact = artifact if isinstance(artifact, LlmArtifact) else load_llm_artifact(artifact)
         self.spec = self.artifact.spec
-        host, port = parse_server_address(server_url)
-        self._transport = HttpTransport(host, port, timeout_s, tls=server_url.strip().startswith("https://"),
-                                        access=access)
+        addresses = [a.strip() for a in servers.split(",")] if isinstance(servers, str) else list(servers)
+        if not addresses or not all(addresses):
+            raise ConfigError("give at least one server address")
+        self.servers = addresses
+        self._transports = [HttpTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
+                                          access=access) for a in addresses]
+        self._current = 0
+        self.max_kept_bytes = max_kept_bytes
+        self.failovers = 0
         self._coder = RuntimeCoder(coder)
         self._edge_parts = self.artifact.parts("edge")
         self._stacks: dict[int, tuple[LayerStack, LayerStack]] = {}
@@ -157,25 +168,46 @@ class EdgeLLM:
         payloads = [self._coder.encode(np.ascontiguousarray(hidden[:, t:t + 1]), cfg) for t in range(hidden.shape[1])]
         return _payload_tensors(payloads, "hidden_payloads", "payload_lengths"), sum(map(len, payloads))
 
-    def _send(self, tensors: dict, parameters: dict) -> tuple[list[int], int]:
-        reply, sent = self._transport.infer(self.artifact.id, InferMessage(tensors, parameters))
-        return [int(t) for t in reply.tensors["tokens"]], sent
+    def _send(self, tensors: dict, parameters: dict, resume=None) -> tuple[list[int], int, bool]:
+        """(tokens, request bytes, whether it was resumed elsewhere). Where the server is
+        lost (unreachable, past the deadline, failing: not a refusal), the next one takes
+        over: ``resume()`` gives the request that rebuilds the sequence there (None: the
+        same request again, for a step that starts its own sequence)."""
+        tried = 0
+        while True:
+            try:
+                reply, sent = self._transports[self._current].infer(self.artifact.id, InferMessage(tensors, parameters))
+                return [int(t) for t in reply.tensors["tokens"]], sent, tried > 0
+            except ServerError as exc:
+                tried += 1
+                if not exc.server_failed or tried >= len(self._transports):
+                    raise
+                self._transports[self._current].close()
+                self._current = (self._current + 1) % len(self._transports)
+                self.failovers += 1
+                if resume is not None:
+                    tensors, parameters = resume()
 
     def _split(self, ids: list[int], max_tokens: int, plan: Plan, sequence_id: str) -> Iterator[TokenStep]:
         edge, _ = self._edge_stacks(plan.cut)
         edge.reset()
         new = np.array(ids)
+        kept = _Kept(self.max_kept_bytes)  # what a resume on another server needs
         for i in range(max_tokens):
             start = time.perf_counter()
-            parameters = {"sequence_id": sequence_id, "sequence_start": i == 0, "sequence_end": i == max_tokens - 1}
-            if i == 0:
-                parameters["cut"] = plan.cut
+            parameters = {"sequence_id": sequence_id, "sequence_start": i == 0, "sequence_end": i == max_tokens - 1,
+                          "step_index": i, "cut": plan.cut}
             if plan.cut == 0:  # cloud only: the ids go
                 tensors, payload = {"input_ids": new.reshape(1, -1).astype(np.int64)}, new.size * 8
             else:
                 tensors, payload = self._hidden_tensors(edge.forward(edge.embed(new)), plan.codec)
-            (token,), sent = self._send(tensors, parameters)
-            yield TokenStep(token, "split", time.perf_counter() - start, sent, payload)
+            kept.add(new.tolist(), tensors)
+
+            def resume(kept=kept, parameters=parameters):
+                return kept.resume_request(), {**parameters, "sequence_start": True}
+
+            (token,), sent, resumed = self._send(tensors, parameters, resume if i else None)
+            yield TokenStep(token, "split", time.perf_counter() - start, sent, payload, resumed)
             new = np.array([token])
 
     def _handover(self, ids: list[int], max_tokens: int, plan: Plan, sequence_id: str) -> Iterator[TokenStep]:
@@ -207,10 +239,10 @@ class EdgeLLM:
             payload += kv_bytes
         parameters = {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True, "mode": "handover",
                       "cut": plan.cut, "max_new_tokens": rest}
-        generated, sent = self._send(tensors, parameters)
+        generated, sent, resumed = self._send(tensors, parameters)  # lost: the same request to the next
         share = (time.perf_counter() - start) / len(generated)
         for i, token in enumerate(generated):
-            yield TokenStep(token, "server", share, sent if i == 0 else 0, payload if i == 0 else 0)
+            yield TokenStep(token, "server", share, sent if i == 0 else 0, payload if i == 0 else 0, resumed)
 
     def _kv_tensors(self, caches, codec: str) -> tuple[dict, int]:
         cfg = KV_SETTINGS[codec]
@@ -225,13 +257,41 @@ class EdgeLLM:
             low.close()
             high.close()
         self._stacks.clear()
-        self._transport.close()
+        for transport in self._transports:
+            transport.close()
 
     def __enter__(self) -> "EdgeLLM":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Kept:
+    """What a per-token sequence sent, kept to rebuild it on another server: each step's
+    hidden-state tensors (the encoded payloads as they went: no edge work again) and the
+    token ids fed. Past ``cap`` bytes the tensors are dropped and a resume sends the
+    ids, from which the next server recomputes layers 1..ℓ."""
+
+    def __init__(self, cap: int | None):
+        self.cap, self.ids, self.steps, self.nbytes = cap, [], [], 0
+
+    def add(self, ids: list[int], tensors: dict) -> None:
+        self.ids += ids
+        if self.steps is not None:
+            self.steps.append(tensors)
+            self.nbytes += sum(t.nbytes for t in tensors.values())
+            if self.cap is not None and self.nbytes > self.cap:
+                self.steps, self.nbytes = None, 0
+
+    def resume_request(self) -> dict:
+        """The tensors of a start that rebuilds the sequence up to the latest step."""
+        if self.steps is None or "input_ids" in self.steps[0]:  # capped, or cloud only
+            return {"input_ids": np.array([self.ids], np.int64)}
+        if "hidden" in self.steps[0]:
+            return {"hidden": np.concatenate([t["hidden"] for t in self.steps], axis=1)}
+        return {"hidden_payloads": np.concatenate([t["hidden_payloads"] for t in self.steps]),
+                "payload_lengths": np.concatenate([t["payload_lengths"] for t in self.steps])}
 
 
 def _payload_tensors(payloads: list[bytes], data: str, lengths: str) -> dict:

@@ -82,6 +82,10 @@ class Step:
     handover: bool = False
     kv: list[tuple[np.ndarray, np.ndarray]] | None = None
     max_new_tokens: int = 1
+    #: the step's number in its sequence (0 first); a step sent again with the number of
+    #: the last one gets that answer again, never a second token. A start may carry a
+    #: later number: a sequence resumed on this server after another failed.
+    index: int | None = None
 
 
 @dataclass
@@ -102,6 +106,8 @@ class _Session:
     # a hand-over: the server generates alone; these fill as it does
     remaining: int = 0
     generated: list[int] = field(default_factory=list)
+    accepted: int = 0  # steps accepted (numbered 0..accepted-1)
+    last: Future | None = None  # the answer to the last accepted step
 
     @property
     def kv_bytes(self) -> int:
@@ -120,6 +126,7 @@ class _Job:
     compute_s: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
     handover: Step | None = None  # a hand-over's first step, checked, to build the caches from
+    recompute: bool = False  # token ids to run through layers 1..cut here first (a resume from ids)
 
 
 class LlmHost:
@@ -135,6 +142,8 @@ class LlmHost:
         self._coder = RuntimeCoder(self.config.decoder)
         self._sessions: dict[str, _Session] = {}
         self._evicted: OrderedDict[str, str] = OrderedDict()
+        # ended sequences' last (number of steps, answer): a lost reply to an end step is asked for again
+        self._ended: OrderedDict[str, tuple[int, Future]] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: list[_Job] = []
@@ -159,12 +168,36 @@ class LlmHost:
             if self._stopping:
                 raise HostError(503, "shutting_down", "the server is shutting down")
             self._evict_idle()
+            again = self._answered_before(step)
+            if again is not None:
+                return again
             session = self._session_for(step)
             job = self._job_for(step, session, future)
             session.last_used = self.config.clock()
+            session.accepted = (step.index or 0) + 1 if step.start else session.accepted + 1
+            session.last = future
             self._queue.append(job)
             self._wake.notify()
         return future
+
+    def _answered_before(self, step: Step) -> Future | None:
+        """Under the lock: the answer of a step sent again (its number is the last one
+        accepted: a client that lost the reply); ``HostError`` for a number out of turn."""
+        if step.index is None:
+            return None
+        session = self._sessions.get(step.sequence_id)
+        if session is not None:
+            accepted, answer = session.accepted, session.last
+        elif not step.start and step.sequence_id in self._ended:
+            accepted, answer = self._ended[step.sequence_id]
+        else:
+            return None
+        if step.index == accepted - 1 and answer is not None:
+            return answer
+        if step.index != accepted and not step.start:
+            raise HostError(409, "out_of_turn", f"step {step.index} of sequence {step.sequence_id!r} is out of turn: "
+                            f"{accepted} steps were accepted, the next is step {accepted}")
+        return None
 
     def _session_for(self, step: Step) -> _Session:
         sid = step.sequence_id
@@ -204,10 +237,12 @@ class LlmHost:
         try:
             if step.handover:
                 return self._handover_job(step, session, future)
-            if session.cut == 0 and step.hidden is None:
+            recompute = False
+            if step.hidden is None and (session.cut == 0 or (step.start and step.token_ids is not None)):
+                # cloud only; or a sequence resumed from its token ids alone (its client kept
+                # no hidden states): layers 1..cut run here first
                 ids = self._ids(step.token_ids)
-                new = ids.shape[1]
-                hidden = None
+                new, hidden, recompute = ids.shape[1], None, session.cut > 0
             else:
                 hidden = step.hidden
                 if hidden is None or hidden.dtype != np.float32 or hidden.ndim != 3 or hidden.shape[0] != 1 \
@@ -221,7 +256,7 @@ class LlmHost:
             if step.start:
                 self._sessions.pop(session.sequence_id, None)  # a refused start leaves nothing
             raise
-        return _Job(session, hidden, ids, future, end=step.end)
+        return _Job(session, hidden, ids, future, end=step.end, recompute=recompute)
 
     def _handover_job(self, step: Step, session: _Session, future: Future) -> _Job:
         """A hand-over at ℓ = step.cut: the caches of layers 1..ℓ shipped or recomputed,
@@ -336,6 +371,9 @@ class LlmHost:
         try:
             if group[0].hidden is None:
                 hidden = self.runners.embed(np.concatenate([j.token_ids for j in group]))
+                if group[0].recompute:  # new sequences, one length: layers 1..cut, caches dropped
+                    empty = np.zeros((len(group), self.spec.num_kv_heads, 0, self.spec.head_dim), np.float32)
+                    hidden = self.runners.forward(0, hidden, [(empty, empty)] * first)[0]
             else:
                 hidden = np.concatenate([j.hidden for j in group])
             caches, mask, positions, pads = _batched_caches([j.session for j in group], hidden.shape[1])
@@ -399,7 +437,11 @@ class LlmHost:
     def end(self, sequence_id: str) -> None:
         """Forget a session (its end flag, or a client known to be gone)."""
         with self._lock:
-            self._sessions.pop(sequence_id, None)
+            session = self._sessions.pop(sequence_id, None)
+            if session is not None:
+                self._ended[sequence_id] = (session.accepted, session.last)
+                while len(self._ended) > _EVICTIONS_REMEMBERED:
+                    self._ended.popitem(last=False)
 
     def _evict(self, session: _Session, why: str) -> None:
         self._sessions.pop(session.sequence_id, None)
@@ -454,7 +496,7 @@ def _groups(jobs: list[_Job], max_batch: int, ragged: bool) -> list[list[_Job]]:
     by_key: dict[tuple, list[_Job]] = {}
     for job in jobs:
         new = (job.token_ids if job.hidden is None else job.hidden).shape[1]
-        key = (job.session.cut, new, job.hidden is None) + (() if ragged else (job.session.length,))
+        key = (job.session.cut, new, job.hidden is None, job.recompute) + (() if ragged else (job.session.length,))
         by_key.setdefault(key, []).append(job)
     return [group[i:i + max_batch] for group in by_key.values() for i in range(0, len(group), max_batch)]
 

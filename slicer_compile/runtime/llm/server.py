@@ -6,7 +6,10 @@ A step is a request to ``/v2/models/<artifact id>/infer`` (or ``/v2/models/llm/i
 whose parameters say which sequence and what step, as Triton's sequence batcher has
 them: ``sequence_id`` (a string or an integer), ``sequence_start``, ``sequence_end``;
 and at the start, ``cut`` (the layer boundary ℓ), ``mode`` ("split" or "handover") and,
-for a hand-over, ``max_new_tokens``. Its tensors:
+for a hand-over, ``max_new_tokens``; ``step_index``, the step's number in its sequence,
+makes a step sent twice answered twice the same (never a second token), and lets a
+start resume a sequence another server lost (the kept hidden states, or the token
+ids, of every position so far as its prefill). Its tensors:
 
 * ``hidden`` FP32 [1, S, H]: the new tokens' hidden states after layer ℓ, raw; or
   ``hidden_payloads`` UINT8 [N] with ``payload_lengths`` INT64 [S]: one codec payload
@@ -198,8 +201,8 @@ class LlmServer:
         mode = p.get("mode", "split")
         if mode not in ("split", "handover"):
             raise ProtocolError(f"mode must be 'split' or 'handover', got {mode!r}")
-        cut, new_tokens = p.get("cut"), p.get("max_new_tokens", 1)
-        for name, value in (("cut", cut), ("max_new_tokens", new_tokens)):
+        cut, new_tokens, index = p.get("cut"), p.get("max_new_tokens", 1), p.get("step_index")
+        for name, value in (("cut", cut), ("max_new_tokens", new_tokens), ("step_index", index)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ProtocolError(f"{name} must be an integer")
         hidden = t.get("hidden")
@@ -215,7 +218,7 @@ class LlmServer:
             kv = self._decode_kv(_split(t, "kv_payloads", "kv_lengths"))
         step = Step(str(sequence_id), start=flags["sequence_start"], end=flags["sequence_end"], cut=cut,
                     hidden=hidden, token_ids=t.get("input_ids"), handover=mode == "handover", kv=kv,
-                    max_new_tokens=new_tokens)
+                    max_new_tokens=new_tokens, index=index)
         return step, message.binary_outputs
 
     def _decode_kv(self, payloads: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:

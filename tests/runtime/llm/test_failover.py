@@ -1,0 +1,157 @@
+"""A split LLM generation survives the loss of its server: the client keeps what it
+sent, opens the sequence on the next server with it as the prefill, and carries on;
+no token is generated twice or skipped. A step sent twice is answered twice the same."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="building the test LLM needs torch (pip install -e .[torch])")
+pytest.importorskip("transformers", reason="building the test LLM needs transformers (the torch extra)")
+
+from slicer_compile.runtime.host import HostError  # noqa: E402
+from slicer_compile.runtime.llm.client import EdgeLLM  # noqa: E402
+from slicer_compile.runtime.llm.host import LlmHost, Step  # noqa: E402
+from slicer_compile.runtime.llm.server import LlmServer  # noqa: E402
+from tests.runtime.llm.test_serving import EdgeSide, artifact, model, reference  # noqa: E402, F401
+
+
+class ServerProcess:
+    """`slicer-compile serve` in a process of its own, to be killed with SIGKILL."""
+
+    def __init__(self, artifact_dir):
+        self.process = subprocess.Popen([sys.executable, "-m", "slicer_compile.cli", "serve", str(artifact_dir),
+                                         "--port", "0"], stderr=subprocess.PIPE, text=True)
+        line = self.process.stderr.readline()
+        found = re.search(r"http://(\S+) ", line)
+        assert found, line
+        self.url = found.group(1)
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+
+
+@pytest.mark.parametrize("codec", ["float32", "int8"])
+def test_a_server_killed_mid_generation_loses_no_token(artifact, model, codec):
+    prompt = [5, 17, 3, 42, 8]
+    first = ServerProcess(artifact)
+    try:
+        with LlmServer(artifact, port=0) as second:
+            with EdgeLLM(artifact, second.url) as alone:  # the unkilled run, with the same codec
+                expected = [s.token for s in alone.generate(prompt, 64, cut=2, codec=codec)]
+            if codec == "float32":
+                assert expected == reference(model, prompt, 64)
+            with EdgeLLM(artifact, [first.url, second.url], timeout_s=10) as llm:
+                steps = []
+                for step in llm.generate(prompt, 64, cut=2, codec=codec):
+                    steps.append(step)
+                    if len(steps) == 20:
+                        first.kill()
+            assert [s.token for s in steps] == expected
+            assert [i for i, s in enumerate(steps) if s.resumed] == [20] and llm.failovers == 1
+            assert second.host.sessions() == 0  # the resumed sequence ended there
+    finally:
+        first.close()
+
+
+def test_sixteen_sessions_finish_when_one_of_two_servers_dies(artifact, model):
+    prompts = [[i + 2, 3 * i + 1, 7] for i in range(16)]
+    expected = [reference(model, p, 24) for p in prompts]
+    first = ServerProcess(artifact)
+    got, counted, resumed, lock = [None] * 16, [0], [0], threading.Lock()
+    try:
+        with LlmServer(artifact, port=0) as second:
+            def client(i):
+                # Half the clients know the servers the other way round: the killed one
+                # carries only some of the sessions, as a load balancer would spread them.
+                servers = [first.url, second.url] if i % 2 == 0 else [second.url, first.url]
+                with EdgeLLM(artifact, servers, timeout_s=10) as llm:
+                    tokens = []
+                    for step in llm.generate(prompts[i], 24, cut=1 + i % 3, codec="float32"):
+                        tokens.append(step.token)
+                        with lock:
+                            counted[0] += 1
+                            resumed[0] += step.resumed
+                            if counted[0] == 16 * 8:
+                                first.kill()
+                    got[i] = tokens
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert first.process.poll() is not None  # it was killed mid-run
+            assert got == expected  # every session complete: no step lost, no token twice
+            assert resumed[0] == 8  # each session the killed server held, resumed once
+    finally:
+        first.close()
+
+
+def test_a_step_sent_again_is_answered_again_the_same(artifact, model):
+    host = LlmHost(artifact)
+    try:
+        edge = EdgeSide(model, 2)
+        prompt = [9, 1, 8]
+        first = host.step(Step("r", start=True, cut=2, hidden=edge.hidden(prompt), index=0))
+        junk = EdgeSide(model, 2)  # what a replay carries is not looked at again
+        again = host.step(Step("r", start=True, cut=2, hidden=junk.hidden([0]), index=0))  # a lost reply
+        assert again.tokens == first.tokens
+        second_hidden = edge.hidden(first.tokens)
+        second = host.step(Step("r", hidden=second_hidden, index=1))
+        kv = host.kv_bytes()
+        assert host.step(Step("r", hidden=second_hidden, index=1)).tokens == second.tokens
+        assert host.kv_bytes() == kv  # the cache did not grow a second time
+        with pytest.raises(HostError, match="out of turn") as refused:
+            host.step(Step("r", hidden=second_hidden, index=5))
+        assert refused.value.status == 409
+        third = host.step(Step("r", hidden=edge.hidden(second.tokens), index=2, end=True))
+        assert first.tokens + second.tokens + third.tokens == reference(model, prompt, 3)
+        # The end step's reply lost too: asked again, the same answer, from the ended sequence.
+        assert host.step(Step("r", hidden=second_hidden, index=2, end=True)).tokens == third.tokens
+    finally:
+        host.stop()
+
+
+def test_past_the_kept_cap_a_resume_sends_the_token_ids(artifact, model):
+    prompt = [11, 12, 13, 14]
+    first = ServerProcess(artifact)
+    try:
+        with LlmServer(artifact, port=0) as second:
+            with EdgeLLM(artifact, [first.url, second.url], timeout_s=10, max_kept_bytes=0) as llm:
+                steps = []
+                for step in llm.generate(prompt, 16, cut=3, codec="float16"):
+                    steps.append(step)
+                    if len(steps) == 5:
+                        first.kill()
+            # float16 hidden states on the first server, the exact ones recomputed on the
+            # second: the tokens are the float16 run's where it agrees with float32 (here, all).
+            assert [s.token for s in steps] == reference(model, prompt, 16)
+            assert steps[5].resumed
+    finally:
+        first.close()
+
+
+def test_a_refusal_is_not_a_lost_server(artifact):
+    """A 4xx is about the request: sending it to the next server would not help."""
+    from slicer_compile.runtime.transport import ServerError
+
+    with LlmServer(artifact, port=0) as one, LlmServer(artifact, port=0) as other:
+        with EdgeLLM(artifact, [one.url, other.url]) as llm:
+            with pytest.raises(ServerError, match="answered 400") as refused:
+                llm._send({"hidden": np.zeros((1, 1, 3), np.float32)},
+                          {"sequence_id": "z", "sequence_start": True, "cut": 2})
+            assert refused.value.status == 400 and llm.failovers == 0
