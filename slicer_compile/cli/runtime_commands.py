@@ -223,7 +223,7 @@ def _modes(steps) -> list[tuple[str, int]]:
 @artifact_argument
 @click.option("--server", "server_url", required=True,
               help="host:port of slicer-compile serve or Triton (host alone: port 8700; https://, grpc://, "
-                   "grpcs:// as named).")
+                   "grpcs:// as named); several, A,B,…: a lost server's request goes to the next.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Send this bearer token (first line of the file; or ${TOKEN_ENV}).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -86,7 +86,10 @@ class EdgeResult:
 
 
 class EdgeClient:
-    """Runs the edge side of an artifact against a server at ``server_url`` ("host:port")."""
+    """Runs the edge side of an artifact against a server at ``server_url`` ("host:port"),
+    or several ("A,B,…"): a request whose server is lost (unreachable, past the deadline,
+    5xx or 503) goes to the next as it is, the edge part not run again (a one-shot
+    request has no state on the server: sending it twice is safe)."""
 
     def __init__(self, artifact: str | Path | Artifact, server_url: str, timeout_s: float = 30.0,
                  backend: str = "onnxruntime", access: ClientAccess | None = None, coder: str = "auto",
@@ -101,8 +104,12 @@ class EdgeClient:
         # The SLICER encoder outside an engine (codec.native.RuntimeCoder): the C++ host
         # coder where built and faster for the size (the same bytes), else numpy.
         self._coder = RuntimeCoder(coder, native_build_dir)
-        self.transport = open_transport(server_url, timeout_s, access)
-        self.host, self.port = self.transport.host, self.transport.port
+        addresses = [a.strip() for a in server_url.split(",") if a.strip()]
+        if not addresses:
+            raise SlicerCompileError("give a server address")
+        self.transports = [open_transport(a, timeout_s, access) for a in addresses]
+        self._current = 0
+        self.failovers = 0
         self._runners: dict = {}
         self._selector = None
         self.default_config = self.artifact.codec.defaults
@@ -186,7 +193,7 @@ class EdgeClient:
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
         start = time.perf_counter()
-        reply, bytes_sent = self.transport.infer(split, request)
+        reply, bytes_sent = self._send(split, request)
         round_trip = time.perf_counter() - start
         params = reply.parameters
         timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": bytes_sent,
@@ -195,6 +202,25 @@ class EdgeClient:
                    "server_compute_s": params.get("server_compute_us", 0) * 1e-6,
                    "batch_size": params.get("batch_size"), "round_trip_s": round_trip}
         return EdgeResult(reply.tensors, split, config, timings, decision)
+
+    @property
+    def transport(self):
+        """The transport to the server now in use."""
+        return self.transports[self._current]
+
+    def _send(self, split: str, request: InferMessage):
+        """The request to the server in use, and on to the next ones while each is lost."""
+        tried = 0
+        while True:
+            try:
+                return self.transport.infer(split, request)
+            except ServerError as exc:
+                tried += 1
+                if not exc.server_failed or tried == len(self.transports):
+                    raise
+                self.transport.close()
+                self._current = (self._current + 1) % len(self.transports)
+                self.failovers += 1
 
     def _check_engine_knobs(self, config: SlicerConfig) -> None:
         """The encoder plugin refuses knobs looser than it was sized for; say so here, clearly."""
@@ -205,7 +231,8 @@ class EdgeClient:
                                      f"q_bits <= {codec.max_q_bits})")
 
     def close(self) -> None:
-        self.transport.close()
+        for transport in self.transports:
+            transport.close()
 
     def __enter__(self) -> "EdgeClient":
         return self

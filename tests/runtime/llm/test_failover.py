@@ -4,11 +4,6 @@ no token is generated twice or skipped. A step sent twice is answered twice the 
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -22,26 +17,7 @@ from slicer_compile.runtime.llm.client import EdgeLLM  # noqa: E402
 from slicer_compile.runtime.llm.host import LlmHost, Step  # noqa: E402
 from slicer_compile.runtime.llm.server import LlmServer  # noqa: E402
 from tests.runtime.llm.test_serving import EdgeSide, artifact, model, reference  # noqa: E402, F401
-
-
-class ServerProcess:
-    """`slicer-compile serve` in a process of its own, to be killed with SIGKILL."""
-
-    def __init__(self, artifact_dir):
-        self.process = subprocess.Popen([sys.executable, "-m", "slicer_compile.cli", "serve", str(artifact_dir),
-                                         "--port", "0"], stderr=subprocess.PIPE, text=True)
-        line = self.process.stderr.readline()
-        found = re.search(r"http://(\S+) ", line)
-        assert found, line
-        self.url = found.group(1)
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
+from tests.runtime.servers import ServerProcess  # noqa: E402
 
 
 @pytest.mark.parametrize("codec", ["float32", "int8"])

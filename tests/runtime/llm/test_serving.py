@@ -335,25 +335,19 @@ def test_generate_streams_the_tokens_and_says_how_they_came(artifact, model, cap
 
 
 def test_serve_runs_an_llm_artifact_and_stops_on_sigterm(artifact, model):
-    import re
     import signal
-    import subprocess
-    import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "slicer_compile.cli", "serve", str(artifact), "--port", "0"],
-                               stderr=subprocess.PIPE, text=True)
+    from tests.runtime.servers import ServerProcess
+
+    server = ServerProcess(artifact)
     try:
-        line = process.stderr.readline()
-        found = re.search(r"http://(\S+) ", line)
-        assert found, line
-        with EdgeLLM(artifact, found.group(1)) as llm:
+        with EdgeLLM(artifact, server.url) as llm:
             assert [s.token for s in llm.generate([1, 2, 3], 6, cut=1, codec="float32")] == \
                 reference(model, [1, 2, 3], 6)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        server.close()
 
 
 def test_bench_llm_measures_server_time_per_cut_and_the_link(artifact, capsys):
