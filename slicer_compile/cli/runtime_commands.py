@@ -147,8 +147,11 @@ def json_steps_option(command):
 @click.command("generate")
 @artifact_argument
 @click.option("--server", "server_url", required=True,
-              help="host:port of slicer-compile serve OUT_LM/ (https:// for TLS); several, A,B,…: a lost server's "
-                   "sequence resumes on the next.")
+              help="host:port of slicer-compile serve OUT_LM/ (https:// for TLS); several, A,B,… or @FILE (one per "
+                   "line): a lost server's sequence resumes on the next.")
+@click.option("--max-kept", type=Quantity("bytes", minimum=0, maximum=2**40),
+              help="What the client keeps to resume elsewhere at most (default: no cap); past it, a resume sends the "
+                   "token ids and the next server recomputes.")
 @click.option("--step-timeout", default="60s", show_default=True, type=Quantity("time", minimum=0.01, maximum=3600),
               help="A step not answered within this counts its server as lost.")
 @click.option("--prompt", required=True, help="Text (a byte-level model), or token ids: 1,2,3.")
@@ -163,8 +166,8 @@ def json_steps_option(command):
 @channel_options(required=False)
 @json_steps_option
 @verbosity_options
-def generate_command(artifact_dir: Path, server_url: str, step_timeout: float, prompt: str, max_tokens: int,
-                     cut: int | None,
+def generate_command(artifact_dir: Path, server_url: str, max_kept: float | None, step_timeout: float, prompt: str,
+                     max_tokens: int, cut: int | None,
                      codec: str | None, token_file: Path | None, tls_ca: Path | None, bandwidth: float,
                      snr_db: float | None, deadline: float | None, memory: float, epsilon: float,
                      accuracy_budget: float, as_json: bool) -> None:
@@ -189,7 +192,8 @@ def generate_command(artifact_dir: Path, server_url: str, step_timeout: float, p
         conditions = conditions_from(bandwidth, snr_db, None, epsilon, deadline, memory, None, accuracy_budget)
     ids = [int(t) for t in prompt.split(",")] if prompt.replace(",", "").isdigit() and "," in prompt else prompt
     access = ClientAccess(read_token(token_file), tls_ca)
-    with EdgeLLM(artifact_dir, server_url, timeout_s=step_timeout, access=access) as llm:
+    with EdgeLLM(artifact_dir, server_url, timeout_s=step_timeout, access=access,
+                 max_kept_bytes=None if max_kept is None else int(max_kept)) as llm:
         plan = llm.plan(max_tokens, conditions, cut, codec)
         click.echo(f"{plan.reason}; per-token codec {plan.codec}", err=True)
         steps = []
@@ -223,7 +227,8 @@ def _modes(steps) -> list[tuple[str, int]]:
 @artifact_argument
 @click.option("--server", "server_url", required=True,
               help="host:port of slicer-compile serve or Triton (host alone: port 8700; https://, grpc://, "
-                   "grpcs:// as named); several, A,B,…: a lost server's request goes to the next.")
+                   "grpcs:// as named); several, A,B,… or @FILE (one per line): a lost server's request goes to "
+                   "the next.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Send this bearer token (first line of the file; or ${TOKEN_ENV}).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),

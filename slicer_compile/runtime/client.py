@@ -33,6 +33,7 @@ from slicer_compile.runtime.transport import (  # noqa: F401 (re-exported)
     ServerError,
     open_transport,
     parse_server_address,
+    server_addresses,
 )
 
 
@@ -87,7 +88,7 @@ class EdgeResult:
 
 class EdgeClient:
     """Runs the edge side of an artifact against a server at ``server_url`` ("host:port"),
-    or several ("A,B,…"): a request whose server is lost (unreachable, past the deadline,
+    or several ("A,B,…", or "@FILE" naming one per line): a request whose server is lost (unreachable, past the deadline,
     5xx or 503) goes to the next as it is, the edge part not run again (a one-shot
     request has no state on the server: sending it twice is safe)."""
 
@@ -104,10 +105,7 @@ class EdgeClient:
         # The SLICER encoder outside an engine (codec.native.RuntimeCoder): the C++ host
         # coder where built and faster for the size (the same bytes), else numpy.
         self._coder = RuntimeCoder(coder, native_build_dir)
-        addresses = [a.strip() for a in server_url.split(",") if a.strip()]
-        if not addresses:
-            raise SlicerCompileError("give a server address")
-        self.transports = [open_transport(a, timeout_s, access) for a in addresses]
+        self.transports = [open_transport(a, timeout_s, access) for a in server_addresses(server_url)]
         self._current = 0
         self.failovers = 0
         self._runners: dict = {}

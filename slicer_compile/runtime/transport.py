@@ -15,10 +15,11 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from slicer_compile.errors import InputError, SlicerCompileError
+from slicer_compile.errors import ConfigError, InputError, SlicerCompileError
 from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, datatype_of, decode_message, encode_message
 
 #: The port ``slicer-compile serve`` listens on by default (and what "host" alone means).
@@ -61,6 +62,24 @@ class ServerError(SlicerCompileError, RuntimeError):
         """Whether another server may do better: unreachable, timed out, or an error of
         the server's own (5xx), not a refusal of the request (4xx)."""
         return self.status is None or self.status >= 500
+
+
+def server_addresses(servers: str | Sequence[str]) -> list[str]:
+    """The servers a client may use, in order: "A,B,…", a list, or "@FILE" (a discovery
+    file: one address per line, # comments), read now."""
+    if isinstance(servers, str) and servers.strip().startswith("@"):
+        path = Path(servers.strip()[1:])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the server list {path}: {exc.strerror or exc}") from None
+        servers = [line.split("#", 1)[0] for line in lines]
+    elif isinstance(servers, str):
+        servers = servers.split(",")
+    addresses = [a.strip() for a in servers if a.strip()]
+    if not addresses:
+        raise ConfigError("give at least one server address")
+    return addresses
 
 
 def parse_server_address(address: str) -> tuple[str, int]:

@@ -32,7 +32,13 @@ from slicer_compile.llm.artifact import LlmArtifact, load_llm_artifact
 from slicer_compile.llm.calibrate import KV_SETTINGS, SETTINGS, cheapest_within
 from slicer_compile.llm.stack import LayerStack
 from slicer_compile.runtime.protocol import InferMessage
-from slicer_compile.runtime.transport import ClientAccess, HttpTransport, ServerError, parse_server_address
+from slicer_compile.runtime.transport import (
+    ClientAccess,
+    HttpTransport,
+    ServerError,
+    parse_server_address,
+    server_addresses,
+)
 
 #: The per-token codec where calibration measured none within the budget (or none ran).
 DEFAULT_CODEC = "float16"
@@ -69,16 +75,14 @@ class EdgeLLM:
 
     def __init__(self, artifact: str | Path | LlmArtifact, servers: str | Sequence[str], timeout_s: float = 60.0,
                  access: ClientAccess | None = None, coder: str = "auto", max_kept_bytes: int | None = None):
-        """``servers``: one address, or several ("A,B" or a list) to fail over to in turn;
+        """``servers``: one address, or several to fail over to in turn ("A,B", a list, or
+        "@FILE": a discovery file, one address per line);
         ``timeout_s``: the per-step deadline past which a server counts as lost;
         ``max_kept_bytes``: the most a sequence keeps of what it sent (None: no cap),
         beyond which a resume sends the token ids and the next server recomputes."""
         self.artifact = artifact if isinstance(artifact, LlmArtifact) else load_llm_artifact(artifact)
         self.spec = self.artifact.spec
-        addresses = [a.strip() for a in servers.split(",")] if isinstance(servers, str) else list(servers)
-        if not addresses or not all(addresses):
-            raise ConfigError("give at least one server address")
-        self.servers = addresses
+        self.servers = addresses = server_addresses(servers)
         self._transports = [HttpTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
                                           access=access) for a in addresses]
         self._current = 0

@@ -131,3 +131,32 @@ def test_a_refusal_is_not_a_lost_server(artifact):
                 llm._send({"hidden": np.zeros((1, 1, 3), np.float32)},
                           {"sequence_id": "z", "sequence_start": True, "cut": 2})
             assert refused.value.status == 400 and llm.failovers == 0
+
+
+@pytest.mark.parametrize("mode", ["cloud only", "hand-over"])
+def test_cloud_only_and_hand_over_resume_too_from_a_discovery_file(artifact, model, tmp_path, mode):
+    from slicer_compile.runtime.llm.client import Plan
+
+    prompt = [21, 22, 23]
+    first = ServerProcess(artifact)
+    try:
+        with LlmServer(artifact, port=0) as second:
+            listing = tmp_path / "servers.txt"
+            listing.write_text(f"# the pool\n{first.url}\n{second.url}  # spare\n")
+            with EdgeLLM(artifact, f"@{listing}", timeout_s=10) as llm:
+                assert llm.servers == [first.url, second.url]
+                if mode == "cloud only":
+                    steps = []
+                    for step in llm.generate(prompt, 12, cut=0):
+                        steps.append(step)
+                        if len(steps) == 4:
+                            first.kill()
+                    assert steps[4].resumed
+                else:  # the whole hand-over is one request: the same one goes to the next
+                    first.kill()
+                    plan = Plan(3, 2, True, "float32", "float32", "test")
+                    steps = list(llm.generate(prompt, 12, plan=plan))
+                    assert steps[3].resumed and [s.mode for s in steps[2:4]] == ["edge", "server"]
+            assert [s.token for s in steps] == reference(model, prompt, 12)
+    finally:
+        first.close()
