@@ -27,6 +27,8 @@ setup(
         "matplotlib>=3.7",
         # serve: HTTP parsing, limits and keep-alive from a well-kept server (llhttp inside)
         "aiohttp>=3.9",
+        # the dense codec's entropy coder (ANS), rather than a hand-written one
+        "constriction>=0.4",
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build. The

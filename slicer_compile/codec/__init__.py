@@ -5,7 +5,7 @@
     x_hat = decode(payload)                      # codec read from the header
     assert 8 * len(payload) <= predict_bits(x.shape, cfg)
 
-Codec ids: 1 SLICER, 2 TS + TAB-Q, 3 float16, 4 int8, 5 zstd-on-float16.
+Codec ids: 1 SLICER, 2 TS + TAB-Q, 3 float16, 4 int8, 5 zstd-on-float16, 6 dense (quantised, ANS-coded).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from slicer_compile.codec import baselines, slicer, tabq
+from slicer_compile.codec import baselines, dense, slicer, tabq
 from slicer_compile.codec.config import (
     CONFIG_BY_NAME,
     CodecConfig,
+    DenseConfig,
     Float16Config,
     Int8Config,
     SlicerConfig,
@@ -41,6 +42,7 @@ __all__ = [
     "Codec",
     "CodecConfig",
     "DecodeLimits",
+    "DenseConfig",
     "Float16Config",
     "Int8Config",
     "PayloadError",
@@ -99,6 +101,8 @@ CODECS: dict[int, Codec] = {row.config.codec_id: row for row in (
           None, ("scale", "values"), (), ("values",)),
     Codec(ZstdConfig, 1, baselines.encode_zstd, baselines.decode_zstd, _dtype_free(baselines.predict_bits_zstd),
           None, ("values",), (), ("values",)),
+    Codec(DenseConfig, dense.KNOBS.size, dense.encode, dense.decode, _dtype_free(dense.predict_bits),
+          dense.read_config, ("meta", "ranges", "model", "values"), (), ("ranges", "model", "values")),
 )}
 
 

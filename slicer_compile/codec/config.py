@@ -196,11 +196,29 @@ class ZstdConfig:
         object.__setattr__(self, "level", _as_int("level", self.level, 1, 19))
 
 
-CodecConfig = SlicerConfig | TabqConfig | Float16Config | Int8Config | ZstdConfig
+@dataclass(frozen=True)
+class DenseConfig:
+    """The dense codec (codec.dense): every element kept, quantised at ``bits`` per
+    element in groups along the last axis with an error-minimising range, the codes
+    entropy-coded (``entropy``: constriction's ANS under the tensor's code frequencies)
+    where that is smaller than packing them."""
+
+    bits: int = 4
+    entropy: bool = True
+    codec_id = 6
+    name = "dense"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", _as_int("bits", self.bits, 1, 8))
+        if not isinstance(self.entropy, bool):
+            raise ConfigError(f"entropy must be true or false, got {self.entropy!r}")
+
+
+CodecConfig = SlicerConfig | TabqConfig | Float16Config | Int8Config | ZstdConfig | DenseConfig
 
 #: Codec names as the CLI and manifests spell them.
 CONFIG_BY_NAME: dict[str, type] = {
-    cls.name: cls for cls in (SlicerConfig, TabqConfig, Float16Config, Int8Config, ZstdConfig)
+    cls.name: cls for cls in (SlicerConfig, TabqConfig, Float16Config, Int8Config, ZstdConfig, DenseConfig)
 }
 
 

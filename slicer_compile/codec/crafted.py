@@ -88,6 +88,16 @@ def zstd_truncated(elements: int = HUGE) -> bytes:
     return writer.finish()
 
 
+def dense_short(elements: int = HUGE, mode: int = 1) -> bytes:
+    """A dense payload claiming ``elements`` whose range table and values are missing."""
+    from slicer_compile.codec import dense
+
+    writer = PayloadWriter(6, np.dtype(np.float32), (elements,), dense.KNOBS.pack(4, 1))
+    for section in (dense.META.pack(mode), b"", b"\x01\x00" * 16, b"\x00" * 8):
+        writer.section(section)
+    return writer.finish()
+
+
 def tiny_but_huge() -> dict[str, bytes]:
     """Every codec's few-byte payload that claims 2^26 elements and is invalid."""
     return {
@@ -97,4 +107,5 @@ def tiny_but_huge() -> dict[str, bytes]:
         "float16": raw_short(3),
         "int8": raw_short(4, sections=2),
         "zstd": zstd_truncated(),
+        "dense": dense_short(),
     }

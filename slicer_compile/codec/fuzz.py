@@ -17,6 +17,7 @@ import numpy as np
 
 from slicer_compile.codec import (
     DecodeLimits,
+    DenseConfig,
     Float16Config,
     Int8Config,
     SlicerConfig,
@@ -51,6 +52,9 @@ def seed_payloads() -> list[bytes]:
         encode(x, Float16Config()),
         encode(x, Int8Config()),
         encode(x, ZstdConfig()),
+        encode(x, DenseConfig(bits=4)),  # packed (a small tensor)
+        encode(np.random.default_rng(2).standard_normal(5000).astype(np.float32), DenseConfig(bits=3)),  # ANS
+        encode(x.astype(np.float16), DenseConfig(bits=8, entropy=False)),
     ]
 
 
