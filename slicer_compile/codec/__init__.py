@@ -106,7 +106,7 @@ CODECS: dict[int, Codec] = {row.config.codec_id: row for row in (
 )}
 
 
-def _codec_for(cfg: CodecConfig) -> _Codec:
+def _codec_for(cfg: CodecConfig) -> Codec:
     codec = CODECS.get(getattr(cfg, "codec_id", None))
     if codec is None or not isinstance(cfg, codec.config):
         raise ConfigError(f"not a codec config: {cfg!r}")

@@ -14,7 +14,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from slicer_compile.codec import Float16Config, Int8Config, SlicerConfig, TabqConfig, ZstdConfig, decode, encode
+from slicer_compile.codec import (
+    DenseConfig,
+    Float16Config,
+    Int8Config,
+    SlicerConfig,
+    TabqConfig,
+    ZstdConfig,
+    decode,
+    encode,
+)
 from slicer_compile.errors import ConfigError
 from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.llm.stack import split_stacks
@@ -23,7 +32,8 @@ WINDOW = 128
 #: name -> codec config (None: the hidden state as it is, float32)
 SETTINGS = {"float32": None, "float16": Float16Config(), "int8": Int8Config(), "zstd": ZstdConfig(),
             "tabq": TabqConfig(), "slicer-0.5": SlicerConfig(sparsity=0.5), "slicer-0.75": SlicerConfig(sparsity=0.75),
-            "slicer-0.9": SlicerConfig(sparsity=0.9)}
+            "slicer-0.9": SlicerConfig(sparsity=0.9), "dense-6": DenseConfig(bits=6), "dense-4": DenseConfig(bits=4),
+            "dense-3": DenseConfig(bits=3)}
 
 
 def text_tokens(path: str | Path, spec: LlamaSpec, tokenizer_dir: str | Path | None = None) -> np.ndarray:
@@ -121,7 +131,8 @@ def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000
 
 #: KV-cache settings at a hand-over (each layer's key and value coded as one tensor)
 KV_SETTINGS = {"float32": None, "float16": Float16Config(), "int8": Int8Config(), "tabq": TabqConfig(),
-               "slicer-0.5": SlicerConfig(sparsity=0.5), "slicer-0.75": SlicerConfig(sparsity=0.75)}
+               "slicer-0.5": SlicerConfig(sparsity=0.5), "slicer-0.75": SlicerConfig(sparsity=0.75),
+               "dense-4": DenseConfig(bits=4)}
 
 
 def _coded_cache(cache: np.ndarray, cfg) -> tuple[np.ndarray, int]:
