@@ -157,8 +157,8 @@ def json_steps_option(command):
 @click.option("--prompt", required=True, help="Text (a byte-level model), or token ids: 1,2,3.")
 @click.option("--max-tokens", default=64, show_default=True, type=POSITIVE, help="Tokens to generate.")
 @click.option("--cut", type=click.IntRange(min=0), help="Per-token split at this layer boundary (default: half the layers here).")
-@click.option("--codec", help="Per-token codec (float32 float16 int8 zstd tabq slicer-0.5 slicer-0.75 slicer-0.9; "
-                              "default: the fewest calibrated bits within --accuracy-budget).")
+@click.option("--codec", help="Per-token codec (float32 float16 int8 zstd tabq slicer-0.5 slicer-0.75 slicer-0.9 "
+                              "dense-6 dense-4 dense-3; default: the fewest calibrated bits within --accuracy-budget).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Send this bearer token (first line of the file; or ${TOKEN_ENV}).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
