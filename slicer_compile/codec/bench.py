@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from slicer_compile.codec import (
+    DenseConfig,
     Float16Config,
     Int8Config,
     SlicerConfig,
@@ -144,12 +145,13 @@ def run_codec_benchmark(
     tabq: TabqConfig | None = TabqConfig(tau=2.0),
     progress: Callable[[str], None] | None = None,
 ) -> list[CodecBenchRow]:
-    """SLICER at every sparsity, then TAB-Q and the baselines, for every size."""
+    """SLICER at every sparsity, then TAB-Q, the dense codec at 4 bits and the
+    baselines, for every size."""
     rows = []
     for n in sizes:
         x = make_tensor(int(n), data, seed)
         configs = [dataclasses.replace(slicer, sparsity=s) for s in sparsities]
-        configs += ([tabq] if tabq is not None else []) + baseline_configs()
+        configs += ([tabq] if tabq is not None else []) + [DenseConfig(bits=4)] + baseline_configs()
         for cfg in configs:
             if progress:
                 progress(f"{n} elements, {cfg.name}" + (f" s={cfg.sparsity:g}" if hasattr(cfg, "sparsity") else ""))

@@ -58,11 +58,13 @@ def test_bench_codec_prints_json():
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)  # --json: JSON on stdout instead of the table, on every command
     codecs = [r["codec"] for r in rows]
-    assert codecs == ["slicer", "tabq", "float16", "int8", "zstd"]
-    slicer = rows[0]
+    assert codecs == ["slicer", "tabq", "dense", "float16", "int8", "zstd"]
+    slicer, tabq, dense = rows[:3]
     assert slicer["sparsity"] == pytest.approx(0.9)
     assert slicer["position_bits"] > 0 and slicer["encode_melem_s"] > 0
-    assert slicer["bits_per_element"] < rows[2]["bits_per_element"]  # beats float16
+    assert slicer["bits_per_element"] < rows[3]["bits_per_element"]  # beats float16
+    # At TS+TAB-Q's rate, the dense codec's error is a fraction of it (dense Gaussian data).
+    assert dense["bits_per_element"] < 1.05 * tabq["bits_per_element"] and dense["rmse"] < 0.5 * tabq["rmse"]
     table = run("bench", "codec", "--sizes", "4096", "--sparsities", "0.9", "--repeat", "1")
     assert "slicer" in table.stdout and "framing overhead" in table.stdout
 
