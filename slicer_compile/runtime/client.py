@@ -30,6 +30,7 @@ from slicer_compile.runtime.protocol import ARTIFACT_PARAMETER, InferMessage
 from slicer_compile.runtime.transport import (  # noqa: F401 (re-exported)
     DEFAULT_PORT,
     ClientAccess,
+    Failover,
     ServerError,
     open_transport,
     parse_server_address,
@@ -105,9 +106,7 @@ class EdgeClient:
         # The SLICER encoder outside an engine (codec.native.RuntimeCoder): the C++ host
         # coder where built and faster for the size (the same bytes), else numpy.
         self._coder = RuntimeCoder(coder, native_build_dir)
-        self.transports = [open_transport(a, timeout_s, access) for a in server_addresses(server_url)]
-        self._current = 0
-        self.failovers = 0
+        self._servers = Failover([open_transport(a, timeout_s, access) for a in server_addresses(server_url)])
         self._runners: dict = {}
         self._selector = None
         self.default_config = self.artifact.codec.defaults
@@ -191,7 +190,7 @@ class EdgeClient:
 
         request = InferMessage(tensors, {ARTIFACT_PARAMETER: self.artifact.id}, requested_outputs=None)
         start = time.perf_counter()
-        reply, bytes_sent = self._send(split, request)
+        (reply, bytes_sent), _ = self._servers.call(lambda transport: transport.infer(split, request))
         round_trip = time.perf_counter() - start
         params = reply.parameters
         timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": bytes_sent,
@@ -204,21 +203,12 @@ class EdgeClient:
     @property
     def transport(self):
         """The transport to the server now in use."""
-        return self.transports[self._current]
+        return self._servers.transport
 
-    def _send(self, split: str, request: InferMessage):
-        """The request to the server in use, and on to the next ones while each is lost."""
-        tried = 0
-        while True:
-            try:
-                return self.transport.infer(split, request)
-            except ServerError as exc:
-                tried += 1
-                if not exc.server_failed or tried == len(self.transports):
-                    raise
-                self.transport.close()
-                self._current = (self._current + 1) % len(self.transports)
-                self.failovers += 1
+    @property
+    def failovers(self) -> int:
+        """How many times a request moved on to the next server."""
+        return self._servers.failovers
 
     def _check_engine_knobs(self, config: SlicerConfig) -> None:
         """The encoder plugin refuses knobs looser than it was sized for; say so here, clearly."""
@@ -229,8 +219,7 @@ class EdgeClient:
                                      f"q_bits <= {codec.max_q_bits})")
 
     def close(self) -> None:
-        for transport in self.transports:
-            transport.close()
+        self._servers.close()
 
     def __enter__(self) -> "EdgeClient":
         return self

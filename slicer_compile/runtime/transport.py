@@ -210,6 +210,40 @@ class GrpcTransport:
         self._client.close()
 
 
+class Failover:
+    """Transports to several servers, used in turn: a call goes to the server in use, and
+    on to the next while each is lost (:attr:`ServerError.server_failed`); a refusal is
+    raised as it came. ``failovers`` counts the moves."""
+
+    def __init__(self, transports: list):
+        self.transports, self.current, self.failovers = transports, 0, 0
+
+    @property
+    def transport(self):
+        return self.transports[self.current]
+
+    def call(self, send, switched=None):
+        """``(send(transport), moved)``: ``switched()`` runs after each move, before the
+        next server is tried (what a sequence needs to be rebuilt there)."""
+        tried = 0
+        while True:
+            try:
+                return send(self.transport), tried > 0
+            except ServerError as exc:
+                tried += 1
+                if not exc.server_failed or tried >= len(self.transports):
+                    raise
+                self.transport.close()
+                self.current = (self.current + 1) % len(self.transports)
+                self.failovers += 1
+                if switched is not None:
+                    switched()
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()
+
+
 def open_transport(address: str, timeout_s: float = 30.0, access: ClientAccess | None = None):
     """The transport an address names: ``grpc://`` / ``grpcs://`` for gRPC (over TLS),
     ``https://`` for HTTP over TLS, else HTTP."""

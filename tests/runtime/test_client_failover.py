@@ -51,12 +51,36 @@ def test_clients_lose_no_request_when_one_of_two_servers_dies(artifact):
         first.close()
 
 
-def test_a_refused_request_is_not_sent_to_the_next_server(artifact):
-    sid = deep_split(artifact)
-    with SplitServer(artifact.path, port=0) as one, SplitServer(artifact.path, port=0) as other:
-        with EdgeClient(artifact.path, f"{one.url},{other.url}") as edge:
-            from slicer_compile.runtime.protocol import InferMessage
+class Flaky:
+    """A transport that fails as told: a ServerError of ``status`` (None: unreachable)."""
 
-            with pytest.raises(ServerError, match="answered 4") as refused:
-                edge._send(sid, InferMessage({"nonsense": np.zeros(3, np.float32)}, {}))
-            assert refused.value.status // 100 == 4 and edge.failovers == 0
+    def __init__(self, status=None, answer=None):
+        self.status, self.answer, self.calls, self.closed = status, answer, 0, 0
+
+    def infer(self, *args):
+        self.calls += 1
+        if self.answer is None:
+            raise ServerError(f"status {self.status}", self.status)
+        return self.answer
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("status, moves", [(None, True), (503, True), (500, True), (400, False), (404, False)])
+def test_a_lost_server_is_left_and_a_refusal_is_not(status, moves):
+    from slicer_compile.runtime.transport import Failover
+
+    first, second = Flaky(status), Flaky(answer="ok")
+    servers, switched = Failover([first, second]), []
+    if moves:
+        assert servers.call(lambda t: t.infer(), lambda: switched.append(1)) == ("ok", True)
+        assert servers.failovers == 1 and switched == [1] and first.closed == 1
+        assert servers.call(lambda t: t.infer()) == ("ok", False)  # it stays on the one that answers
+    else:
+        with pytest.raises(ServerError):
+            servers.call(lambda t: t.infer())
+        assert servers.failovers == 0 and second.calls == 0
+    everyone_lost = Failover([Flaky(None), Flaky(None)])
+    with pytest.raises(ServerError):
+        everyone_lost.call(lambda t: t.infer())

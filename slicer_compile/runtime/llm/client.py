@@ -34,8 +34,8 @@ from slicer_compile.llm.stack import LayerStack
 from slicer_compile.runtime.protocol import InferMessage
 from slicer_compile.runtime.transport import (
     ClientAccess,
+    Failover,
     HttpTransport,
-    ServerError,
     parse_server_address,
     server_addresses,
 )
@@ -82,12 +82,10 @@ class EdgeLLM:
         beyond which a resume sends the token ids and the next server recomputes."""
         self.artifact = artifact if isinstance(artifact, LlmArtifact) else load_llm_artifact(artifact)
         self.spec = self.artifact.spec
-        self.servers = addresses = server_addresses(servers)
-        self._transports = [HttpTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
-                                          access=access) for a in addresses]
-        self._current = 0
+        self.servers = server_addresses(servers)
+        self._servers = Failover([HttpTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
+                                                access=access) for a in self.servers])
         self.max_kept_bytes = max_kept_bytes
-        self.failovers = 0
         self._coder = RuntimeCoder(coder)
         self._edge_parts = self.artifact.parts("edge")
         self._stacks: dict[int, tuple[LayerStack, LayerStack]] = {}
@@ -172,25 +170,25 @@ class EdgeLLM:
         payloads = [self._coder.encode(np.ascontiguousarray(hidden[:, t:t + 1]), cfg) for t in range(hidden.shape[1])]
         return _payload_tensors(payloads, "hidden_payloads", "payload_lengths"), sum(map(len, payloads))
 
+    @property
+    def failovers(self) -> int:
+        """How many times a step moved on to the next server."""
+        return self._servers.failovers
+
     def _send(self, tensors: dict, parameters: dict, resume=None) -> tuple[list[int], int, bool]:
         """(tokens, request bytes, whether it was resumed elsewhere). Where the server is
         lost (unreachable, past the deadline, failing: not a refusal), the next one takes
         over: ``resume()`` gives the request that rebuilds the sequence there (None: the
         same request again, for a step that starts its own sequence)."""
-        tried = 0
-        while True:
-            try:
-                reply, sent = self._transports[self._current].infer(self.artifact.id, InferMessage(tensors, parameters))
-                return [int(t) for t in reply.tensors["tokens"]], sent, tried > 0
-            except ServerError as exc:
-                tried += 1
-                if not exc.server_failed or tried >= len(self._transports):
-                    raise
-                self._transports[self._current].close()
-                self._current = (self._current + 1) % len(self._transports)
-                self.failovers += 1
-                if resume is not None:
-                    tensors, parameters = resume()
+        request = [tensors, parameters]
+
+        def switched():
+            if resume is not None:
+                request[:] = resume()
+
+        (reply, sent), moved = self._servers.call(
+            lambda transport: transport.infer(self.artifact.id, InferMessage(*request)), switched)
+        return [int(t) for t in reply.tensors["tokens"]], sent, moved
 
     def _split(self, ids: list[int], max_tokens: int, plan: Plan, sequence_id: str) -> Iterator[TokenStep]:
         edge, _ = self._edge_stacks(plan.cut)
@@ -261,8 +259,7 @@ class EdgeLLM:
             low.close()
             high.close()
         self._stacks.clear()
-        for transport in self._transports:
-            transport.close()
+        self._servers.close()
 
     def __enter__(self) -> "EdgeLLM":
         return self
