@@ -87,6 +87,21 @@ def test_the_export_compiles_and_answers_like_the_transformers_model(model, expo
     code, out, _ = run_cli(["select", str(tmp_path / "out"), "--bandwidth", "10MHz", "--snr-db", "10",
                             "--memory", "1GB", "--deadline", "5s", "--max-tokens", "32"], capsys)
     assert code == 0
+    # Served: the edge runs its int8 copies of layers 1..2, the server the rest at full
+    # precision; the tokens are what that split computes here, step for step.
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.runtime.llm.client import EdgeLLM
+    from slicer_compile.runtime.llm.server import LlmServer
+
+    artifact = load_llm_artifact(tmp_path / "out")
+    edge, server = split_stacks(artifact.spec, artifact.parts(), 2, edge_parts=artifact.parts("edge"))
+    try:
+        expected = generate_greedy(edge, server, [4, 8, 15, 16], 12)
+    finally:
+        edge.close()
+        server.close()
+    with LlmServer(tmp_path / "out", port=0) as served, EdgeLLM(artifact, served.url) as llm:
+        assert [s.token for s in llm.generate([4, 8, 15, 16], 12, cut=2, codec="float32")] == expected
 
 
 @pytest.mark.parametrize("make, message", [
