@@ -457,3 +457,38 @@ def materialize(out_dir: str | Path, split_id: str) -> SplitInfo:
         updated = _build_engines(artifact, backend, split_id, options, None)
     write_manifest(artifact.path, artifact.manifest)
     return updated
+
+
+def capture_activations(model, calib: str | Path | None = None, samples: int = 4, max_tensors: int = 4
+                        ) -> dict[str, list[np.ndarray]]:
+    """The tensors a split of ``model`` would send: the major activation of up to
+    ``max_tensors`` cuts spread over its depth, for ``samples`` inputs (the calibration
+    samples, else generated ones), one array per sample — what ``bench rd`` codes.
+
+    Raises:
+        ModelError: a model that cannot be read or has no valid cut.
+    """
+    from slicer_compile.backends.registry import RunSettings
+    from slicer_compile.calibrate import _with_outputs
+    from slicer_compile.frontend.onnx_model import example_feeds
+
+    _, normalised = _front_end(model, None)
+    feeds = load_calibration_inputs(calib, normalised) if calib else None
+    input_shapes, _ = resolve_input_shapes(normalised, None, feeds)
+    shapes = {name: (1, *shape[1:]) for name, shape in input_shapes.items()}  # one sample per run
+    concrete = _fill_unknown_shapes(concretize(normalised, shapes), None)
+    names = list(dict.fromkeys(t.name for cut in find_cuts(concrete) for t in cut.activations
+                               if t.name not in shapes))
+    picked = [names[i] for i in sorted({round(j * (len(names) - 1) / max(max_tensors - 1, 1))
+                                        for j in range(min(max_tensors, len(names)))})] if names else []
+    types = tensor_types(concrete)
+    specs = [(i.name, *types[i.name]) for i in graph_inputs(concrete)]
+    captured: dict[str, list[np.ndarray]] = {name: [] for name in picked}
+    with get_backend("onnxruntime").open(_with_outputs(concrete, picked), "capture", RunSettings()) as runner:
+        for s in range(samples):
+            feed = ({name: feeds[name][s % len(feeds[name])][None] for name, _, _ in specs} if feeds is not None
+                    else example_feeds(specs, seed=s))
+            out = runner.infer(feed)
+            for name in picked:
+                captured[name].append(np.ascontiguousarray(out[name], dtype=np.float32))
+    return captured

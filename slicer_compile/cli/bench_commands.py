@@ -1,4 +1,4 @@
-"""bench codec | serve | llm | tensorrt."""
+"""bench codec | rd | serve | llm | tensorrt."""
 
 from __future__ import annotations
 
@@ -55,6 +55,61 @@ def bench_codec(sizes: list[int], sparsities: list[float], repeat: int, data: st
     print_table(f"codec benchmark ({data} float32, median of {repeat})", columns, table_rows,
                 caption="framing overhead: total payload bits over the content bits (positions + values), i.e. "
                         "what the header, block table and section lengths add")
+
+
+@bench.command("rd")
+@click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--calib", "calibs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Samples (.npz) for the model of the same position (default: generated inputs).")
+@click.option("--samples", default=4, show_default=True, type=POSITIVE, help="Samples per tensor, each coded alone.")
+@click.option("--tensors", default=3, show_default=True, type=POSITIVE, help="Cut tensors per model, spread over its depth.")
+@json_option("the points and the summary")
+@verbosity_options
+def bench_rd(models: tuple[Path, ...], calibs: tuple[Path, ...], samples: int, tensors: int, as_json: bool) -> None:
+    """Rate-distortion: the codec menu (SLICER, TS+TAB-Q, dense) against the baselines
+    (float16, int8, uniform b-bit over min..max or clipped, with zstd), on the tensors
+    the models' cuts would send; per budget of bits per element, each side's best.
+
+    Without MODELS: the bundled examples (examples/digits_cnn.onnx, resnet_dag.onnx,
+    transformer.onnx, with their samples where bundled)."""
+    from slicer_compile.codec.rd import measure, summary
+    from slicer_compile.compiler import capture_activations
+    from slicer_compile.errors import ConfigError
+
+    if not models:
+        from slicer_compile.native.locations import source_root
+
+        root = source_root()
+        if root is None or not (root / "examples").is_dir():
+            raise ConfigError("no bundled examples here: give the models to measure")
+        examples = root / "examples"
+        models = tuple(examples / n for n in ("digits_cnn.onnx", "resnet_dag.onnx", "transformer.onnx"))
+        calibs = tuple(examples / n if (examples / n).is_file() else None
+                       for n in ("digits_calib.npz", "resnet_dag_calib.npz", "transformer_calib.npz"))
+    if len(calibs) > len(models):
+        raise ConfigError(f"{len(calibs)} --calib for {len(models)} model(s)")
+    captured = {}
+    with stderr_console().status("bench rd") as status:
+        for i, model in enumerate(models):
+            status.update(f"bench rd: tensors of {model.name}")
+            calib = calibs[i] if i < len(calibs) else None
+            for name, arrays in capture_activations(model, calib, samples, tensors).items():
+                captured[f"{model.stem}:{name}"] = arrays
+        points = measure(captured, progress=lambda what: status.update(f"bench rd: {what}"))
+    rows = summary(points)
+    if as_json:
+        print_json({"points": [p.__dict__ for p in points], "summary": rows})
+        return
+    shapes = {name: "x".join(map(str, arrays[0].shape)) for name, arrays in captured.items()}
+    print_table("bench rd: the menu's best against the baselines' best, per budget", [
+        Column("tensor", 100, "left"), Column("bits/elem ≤", 99), Column("menu", 90, "left"),
+        Column("rel MSE", 95), Column("baseline", 80, "left"), Column("rel MSE", 94), Column("menu / baseline", 98)], [
+        [f"{r['tensor']} [{shapes[r['tensor']]}]", f"{r['budget']:g}", r["menu"] or "-",
+         "-" if r["menu_relative_mse"] is None else f"{r['menu_relative_mse']:.3g}", r["baseline"] or "-",
+         "-" if r["baseline_relative_mse"] is None else f"{r['baseline_relative_mse']:.3g}",
+         "-" if r["menu_relative_mse"] is None or r["baseline_relative_mse"] is None
+         else f"{r['menu_over_baseline']:.2f}"] for r in rows],
+        caption="relative MSE: squared error over the tensor's energy, samples coded one by one; bits: whole payloads")
 
 
 @bench.command("serve")
