@@ -22,7 +22,7 @@ def codec() -> None:
 @click.argument("input_path", metavar="INPUT.npy", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Payload file.")
 @click.option("--codec", "codec_name", default="slicer", show_default=True,
-              help="slicer, tabq, float16, int8 or zstd.")
+              help="slicer, tabq, dense, float16, int8 or zstd.")
 @codec_knob_options()
 @verbosity_options
 def codec_encode(input_path: Path, output: Path, codec_name: str, **knobs) -> None:

@@ -230,6 +230,7 @@ _KNOB_OPTIONS = {
     "delta": (float, "SLICER / TAB-Q: DS distortion budget."),
     "tau": (float, "TAB-Q: threshold for exact values."),
     "q-max": (int, "TAB-Q: bits per quantised element, sign included."),
+    "bits": (int, "dense: bits per element, 1..8."),
 }
 SLICER_KNOBS = ("sparsity", "lam", "blocks", "q-bits", "q-min", "delta")
 ALL_KNOBS = tuple(_KNOB_OPTIONS)
