@@ -160,17 +160,17 @@ def encode(x: np.ndarray, cfg: DenseConfig) -> bytes:
         return writer.finish()
     values, _ = _grouped(flat, length, count)
     lo, hi = choose_ranges(values, levels)
-    codes = quantise(values, lo, hi, levels)
-    packed = pack_uint(codes.ravel()[: flat.size].astype(np.uint64), cfg.bits)
+    codes = quantise(values, lo, hi, levels).ravel()[: flat.size]
     ranges = np.empty(count, dtype=RANGE_DTYPE)
     ranges["lo"], ranges["hi"] = lo, hi
-    mode, model, body = PACKED, b"", packed
+    mode, model, body = PACKED, b"", None
     if cfg.entropy:
-        kept = codes.ravel()[: flat.size]
-        frequencies = code_frequencies(kept, levels)
-        words = _ans_encode(kept, frequencies)
-        if len(words) + frequencies.nbytes < len(packed):
+        frequencies = code_frequencies(codes, levels)
+        words = _ans_encode(codes, frequencies)
+        if len(words) + frequencies.nbytes < packed_nbytes(flat.size, cfg.bits):
             mode, model, body = ANS, frequencies.tobytes(), words
+    if body is None:  # packed only where it is what goes
+        body = pack_uint(codes.astype(np.uint64), cfg.bits)
     writer.section(META.pack(mode))
     writer.section(ranges.tobytes())
     writer.section(model)
