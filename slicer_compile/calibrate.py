@@ -158,7 +158,8 @@ def _static_batch(model) -> bool:
     return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0
 
 
-def _with_outputs(model, names: list[str]):
+def with_outputs(model, names: list[str]):
+    """A copy of ``model`` that also outputs the tensors ``names`` (their inferred types)."""
     import onnx
 
     extended = onnx.ModelProto.FromString(model.SerializeToString())
@@ -326,7 +327,7 @@ def calibrate(model, cuts: Sequence[Cut], feeds: dict[str, np.ndarray], codec: S
     # Every crossing tensor of every cut, from one pass of the full model; graph
     # inputs that cross (the cloud-only cut) are the feeds themselves.
     crossing = [n for n in dict.fromkeys(name for cut in cuts for name in cut.crossing_names) if n not in feeds]
-    with OnnxrtRunner(_with_outputs(model, [output_name] + crossing)) as full:
+    with OnnxrtRunner(with_outputs(model, [output_name] + crossing)) as full:
         passes = [full.infer(chunk) for chunk in chunks]
     tensors = {name: [chunk[name] for chunk in chunks] for name in feeds}
     tensors.update({name: [p[name] for p in passes] for name in crossing})

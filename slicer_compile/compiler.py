@@ -469,7 +469,7 @@ def capture_activations(model, calib: str | Path | None = None, samples: int = 4
         ModelError: a model that cannot be read or has no valid cut.
     """
     from slicer_compile.backends.registry import RunSettings
-    from slicer_compile.calibrate import _with_outputs
+    from slicer_compile.calibrate import with_outputs
     from slicer_compile.frontend.onnx_model import example_feeds
 
     _, normalised = _front_end(model, None)
@@ -484,7 +484,7 @@ def capture_activations(model, calib: str | Path | None = None, samples: int = 4
     types = tensor_types(concrete)
     specs = [(i.name, *types[i.name]) for i in graph_inputs(concrete)]
     captured: dict[str, list[np.ndarray]] = {name: [] for name in picked}
-    with get_backend("onnxruntime").open(_with_outputs(concrete, picked), "capture", RunSettings()) as runner:
+    with get_backend("onnxruntime").open(with_outputs(concrete, picked), "capture", RunSettings()) as runner:
         for s in range(samples):
             feed = ({name: feeds[name][s % len(feeds[name])][None] for name, _, _ in specs} if feeds is not None
                     else example_feeds(specs, seed=s))

@@ -321,7 +321,7 @@ class SplitServer:
                                model_name, headers={"Retry-After": "1"})
         try:
             try:
-                body = await _within(request.read(), self.config.request_timeout_s)
+                body = await within_seconds(request.read(), self.config.request_timeout_s)
             except asyncio.TimeoutError:
                 return self._error(408, f"the request body did not arrive within {self.config.request_timeout_s:g} s",
                                    "timeout", model_name, close=True)
@@ -366,7 +366,7 @@ class SplitServer:
         return encode_json_response(reply), dict(_JSON)
 
 
-async def _within(awaitable, seconds: float):
+async def within_seconds(awaitable, seconds: float):
     """``await awaitable``, or TimeoutError after ``seconds``: asyncio.timeout where there
     is one (3.11+, a timer on the running task), else wait_for (a task per call)."""
     if hasattr(asyncio, "timeout"):

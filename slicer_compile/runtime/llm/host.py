@@ -407,7 +407,7 @@ class LlmHost:
 
     def _finish(self, job: _Job, tokens: list[int]) -> None:
         session = job.session
-        self.stats.count_tokens(len(tokens), job.compute_s)
+        self.stats.count_tokens(len(tokens))
         if job.end:
             self.end(session.sequence_id)
         job.future.set_result(StepResult(list(tokens), job.compute_s, job.batch_sizes, session.kv_bytes))
@@ -550,7 +550,7 @@ class _Stats:
             self.max_batch = max(self.max_batch, size)
             self.compute_s += seconds
 
-    def count_tokens(self, n: int, seconds: float) -> None:
+    def count_tokens(self, n: int) -> None:
         with self._lock:
             self.tokens += n
 

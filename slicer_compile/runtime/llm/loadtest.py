@@ -102,16 +102,16 @@ def server_time(artifact_dir: str | Path, clients: list[int], cuts: list[int], p
 
 def _run_workload(host: LlmHost, cut: int, clients: int, prompt_ids, continuations, hidden, prompt_len: int,
                   tokens: int) -> dict:
-    queue = list(range(len(prompt_ids)))
-    active: dict[int, int] = {}  # client slot -> prompt index
-    position: dict[int, int] = {}
-    server_s, batches, answered, exact, sequences = 0.0, [], 0, True, 0
-    while queue or active:
-        while len(active) < clients and queue:
-            active[len(active) if not active else max(active) + 1] = queue.pop(0)
+    waiting = list(range(len(prompt_ids)))
+    active: list[int] = []  # the prompt each busy client is on
+    position: dict[int, int] = {}  # prompt -> its next step
+    server_s, batches, answered, exact = 0.0, [], 0, True
+    while waiting or active:
+        while len(active) < clients and waiting:  # a free client takes the next prompt
+            active.append(waiting.pop(0))
         with host.hold():
             submitted = []
-            for slot, p in active.items():
+            for p in active:
                 t = position.get(p, 0)
                 first = t == 0
                 step = Step(f"bench-{cut}-{clients}-{p}", start=first, end=t == tokens - 1, cut=cut)
@@ -121,8 +121,8 @@ def _run_workload(host: LlmHost, cut: int, clients: int, prompt_ids, continuatio
                 else:
                     h = hidden[p]
                     step.hidden = h[:, :prompt_len] if first else h[:, prompt_len + t - 1: prompt_len + t]
-                submitted.append((slot, p, t, host.submit(step)))
-        for slot, p, t, future in submitted:
+                submitted.append((p, t, host.submit(step)))
+        for p, t, future in submitted:
             result = future.result(120)
             server_s += result.compute_s
             batches.append(result.batch_sizes[-1])
@@ -130,8 +130,7 @@ def _run_workload(host: LlmHost, cut: int, clients: int, prompt_ids, continuatio
             exact &= result.tokens == [continuations[p][t]]
             position[p] = t + 1
             if t + 1 == tokens:
-                del active[slot]
-                sequences += 1
+                active.remove(p)
     return {"server_s": server_s, "tokens": answered, "mean_batch": float(np.mean(batches)), "exact": exact}
 
 

@@ -42,7 +42,7 @@ from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError
 from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
 from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, ProtocolError, decode_message, encode_message
-from slicer_compile.runtime.server import _within
+from slicer_compile.runtime.server import within_seconds
 
 #: The model name every LLM artifact also answers to.
 LLM_MODEL = "llm"
@@ -162,7 +162,7 @@ class LlmServer:
         if request.content_length is None:
             return self._error(411, "a Content-Length header is required")
         try:
-            body = await _within(request.read(), self.request_timeout_s)
+            body = await within_seconds(request.read(), self.request_timeout_s)
         except asyncio.TimeoutError:
             return self._error(408, f"the request body did not arrive within {self.request_timeout_s:g} s")
         except (ConnectionError, web.HTTPRequestEntityTooLarge):
