@@ -65,7 +65,7 @@ class Codec:
     Args:
         config: its config class (``codec_id``, ``name``, the knobs as fields).
         knob_nbytes: bytes of knobs in the wire header.
-        encode / decode: the numpy reference (the spec).
+        encode / decode: the numpy reference (the spec); ``encode(x, cfg, float16_ranges)``.
         predict_bits: ``(shape, cfg, dtype) -> bits``, an upper bound on every payload.
         read_config: the knobs back from a validated header (None: the codec has none to show).
         section_names: the wire sections, in order.
@@ -74,13 +74,18 @@ class Codec:
 
     config: type
     knob_nbytes: int
-    encode: Callable[[np.ndarray, CodecConfig], bytes]
+    encode: Callable[[np.ndarray, CodecConfig, bool], bytes]
     decode: Callable[[bytes, object], np.ndarray]
     predict_bits: Callable[..., int]
     read_config: Callable | None
     section_names: tuple[str, ...]
     position_sections: tuple[str, ...]
     value_sections: tuple[str, ...]
+
+
+def _no_ranges(encode):
+    """An encoder with no quantiser ranges to widen, in the common signature."""
+    return lambda x, cfg, float16_ranges=False: encode(x, cfg)
 
 
 def _dtype_free(predict):
@@ -95,11 +100,11 @@ CODECS: dict[int, Codec] = {row.config.codec_id: row for row in (
           ("mask", "signs", "labels+", "labels-"), ("values",)),
     Codec(TabqConfig, tabq.KNOBS.size, tabq.encode, tabq.decode, tabq.predict_bits, tabq.read_config,
           ("meta", "mask", "above", "tokens", "signs", "values"), ("mask",), ("above", "signs", "values")),
-    Codec(Float16Config, 0, baselines.encode_float16, baselines.decode_float16,
+    Codec(Float16Config, 0, _no_ranges(baselines.encode_float16), baselines.decode_float16,
           _dtype_free(baselines.predict_bits_float16), None, ("values",), (), ("values",)),
-    Codec(Int8Config, 0, baselines.encode_int8, baselines.decode_int8, _dtype_free(baselines.predict_bits_int8),
+    Codec(Int8Config, 0, _no_ranges(baselines.encode_int8), baselines.decode_int8, _dtype_free(baselines.predict_bits_int8),
           None, ("scale", "values"), (), ("values",)),
-    Codec(ZstdConfig, 1, baselines.encode_zstd, baselines.decode_zstd, _dtype_free(baselines.predict_bits_zstd),
+    Codec(ZstdConfig, 1, _no_ranges(baselines.encode_zstd), baselines.decode_zstd, _dtype_free(baselines.predict_bits_zstd),
           None, ("values",), (), ("values",)),
     Codec(DenseConfig, dense.KNOBS.size, dense.encode, dense.decode, _dtype_free(dense.predict_bits),
           dense.read_config, ("meta", "ranges", "model", "values"), (), ("ranges", "model", "values")),
@@ -120,8 +125,12 @@ def _codec_of(header) -> Codec:
     return codec
 
 
-def encode(x: np.ndarray, cfg: CodecConfig) -> bytes:
+def encode(x: np.ndarray, cfg: CodecConfig, float16_ranges: bool = False) -> bytes:
     """Encode a float32/float16 array of any shape into a self-describing payload.
+
+    ``float16_ranges``: the quantiser ranges (SLICER blocks, TAB-Q tokens, dense groups)
+    widened to float16 values, which the stream form of the wire (codec.stream) sends in
+    half the bytes; the payload is an ordinary one either way.
 
     Raises:
         TensorError: x holds NaN or Inf, has another dtype, or is too large.
@@ -135,7 +144,7 @@ def encode(x: np.ndarray, cfg: CodecConfig) -> bytes:
     if not np.isfinite(x).all():
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise TensorError(f"tensor holds {bad} NaN/Inf value(s); codecs take finite values only")
-    return codec.encode(x, cfg)
+    return codec.encode(x, cfg, float16_ranges)
 
 
 def decode(payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 
 from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
 from slicer_compile.codec.config import DenseConfig
+from slicer_compile.codec.quant import float16_outward
 from slicer_compile.codec.wire import (
     SECTION_OVERHEAD_NBYTES,
     Header,
@@ -140,16 +141,22 @@ def _ans_decode(words: bytes, frequencies: np.ndarray, levels: int, total: int) 
     try:
         coder = _constriction().stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
         codes = np.asarray(coder.decode(_categorical(frequencies), total), dtype=np.int64)
+        # T codes take a valid section back to an empty coder: words left over (or a
+        # section cut short, whose last codes are garbage) do not.
+        complete = coder.is_empty()
     except BaseException as exc:  # noqa: BLE001 - a Rust panic surfaces as BaseException
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise PayloadError(f"dense ANS section does not decode: {exc}") from None
+    if not complete:
+        raise PayloadError("dense ANS section does not end where its codes do (truncated or padded)")
     if codes.size != total or (codes < 0).any() or (codes >= levels).any():
         raise PayloadError("dense ANS section decodes to codes outside the model")
     return codes
 
 
-def encode(x: np.ndarray, cfg: DenseConfig) -> bytes:
+def encode(x: np.ndarray, cfg: DenseConfig, float16_ranges: bool = False) -> bytes:
+    """``float16_ranges``: group ranges widened to float16 values (slicer.encode)."""
     flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
     levels = 1 << cfg.bits
     length, count = groups_of(tuple(x.shape))
@@ -160,6 +167,8 @@ def encode(x: np.ndarray, cfg: DenseConfig) -> bytes:
         return writer.finish()
     values, _ = _grouped(flat, length, count)
     lo, hi = choose_ranges(values, levels)
+    if float16_ranges:
+        lo, hi = float16_outward(lo, hi) or (lo, hi)
     codes = quantise(values, lo, hi, levels).ravel()[: flat.size]
     ranges = np.empty(count, dtype=RANGE_DTYPE)
     ranges["lo"], ranges["hi"] = lo, hi

@@ -105,3 +105,64 @@ def fuzz_decoder(iterations: int, seed: int = 0, limits: DecodeLimits = DecodeLi
                 raise AssertionError(f"decode returned {type(out).__name__}")
             outcomes["decoded"] += 1
     return outcomes
+
+
+# --- stream frames (codec.stream) ---------------------------------------------------
+
+
+def seed_streams() -> list[tuple[bytes, list[bytes]]]:
+    """(session header, three frames) of every codec, narrow tables and wide."""
+    from slicer_compile.codec.stream import StreamEncoder
+
+    rng = np.random.default_rng(3)
+    tokens = rng.standard_normal((3, 1, 1, 300)).astype(np.float32)
+    tokens[1, 0, 0, :7] = 0
+    tokens[2, 0, 0, 5] = 40.0
+    streams = []
+    for cfg, wide in ((SlicerConfig(sparsity=0.9), False), (SlicerConfig(sparsity=0.5, blocks=(2, 3)), True),
+                      (TabqConfig(tau=1.5), False), (DenseConfig(bits=4), False), (DenseConfig(bits=3), True),
+                      (Float16Config(), False), (Int8Config(), False), (ZstdConfig(), False)):
+        # "wide": the version-1 encoder's float32 ranges, which the frame carries as they are.
+        encoder = StreamEncoder(cfg, tokens.shape[1:], encoder=(lambda x, c: encode(x, c)) if wide else None)
+        streams.append((encoder.header, [encoder.frame(t) for t in tokens]))
+    return streams
+
+
+def reseal(frame: bytes, header: bytes, seq: int) -> bytes:
+    """A frame's CRC made right again for its header and number, so that only its
+    structure is wrong (what a fuzz must reach)."""
+    (header_crc,) = struct.unpack_from("<I", header, len(header) - 4)
+    crc = zlib.crc32(frame[:-4], zlib.crc32(struct.pack("<Q", seq), header_crc))
+    return frame[:-4] + struct.pack("<I", crc)
+
+
+def fuzz_frames(iterations: int, seed: int = 0) -> Counter:
+    """Decode ``iterations`` mutated frames (every other one resealed) at their place in
+    their stream; count "decoded" and "rejected". A decoder must answer each with a
+    tensor of its header's shape or a PayloadError, and a rejected frame must leave it
+    where it was (the true frame still decodes after it)."""
+    from slicer_compile.codec.stream import StreamDecoder
+
+    rng = np.random.default_rng(seed)
+    streams = seed_streams()
+    outcomes: Counter = Counter()
+    for i in range(iterations):
+        header, frames = streams[i % len(streams)]
+        seq = int(rng.integers(len(frames)))
+        decoder = StreamDecoder(header)
+        decoder.decode_all(frames[:seq])
+        frame = mutate(frames[seq], rng)
+        if i % 2 and len(frame) >= 5:
+            frame = reseal(frame, header, seq)
+        try:
+            out = decoder.decode(frame)
+        except PayloadError:
+            outcomes["rejected"] += 1
+            if decoder.seq != seq:
+                raise AssertionError("a rejected frame moved the decoder on")
+            decoder.decode(frames[seq])
+        else:
+            if out.shape != decoder.header.shape:
+                raise AssertionError(f"a frame decoded to {out.shape}, its header says {decoder.header.shape}")
+            outcomes["decoded"] += 1
+    return outcomes

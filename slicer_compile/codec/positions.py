@@ -173,6 +173,25 @@ def _golomb_decode(buf: memoryview, count: int, space: int) -> np.ndarray:
     return positions
 
 
+def golomb_streams_nbytes(m: int, unary_bits: int, count: int, streams: memoryview) -> int:
+    """Bytes of a Golomb body after its (m, U) header, for ``count`` codes: the unary and
+    field streams' sizes follow from the counts, the extra stream's from how many fields
+    reach u, read from ``streams`` (checked to hold the field stream first). For a
+    framing that does not store the section's length (codec.compact)."""
+    if not 1 <= m or unary_bits < count:
+        raise PayloadError(f"Golomb stream of {unary_bits} bits and modulus {m} for {count} codes")
+    width, u = _golomb_shape(m)
+    unary_nbytes = packed_nbytes(unary_bits, 1)
+    field_nbytes = packed_nbytes(count, width) if m > 1 else 0
+    if len(streams) < unary_nbytes + field_nbytes:
+        raise PayloadError(f"Golomb streams truncated: {len(streams)} bytes, the counts need "
+                           f"{unary_nbytes + field_nbytes} before the extra bits")
+    if m == 1:
+        return unary_nbytes
+    field = unpack_uint(streams[unary_nbytes: unary_nbytes + field_nbytes], count, width)
+    return unary_nbytes + field_nbytes + packed_nbytes(int(np.count_nonzero(field >= u)), 1)
+
+
 # --- Subsets ------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from slicer_compile.codec.quant import (
     block_step,
     choose_bits,
     dequantize_groups,
+    float16_outward,
     group_table,
     read_group_table,
 )
@@ -159,8 +160,10 @@ def split_blocks(magnitudes: np.ndarray, max_blocks: int) -> np.ndarray:
 # --- encode / decode -------------------------------------------------------------
 
 
-def encode(x: np.ndarray, cfg: SlicerConfig) -> bytes:
-    """Encode a finite float32/float16 array (callers validate it) into a payload."""
+def encode(x: np.ndarray, cfg: SlicerConfig, float16_ranges: bool = False) -> bytes:
+    """Encode a finite float32/float16 array (callers validate it) into a payload;
+    ``float16_ranges``: quantise against block ranges widened to float16 values (what
+    the stream form carries in half the bytes, codec.stream)."""
     flat = np.ascontiguousarray(x, dtype=_F32).ravel()
     T = flat.size
     kept = select_kept(flat, cfg.kept_count(T), cfg.lam)
@@ -184,6 +187,8 @@ def encode(x: np.ndarray, cfg: SlicerConfig) -> bytes:
     if sizes.size:
         lo = np.minimum.reduceat(grouped, starts)
         hi = np.maximum.reduceat(grouped, starts)
+        if float16_ranges:
+            lo, hi = float16_outward(lo, hi) or (lo, hi)
         q, codes = choose_bits(grouped, starts, sizes, lo, hi, cfg.q_bits, cfg.q_min, cfg.delta)
     else:
         lo = hi = np.zeros(0, dtype=_F32)

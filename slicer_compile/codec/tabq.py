@@ -32,6 +32,7 @@ from slicer_compile.codec.quant import (
     block_step,
     choose_bits,
     dequantize_groups,
+    float16_outward,
     group_table,
     read_group_table,
 )
@@ -58,7 +59,8 @@ def token_length(shape: tuple[int, ...]) -> int:
     return shape[-1] if shape else 1
 
 
-def encode(x: np.ndarray, cfg: TabqConfig) -> bytes:
+def encode(x: np.ndarray, cfg: TabqConfig, float16_ranges: bool = False) -> bytes:
+    """``float16_ranges``: token ranges widened to float16 values (slicer.encode)."""
     flat = np.ascontiguousarray(x, dtype=_F32).ravel()
     T = flat.size
     width = token_length(x.shape)
@@ -73,6 +75,8 @@ def encode(x: np.ndarray, cfg: TabqConfig) -> bytes:
     if sizes.size:
         lo = np.minimum.reduceat(mags, starts)
         hi = np.maximum.reduceat(mags, starts)
+        if float16_ranges:
+            lo, hi = float16_outward(lo, hi) or (lo, hi)
         q, codes = choose_bits(mags, starts, sizes, lo, hi, cfg.q_max - 1, cfg.q_min, cfg.delta)
     else:
         lo = hi = np.zeros(0, dtype=_F32)

@@ -25,6 +25,8 @@ from slicer_compile.errors import PayloadError
 
 MAGIC = b"SLCR"
 FORMAT_VERSION = 1
+#: A stream's session header (codec.stream): a version-1 header and CRC, no sections.
+STREAM_VERSION = 2
 MAX_NDIM = 8
 #: Shapes are stored as uint32 and flat indices must fit in uint32.
 MAX_DIM = 2**32 - 1
@@ -92,9 +94,10 @@ def check_encodable(x: np.ndarray) -> None:
 class PayloadWriter:
     """Builds a payload: header, then sections, then the CRC."""
 
-    def __init__(self, codec_id: int, dtype: np.dtype, shape: tuple[int, ...], knobs: bytes):
+    def __init__(self, codec_id: int, dtype: np.dtype, shape: tuple[int, ...], knobs: bytes,
+                 version: int = FORMAT_VERSION):
         self._parts = [
-            _HEADER.pack(MAGIC, FORMAT_VERSION, codec_id, DTYPE_CODES[np.dtype(dtype)], len(shape), 0, len(knobs)),
+            _HEADER.pack(MAGIC, version, codec_id, DTYPE_CODES[np.dtype(dtype)], len(shape), 0, len(knobs)),
             struct.pack(f"<{len(shape)}I", *shape),
             knobs,
         ]
@@ -108,8 +111,10 @@ class PayloadWriter:
         return body + _CRC.pack(zlib.crc32(body))
 
 
-def read_header(payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS) -> Header:
-    """Validate magic, version, CRC, dtype and shape; return the header."""
+def read_header(payload: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS,
+                version: int = FORMAT_VERSION) -> Header:
+    """Validate magic, version (``version``: a payload's, or a stream's session header's),
+    CRC, dtype and shape; return the header."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
     view = memoryview(payload).cast("B")
@@ -118,11 +123,13 @@ def read_header(payload: bytes | bytearray | memoryview, limits: DecodeLimits = 
         raise PayloadError(f"payload of {n} bytes exceeds the limit of {limits.max_payload_bytes}")
     if n < FIXED_OVERHEAD_NBYTES:
         raise PayloadError(f"payload of {n} bytes is shorter than any valid payload")
-    magic, version, codec_id, dtype_code, ndim, flags, knob_nbytes = _HEADER.unpack_from(view)
+    magic, found, codec_id, dtype_code, ndim, flags, knob_nbytes = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise PayloadError(f"not a slicer payload (magic {bytes(magic)!r})")
-    if version != FORMAT_VERSION:
-        raise PayloadError(f"unsupported format version {version} (this build reads {FORMAT_VERSION})")
+    if found != version:
+        what = "a stream session header" if found == STREAM_VERSION else f"format version {found}"
+        raise PayloadError(f"{what} where version {version} was expected"
+                           + (" (this build reads 1 and 2)" if found not in (FORMAT_VERSION, STREAM_VERSION) else ""))
     (crc,) = _CRC.unpack_from(view, n - _CRC.size)
     if zlib.crc32(view[: n - _CRC.size]) != crc:
         raise PayloadError("CRC mismatch: the payload is corrupt or truncated")

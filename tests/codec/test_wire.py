@@ -54,7 +54,7 @@ def test_fuzz_random_bytes_behind_a_valid_header():
     [
         (b"", "shorter than any valid"),
         (b"NOPE" + bytes(20), "not a slicer payload"),
-        (restamp(MAGIC + bytes([99]) + bytes(20)), "unsupported format version 99"),
+        (restamp(MAGIC + bytes([99]) + bytes(20)), "format version 99 where version 1 was expected"),
     ],
 )
 def test_header_errors_say_what_is_wrong(payload, message):
