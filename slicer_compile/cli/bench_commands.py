@@ -192,12 +192,16 @@ def bench_llm(artifact_dir: Path, clients: list[int], prompts: int, tokens: int,
          f"{r.server_ms_per_token:.4f}", f"{r.mean_batch:.1f}", f"{r.vs_cloud_only:.2f}x", "yes" if r.exact else "NO"]
         for r in rows], caption="server compute only (the edge's hidden states made beforehand); exact: every "
                                 "token the unsplit model's")
-    print_table(f"the link at cut {link_cut}, one client over HTTP (loopback)", [
-        Column("mode", 100, "left"), Column("tokens", 60), Column("request B/token", 95),
-        Column("payload B/token", 90), Column("ms/token", 98), Column("agreement", 70)], [
-        [r.mode, str(r.tokens), f"{r.request_bytes_per_token:.0f}", f"{r.payload_bytes_per_token:.0f}",
+    print_table(f"the link at cut {link_cut}, one client (loopback, bytes counted at the socket)", [
+        Column("mode", 100, "left"), Column("transport", 60, "left"), Column("client B/token", 95),
+        Column("payload B/token", 90), Column("socket up B/step", 95), Column("socket down B/step", 95),
+        Column("socket B/token, all", 94), Column("ms/token", 98), Column("agreement", 70)], [
+        [r.mode, r.transport, f"{r.request_bytes_per_token:.0f}", f"{r.payload_bytes_per_token:.0f}",
+         f"{r.socket_up_per_step:.0f}", f"{r.socket_down_per_step:.0f}", f"{r.socket_per_token:.0f}",
          f"{r.ms_per_token:.2f}", f"{r.token_agreement:.3f}"] for r in links],
-        caption="agreement: with the raw per-token split's tokens")
+        caption="client B/token: request bodies (http) or frames and their WebSocket framing (stream); socket: "
+                "what crossed a counting proxy, per decode step (median) and over the whole sequence both ways "
+                "(connection, prompt and session header included); agreement: with the raw split's tokens")
 
 
 @bench.command("tensorrt")

@@ -152,6 +152,9 @@ def json_steps_option(command):
 @click.option("--max-kept", type=Quantity("bytes", minimum=0, maximum=2**40),
               help="What the client keeps to resume elsewhere at most (default: no cap); past it, a resume sends the "
                    "token ids and the next server recomputes.")
+@click.option("--transport", type=click.Choice(["http", "stream"]), default="http", show_default=True,
+              help="http: a KServe v2 request per token; stream: one WebSocket, the codec's session header once "
+                   "and a compact frame per token (per-token splits; a hand-over goes over http).")
 @click.option("--step-timeout", default="60s", show_default=True, type=Quantity("time", minimum=0.01, maximum=3600),
               help="A step not answered within this counts its server as lost.")
 @click.option("--prompt", required=True, help="Text (a byte-level model), or token ids: 1,2,3.")
@@ -166,7 +169,8 @@ def json_steps_option(command):
 @channel_options(required=False)
 @json_steps_option
 @verbosity_options
-def generate_command(artifact_dir: Path, server_url: str, max_kept: float | None, step_timeout: float, prompt: str,
+def generate_command(artifact_dir: Path, server_url: str, max_kept: float | None, transport: str,
+                     step_timeout: float, prompt: str,
                      max_tokens: int, cut: int | None,
                      codec: str | None, token_file: Path | None, tls_ca: Path | None, bandwidth: float,
                      snr_db: float | None, deadline: float | None, memory: float, epsilon: float,
@@ -193,7 +197,7 @@ def generate_command(artifact_dir: Path, server_url: str, max_kept: float | None
     ids = [int(t) for t in prompt.split(",")] if prompt.replace(",", "").isdigit() and "," in prompt else prompt
     access = ClientAccess(read_token(token_file), tls_ca)
     with EdgeLLM(artifact_dir, server_url, timeout_s=step_timeout, access=access,
-                 max_kept_bytes=None if max_kept is None else int(max_kept)) as llm:
+                 max_kept_bytes=None if max_kept is None else int(max_kept), transport=transport) as llm:
         plan = llm.plan(max_tokens, conditions, cut, codec)
         click.echo(f"{plan.reason}; per-token codec {plan.codec}", err=True)
         steps = []

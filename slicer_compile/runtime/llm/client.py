@@ -17,6 +17,7 @@ what crossed the link for it (request bodies, and the codec payloads inside them
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import time
@@ -27,10 +28,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from slicer_compile.codec.native import RuntimeCoder
+from slicer_compile.codec.stream import StreamEncoder
 from slicer_compile.errors import ConfigError
 from slicer_compile.llm.artifact import LlmArtifact, load_llm_artifact
 from slicer_compile.llm.calibrate import KV_SETTINGS, SETTINGS, cheapest_within
 from slicer_compile.llm.stack import LayerStack
+from slicer_compile.runtime.llm.stream import StreamTransport
 from slicer_compile.runtime.protocol import InferMessage
 from slicer_compile.runtime.transport import (
     ClientAccess,
@@ -74,17 +77,29 @@ class EdgeLLM:
     """Generates with an LLM artifact split between this machine and a server."""
 
     def __init__(self, artifact: str | Path | LlmArtifact, servers: str | Sequence[str], timeout_s: float = 60.0,
-                 access: ClientAccess | None = None, coder: str = "auto", max_kept_bytes: int | None = None):
+                 access: ClientAccess | None = None, coder: str = "auto", max_kept_bytes: int | None = None,
+                 transport: str = "http"):
         """``servers``: one address, or several to fail over to in turn ("A,B", a list, or
         "@FILE": a discovery file, one address per line);
         ``timeout_s``: the per-step deadline past which a server counts as lost;
         ``max_kept_bytes``: the most a sequence keeps of what it sent (None: no cap),
-        beyond which a resume sends the token ids and the next server recomputes."""
+        beyond which a resume sends the token ids and the next server recomputes;
+        ``transport``: "http", a KServe v2 request per step, or "stream", per-token
+        splits over one WebSocket with the codec's stream form (runtime.llm.stream),
+        the header once and a compact frame per token (a hand-over goes over HTTP)."""
+        if transport not in ("http", "stream"):
+            raise ConfigError(f"transport must be 'http' or 'stream', got {transport!r}")
+        if transport == "stream" and max_kept_bytes is not None:
+            raise ConfigError("the stream transport keeps every frame it sent to resume elsewhere: "
+                              "a cap on what is kept applies to the http transport only")
         self.artifact = artifact if isinstance(artifact, LlmArtifact) else load_llm_artifact(artifact)
         self.spec = self.artifact.spec
         self.servers = server_addresses(servers)
+        self.transport = transport
         self._servers = Failover([HttpTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
                                                 access=access) for a in self.servers])
+        self._streams = Failover([StreamTransport(*parse_server_address(a), timeout_s, tls=a.startswith("https://"),
+                                                  access=access) for a in self.servers])
         self.max_kept_bytes = max_kept_bytes
         self._coder = RuntimeCoder(coder)
         self._edge_parts = self.artifact.parts("edge")
@@ -136,7 +151,9 @@ class EdgeLLM:
                               f"W̄ = {self.artifact.manifest['max_tokens']}")
         plan = plan or self.plan(max_tokens, conditions, cut, codec)
         sequence_id = f"{os.getpid()}-{id(self):x}-{next(_SEQUENCES)}"
-        if plan.edge_tokens == 0:
+        if plan.edge_tokens == 0 and self.transport == "stream":
+            yield from self._split_stream(ids, max_tokens, plan, sequence_id)
+        elif plan.edge_tokens == 0:
             yield from self._split(ids, max_tokens, plan, sequence_id)
         else:
             yield from self._handover(ids, max_tokens, plan, sequence_id)
@@ -172,8 +189,8 @@ class EdgeLLM:
 
     @property
     def failovers(self) -> int:
-        """How many times a step moved on to the next server."""
-        return self._servers.failovers
+        """How many times a step moved on to the next server (either transport)."""
+        return self._servers.failovers + self._streams.failovers
 
     def _send(self, tensors: dict, parameters: dict, resume=None) -> tuple[list[int], int, bool]:
         """(tokens, request bytes, whether it was resumed elsewhere). Where the server is
@@ -210,6 +227,41 @@ class EdgeLLM:
 
             (token,), sent, resumed = self._send(tensors, parameters, resume if i else None)
             yield TokenStep(token, "split", time.perf_counter() - start, sent, payload, resumed)
+            new = np.array([token])
+
+    def _split_stream(self, ids: list[int], max_tokens: int, plan: Plan, sequence_id: str) -> Iterator[TokenStep]:
+        """The per-token split over the stream transport. Every frame sent is kept (a
+        frame is the token's compressed hidden state, tens of bytes to a few KB): a server
+        lost mid-sequence is replaced by the next, started with all of them as its
+        prefill at the step where the sequence stood."""
+        edge, _ = self._edge_stacks(plan.cut)
+        edge.reset()
+        cfg = SETTINGS[plan.codec] if plan.cut else None
+        encoder = StreamEncoder(cfg, (1, 1, self.spec.hidden_size)) if cfg is not None else None
+        header = base64.b64encode(encoder.header).decode() if encoder else None
+        sent: list[bytes] = []  # every message so far: what a resume replays
+        new = np.array(ids)
+        for i in range(max_tokens):
+            start = time.perf_counter()
+            if plan.cut == 0:
+                frames = [new.astype("<i4").tobytes()]
+            else:
+                hidden = edge.forward(edge.embed(new))
+                frames = [encoder.frame(np.ascontiguousarray(hidden[:, t:t + 1])) if encoder
+                          else hidden[0, t].astype("<f4").tobytes() for t in range(hidden.shape[1])]
+            sent += frames
+
+            def send(stream, i=i, frames=frames):
+                if stream.sequence_id != sequence_id:  # its first step here: the prompt, or all so far
+                    stream.start(self.artifact.id, {"sequence_id": sequence_id, "cut": plan.cut, "header": header,
+                                                    "prefill": len(sent), "step_index": i, "max_steps": max_tokens})
+                    return stream.step(sent)
+                return stream.step(frames)
+
+            (token,), resumed = self._streams.call(send)
+            nbytes = sum(map(len, frames))
+            yield TokenStep(token, "split", time.perf_counter() - start, nbytes + _ws_overhead(frames), nbytes,
+                            resumed and i > 0)
             new = np.array([token])
 
     def _handover(self, ids: list[int], max_tokens: int, plan: Plan, sequence_id: str) -> Iterator[TokenStep]:
@@ -260,6 +312,7 @@ class EdgeLLM:
             high.close()
         self._stacks.clear()
         self._servers.close()
+        self._streams.close()
 
     def __enter__(self) -> "EdgeLLM":
         return self
@@ -293,6 +346,12 @@ class _Kept:
             return {"hidden": np.concatenate([t["hidden"] for t in self.steps], axis=1)}
         return {"hidden_payloads": np.concatenate([t["hidden_payloads"] for t in self.steps]),
                 "payload_lengths": np.concatenate([t["payload_lengths"] for t in self.steps])}
+
+
+def _ws_overhead(frames: list[bytes]) -> int:
+    """WebSocket framing of client messages (RFC 6455: 2 bytes, the length's extension,
+    the 4-byte mask)."""
+    return sum(6 + (2 if len(f) > 125 else 0) + (6 if len(f) > 65535 else 0) for f in frames)
 
 
 def _payload_tensors(payloads: list[bytes], data: str, lengths: str) -> dict:

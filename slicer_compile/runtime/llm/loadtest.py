@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,9 +40,13 @@ class ServerTimeRow:
 @dataclass(frozen=True)
 class LinkRow:
     mode: str
+    transport: str  # "http" (a KServe v2 request per step) or "stream" (one WebSocket, a frame per token)
     tokens: int
-    request_bytes_per_token: float
-    payload_bytes_per_token: float
+    request_bytes_per_token: float  # what the client counts: request bodies, or frames with their WebSocket framing
+    payload_bytes_per_token: float  # the codec payloads (frames) inside them
+    socket_up_per_step: float  # counted at the socket, client to server, a decode step (median; nan: none)
+    socket_down_per_step: float  # server to client
+    socket_per_token: float  # both ways, the whole sequence (connection, prompt, header) over its tokens
     ms_per_token: float
     token_agreement: float
 
@@ -136,7 +139,10 @@ def _run_workload(host: LlmHost, cut: int, clients: int, prompt_ids, continuatio
 
 def link(artifact_dir: str | Path, server_url: str, cut: int, tokens: int = 32, prompt: bytes | list[int] = b"def ",
          progress: Callable[[str], None] = lambda s: None) -> list[LinkRow]:
-    """One client over HTTP: bytes and ms per token per mode, against float16 hidden states."""
+    """One client through a byte-counting proxy (runtime.linkmeter): per mode and
+    transport, the bytes per token the client counts and those that cross the socket,
+    ms per token, and token agreement with the raw per-token split."""
+    from slicer_compile.runtime.linkmeter import CountingProxy
     from slicer_compile.runtime.llm.client import EdgeLLM, Plan
 
     artifact = load_llm_artifact(artifact_dir)
@@ -144,27 +150,45 @@ def link(artifact_dir: str | Path, server_url: str, cut: int, tokens: int = 32, 
     prompt = list(prompt) if isinstance(prompt, bytes) else prompt
     prompt = [t % spec.vocab_size for t in prompt]
     rows = []
-    with EdgeLLM(artifact, server_url) as llm:
-        reference = [s.token for s in llm.generate(prompt, tokens, cut=cut, codec="float32")]
-        calibrated = llm.plan(tokens, cut=cut)
+    with CountingProxy(server_url) as proxy, EdgeLLM(artifact, proxy.url) as http, \
+            EdgeLLM(artifact, proxy.url, transport="stream") as stream:
+        reference = [s.token for s in http.generate(prompt, tokens, cut=cut, codec="float32")]
+        calibrated = http.plan(tokens, cut=cut)
         measured = (artifact.manifest.get("calibration") or {}).get("status") == "measured"
         chosen_by = "the fewest calibrated bits within 1%" if measured else "no calibration: the default"
-        modes = [("per-token split, float16", dict(cut=cut, codec="float16")),
-                 (f"per-token split, {calibrated.codec} ({chosen_by})", dict(cut=cut)),
-                 ("cloud only (token ids)", dict(cut=0)),
-                 ("hand-over after 8 edge tokens, KV cache shipped",
-                  dict(plan=Plan(8, cut, True, calibrated.codec, calibrated.kv_codec, "bench"))),
-                 ("hand-over after 8 edge tokens, KV recomputed",
-                  dict(plan=Plan(8, cut, False, calibrated.codec, calibrated.kv_codec, "bench")))]
-        for name, how in modes:
-            progress(name)
-            start = time.perf_counter()
-            steps = list(llm.generate(prompt, tokens, **how))
-            elapsed = time.perf_counter() - start
-            rows.append(LinkRow(name, len(steps), sum(s.sent_bytes for s in steps) / len(steps),
-                                sum(s.payload_bytes for s in steps) / len(steps), 1e3 * elapsed / len(steps),
-                                float(np.mean([s.token == r for s, r in zip(steps, reference)]))))
+        split = [(f"per-token split, {codec}", dict(cut=cut, codec=codec))
+                 for codec in ("float16", "int8", "zstd", "dense-6", "slicer-0.5")]
+        split.append((f"per-token split, {calibrated.codec} ({chosen_by})", dict(cut=cut)))
+        split.append(("cloud only (token ids)", dict(cut=0)))
+        modes = [(name, client, how) for name, how in split for client in (http, stream)]
+        modes += [("hand-over after 8 edge tokens, KV cache shipped", http,
+                   dict(plan=Plan(8, cut, True, calibrated.codec, calibrated.kv_codec, "bench"))),
+                  ("hand-over after 8 edge tokens, KV recomputed", http,
+                   dict(plan=Plan(8, cut, False, calibrated.codec, calibrated.kv_codec, "bench")))]
+        for name, client, how in modes:
+            progress(f"{name} over {client.transport}")
+            steps, deltas = [], []
+            before = proxy.counts()
+            for step in client.generate(prompt, tokens, **how):
+                after = proxy.counts()
+                steps.append(step)
+                deltas.append(after - before)
+                before = after
+            rows.append(_link_row(name, client.transport, steps, deltas, reference))
     return rows
+
+
+def _link_row(name: str, transport: str, steps, deltas, reference) -> LinkRow:
+    # Decode steps: a per-token mode's after the first (which carries the prompt and
+    # opens the connection); a hand-over has none (its tokens come in one reply).
+    decode = [d for s, d in zip(steps[1:], deltas[1:]) if s.mode == "split"]
+    total = sum(d.up + d.down for d in deltas)
+    return LinkRow(name, transport, len(steps), sum(s.sent_bytes for s in steps) / len(steps),
+                   sum(s.payload_bytes for s in steps) / len(steps),
+                   float(np.median([d.up for d in decode])) if decode else float("nan"),
+                   float(np.median([d.down for d in decode])) if decode else float("nan"),
+                   total / len(steps), 1e3 * sum(s.seconds for s in steps) / len(steps),
+                   float(np.mean([s.token == r for s, r in zip(steps, reference)])))
 
 
 def rows_as_dicts(rows) -> list[dict]:

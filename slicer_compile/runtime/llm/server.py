@@ -18,6 +18,10 @@ ids, of every position so far as its prefill). Its tensors:
 * a hand-over with the edge's KV cache: ``kv`` FP32 [ℓ, 2, 1, heads, S, head_dim] raw,
   or ``kv_payloads`` UINT8 [N] with ``kv_lengths`` INT64 [2ℓ] (key then value per layer).
 
+On ``/v2/models/<model>/stream`` the same sessions are served over one WebSocket per
+client, the codec's session header once and a compact frame per token
+(runtime.llm.stream); the request per token here stays as the compatible path.
+
 The answer's ``tokens`` INT64 [n] is the next token (a split step) or every token the
 server generated after a hand-over; its parameters carry the server's compute seconds
 and the batch sizes the step ran in. A refusal is an HTTP status with a JSON
@@ -41,6 +45,7 @@ from slicer_compile.errors import SlicerCompileError
 from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError
 from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
+from slicer_compile.runtime.llm.stream import SequenceStream, tokens_message
 from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, ProtocolError, decode_message, encode_message
 from slicer_compile.runtime.server import within_seconds
 
@@ -69,6 +74,7 @@ class LlmServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v2/models/{model}", self._metadata)
         app.router.add_post("/v2/models/{model}/infer", self._infer)
+        app.router.add_get("/v2/models/{model}/stream", self._stream)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         try:
             self._loop.run_until_complete(self._runner.setup())
@@ -182,6 +188,47 @@ class LlmServer:
                               "session_kv_bytes": result.session_kv_bytes}, model_name=self.host.artifact.id)
         body, headers = encode_message(reply, request=False)
         return web.Response(status=200, body=body, headers=headers)
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """The stream transport (runtime.llm.stream): one WebSocket, sequences one after
+        another, a frame per token."""
+        if not self.access.authorized(request.headers.get("Authorization")):
+            return self._error(401, "a valid bearer token is required")
+        if request.match_info["model"] not in self.names:
+            return self._error(404, f"no model {request.match_info['model']!r}")
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_request_bytes, autoping=True)
+        await ws.prepare(request)
+        stream = SequenceStream(self.host.spec.hidden_size, self.max_request_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in ws:
+                step = None
+                try:
+                    if self._stopped:
+                        raise HostError(503, "stopping", "the server is shutting down")
+                    if message.type == web.WSMsgType.TEXT:
+                        ended = stream.control(message.data)
+                        if ended is not None:
+                            self.host.end(ended)
+                        continue
+                    if message.type != web.WSMsgType.BINARY:
+                        break
+                    # Decoding frames is work: on a thread, not the event loop.
+                    step = await loop.run_in_executor(self._workers, stream.frame, message.data)
+                    if step is None:
+                        continue  # more of the prefill to come
+                    result = await asyncio.wrap_future(self.host.submit(step))
+                except HostError as exc:
+                    if step is not None:
+                        stream.refused(step)
+                    await ws.send_str(json.dumps({"status": exc.status, "error": str(exc)}))
+                    continue
+                stream.accepted(step)
+                await ws.send_bytes(tokens_message(result.tokens))
+        finally:
+            if stream.sequence is not None and stream.sequence.started:
+                self.host.end(stream.sequence.sequence_id)  # the client has gone mid-sequence
+        return ws
 
     def _step_of(self, body: bytes, header_length: str | None) -> tuple[Step, bool]:
         """A request body as a host Step: every tensor checked and decoded."""
