@@ -57,6 +57,39 @@ def bench_codec(sizes: list[int], sparsities: list[float], repeat: int, data: st
                         "what the header, block table and section lengths add")
 
 
+@bench.command("wire")
+@click.option("--elements", default=4096, show_default=True, type=POSITIVE, help="Values per token.")
+@click.option("--sparsities", default="0.95,0.99", show_default=True,
+              type=NumberList(float, minimum=0, maximum=1, max_open=True), help="SLICER sparsities, in [0, 1).")
+@click.option("--tokens", default=64, show_default=True, type=POSITIVE, help="Tokens in the sequence.")
+@click.option("--data", default="gaussian", show_default=True, type=click.Choice(["gaussian", "relu"]),
+              help="Token tensors.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option("the rows")
+@verbosity_options
+def bench_wire(elements: int, sparsities: list[float], tokens: int, data: str, seed: int, as_json: bool) -> None:
+    """Bytes per token of a version-1 payload against the stream form's frame (the
+    session header once), and what the stream's float16 tables cost in fidelity."""
+    from slicer_compile.codec.bench import run_wire_benchmark
+
+    with stderr_console().status("measuring"):
+        rows = run_wire_benchmark(elements, sparsities, tokens, data, seed)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return
+    print_table(f"per-token wire: {tokens} tokens of {elements} {data} float32 values", [
+        Column("codec", 100, "left"), Column("s", 95), Column("payload B/token (v1)", 98),
+        Column("frame B/token", 99), Column("frame / payload", 90), Column("frame overhead B", 60),
+        Column("header B, once", 50), Column("narrow tables", 40), Column("rel. MSE v1", 80),
+        Column("rel. MSE stream", 80), Column("MSE change", 90)], [
+        [r.codec, "" if r.sparsity is None else f"{r.sparsity:g}", f"{r.payload_bytes:.1f}", f"{r.frame_bytes:.1f}",
+         f"{r.frame_bytes / r.payload_bytes:.3f}", str(r.frame_overhead_bytes), str(r.session_header_bytes),
+         f"{r.narrow_tables:.0%}", f"{r.relative_mse_v1:.4g}", f"{r.relative_mse_stream:.4g}",
+         f"{r.mse_change:+.4%}"] for r in rows],
+        caption="frame overhead: the tag and CRC a frame adds to the codec's content; rel. MSE: squared error over "
+                "the tokens' energy")
+
+
 @bench.command("rd")
 @click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--calib", "calibs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),

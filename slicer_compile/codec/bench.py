@@ -157,3 +157,67 @@ def run_codec_benchmark(
                 progress(f"{n} elements, {cfg.name}" + (f" s={cfg.sparsity:g}" if hasattr(cfg, "sparsity") else ""))
             rows.append(measure(x, cfg, repeat))
     return rows
+
+
+# --- per-token wire: version-1 payloads against the stream form -----------------------
+
+
+@dataclass(frozen=True)
+class WireBenchRow:
+    """One codec on a sequence of token tensors: bytes per token on each form (means),
+    and the error each form's decode leaves (relative MSE, summed over the tokens)."""
+
+    elements: int
+    codec: str
+    sparsity: float | None
+    tokens: int
+    payload_bytes: float  # version 1, a self-describing payload per token
+    frame_bytes: float  # the stream form, a frame per token
+    frame_overhead_bytes: int  # what a frame adds to the codec's content (tag, CRC)
+    session_header_bytes: int  # once per sequence
+    narrow_tables: float  # the fraction of frames whose quantiser tables went narrow
+    relative_mse_v1: float
+    relative_mse_stream: float
+
+    @property
+    def mse_change(self) -> float:
+        """The stream form's relative MSE over version 1's, minus 1 (0.001 = 0.1% worse)."""
+        return self.relative_mse_stream / self.relative_mse_v1 - 1 if self.relative_mse_v1 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mse_change": self.mse_change}
+
+
+def run_wire_benchmark(elements: int = 4096, sparsities: Iterable[float] = (0.95, 0.99), tokens: int = 64,
+                       data: str = "gaussian", seed: int = 0, tensors: np.ndarray | None = None
+                       ) -> list[WireBenchRow]:
+    """Each codec on ``tokens`` token tensors [1, 1, elements] (``tensors``: your own,
+    [tokens, 1, 1, H]): the version-1 payload per token against the stream frame per
+    token (codec.stream), and what the stream form's float16 tables cost in fidelity."""
+    from slicer_compile.codec.stream import FRAME_OVERHEAD_NBYTES, StreamDecoder, StreamEncoder
+
+    if tensors is None:
+        flat = np.stack([make_tensor(elements, data, seed + t) for t in range(tokens)])
+        tensors = flat.reshape(tokens, 1, 1, elements)
+    shape = tuple(tensors.shape[1:])
+    configs = [SlicerConfig(sparsity=s) for s in sparsities] + [
+        TabqConfig(tau=2.0), DenseConfig(bits=6), DenseConfig(bits=4)] + baseline_configs()
+    energy = float((tensors.astype(np.float64) ** 2).sum())
+    rows = []
+    for cfg in configs:
+        encoder = StreamEncoder(cfg, shape)
+        decoder = StreamDecoder(encoder.header)
+        payload_bytes = frame_bytes = narrow = 0
+        err_v1 = err_stream = 0.0
+        for x in tensors:
+            payload, frame = encode(x, cfg), encoder.frame(x)
+            payload_bytes += len(payload)
+            frame_bytes += len(frame)
+            narrow += frame[0] >> 7  # the tag's narrow-tables bit
+            err_v1 += float(((decode(payload).astype(np.float64) - x) ** 2).sum())
+            err_stream += float(((decoder.decode(frame).astype(np.float64) - x) ** 2).sum())
+        n = len(tensors)
+        rows.append(WireBenchRow(int(np.prod(shape)), cfg.name, getattr(cfg, "sparsity", None), n,
+                                 payload_bytes / n, frame_bytes / n, FRAME_OVERHEAD_NBYTES, len(encoder.header),
+                                 narrow / n, err_v1 / energy if energy else 0.0, err_stream / energy if energy else 0.0))
+    return rows

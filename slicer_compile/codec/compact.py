@@ -7,6 +7,9 @@ A version-1 body is sections, each behind a uint32 length. In a frame:
   give it (a label section from its counts, a bitmap from the space, the value section
   runs to the frame's end); what no earlier field gives is a varint;
 * the counts of a meta section and a Golomb section's (m, U) are varints;
+* bit streams that version 1 pads to a byte per block (SLICER's values) or per
+  word (its labels' last word) are packed on: SLICER's block values one after the
+  other, its last label word in the bits its own labels need;
 * a quantiser table (SLICER's blocks, TAB-Q's tokens, the dense codec's groups) is
   *narrow* where every range is a float16 value (``encode(..., float16_ranges=True)``
   makes them so): 4-bit widths and float16 ends, 4.5 bytes a group instead of 9. A
@@ -26,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from slicer_compile.codec import dense, slicer, tabq
-from slicer_compile.codec.bits import packed_nbytes
+from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
 from slicer_compile.codec.config import DenseConfig, Float16Config, Int8Config, SlicerConfig, TabqConfig, ZstdConfig
 from slicer_compile.codec.positions import (
     BITMAP,
@@ -36,7 +39,7 @@ from slicer_compile.codec.positions import (
     TRIVIAL,
     golomb_streams_nbytes,
     index_width,
-    labels_nbytes,
+    label_chunk,
 )
 from slicer_compile.codec.quant import GROUP_DTYPE
 from slicer_compile.codec.wire import Header
@@ -132,6 +135,73 @@ def _expand_subset(reader: FrameReader, count: int, space: int, what: str) -> by
     return bytes([method]) + _GOLOMB_HEADER.pack(m, unary_bits) + bytes(reader.take(nbytes, what))
 
 
+def _concat_bits(streams: list[memoryview], bits: list[int]) -> bytes:
+    """Byte-padded streams of ``bits`` bits each, as one stream padded once."""
+    if not streams:
+        return b""
+    flat = [np.unpackbits(np.frombuffer(s, np.uint8))[:n] for s, n in zip(streams, bits)]
+    return np.packbits(np.concatenate(flat)).tobytes()
+
+
+def _split_bits(buf: memoryview, bits: list[int], what: str) -> list[bytes]:
+    """Inverse of :func:`_concat_bits`: ``buf`` must be exactly the bits, zero-padded."""
+    total = sum(bits)
+    if len(buf) != packed_nbytes(total, 1):
+        raise PayloadError(f"{what} of {len(buf)} bytes, its counts need {packed_nbytes(total, 1)}")
+    flat = np.unpackbits(np.frombuffer(buf, np.uint8))
+    if flat[total:].any():
+        raise PayloadError(f"{what}: padding bits are not zero")
+    ends = np.cumsum(bits)
+    return [np.packbits(flat[end - n: end]).tobytes() for end, n in zip(ends, bits)]
+
+
+def _last_word_bits(count: int, base: int) -> tuple[int, int, int]:
+    """(full words, labels in the last word, the last word's bits in a frame)."""
+    per_word, _ = label_chunk(base)
+    full, last = divmod(count, per_word)
+    return full, last, (base ** last - 1).bit_length() if last else 0
+
+
+def _compact_labels(section: memoryview, count: int, base: int) -> bytes:
+    """Version-1 labels (whole words, the last padded with zero labels) with the last
+    word in only the bits its own labels need."""
+    if base <= 1 or count == 0:
+        return b""
+    per_word, bits = label_chunk(base)
+    full, last, last_bits = _last_word_bits(count, base)
+    words = unpack_uint(section, full + (1 if last else 0), bits)
+    if not last:
+        return pack_uint(words, bits)
+    tail = int(words[-1]) // base ** (per_word - last)  # the padding labels are the low digits
+    return _concat_bits([memoryview(pack_uint(words[:-1], bits)), memoryview(pack_uint(np.array([tail]), last_bits))],
+                        [full * bits, last_bits])
+
+
+def _expand_labels(reader: FrameReader, count: int, base: int, what: str) -> bytes:
+    if base <= 1 or count == 0:
+        return b""
+    per_word, bits = label_chunk(base)
+    full, last, last_bits = _last_word_bits(count, base)
+    if not last:
+        return bytes(reader.take(packed_nbytes(full, bits), what))
+    head, tail = _split_bits(reader.take(packed_nbytes(full * bits + last_bits, 1), what),
+                             [full * bits, last_bits], what)
+    tail_value = int(unpack_uint(tail, 1, last_bits)[0])
+    if tail_value >= base ** last:
+        raise PayloadError(f"{what}: the last label word is out of range")
+    words = np.append(unpack_uint(head, full, bits), np.uint64(tail_value * base ** (per_word - last)))
+    return pack_uint(words, bits)
+
+
+def _block_bits(blocks: bytes | memoryview, kept: int, negative: int, cfg) -> tuple[list[int], list[int]]:
+    """Per SLICER block, (bits of its codes, its bytes in version 1)."""
+    sizes = np.concatenate([slicer.block_sizes(kept - negative, cfg.blocks[0]),
+                            slicer.block_sizes(negative, cfg.blocks[1])])
+    q = np.frombuffer(blocks, dtype=GROUP_DTYPE)["q"].astype(np.int64)
+    bits = (sizes * q).tolist()
+    return bits, [packed_nbytes(n, 1) for n in bits]
+
+
 _RANGES = dense.RANGE_DTYPE  # (lo, hi) float32: a table without widths
 
 
@@ -193,9 +263,15 @@ class Form:
 
 def _slicer_compact(sections, header, narrow):
     meta, mask, signs, labels_pos, labels_neg, blocks, values = sections
+    cfg = slicer.read_config(header)
     kept, negative = slicer.META.unpack(meta)
+    positive = kept - negative
+    bits, nbytes = _block_bits(blocks, kept, negative, cfg)
+    streams = np.split(np.frombuffer(values, np.uint8), np.cumsum(nbytes)[:-1]) if nbytes else []
     return b"".join([varint(kept), varint(negative), _compact_subset(mask), _compact_subset(signs),
-                     bytes(labels_pos), bytes(labels_neg), _compact_table(blocks, True, narrow), bytes(values)])
+                     _compact_labels(labels_pos, positive, min(cfg.blocks[0], positive)),
+                     _compact_labels(labels_neg, negative, min(cfg.blocks[1], negative)),
+                     _compact_table(blocks, True, narrow), _concat_bits([memoryview(s) for s in streams], bits)])
 
 
 def _slicer_expand(reader, header, narrow):
@@ -207,10 +283,12 @@ def _slicer_expand(reader, header, narrow):
     signs = _expand_subset(reader, negative, kept, "SLICER signs")
     positive = kept - negative
     blocks_pos, blocks_neg = min(cfg.blocks[0], positive), min(cfg.blocks[1], negative)
-    labels_pos = bytes(reader.take(labels_nbytes(positive, blocks_pos), "SLICER labels+"))
-    labels_neg = bytes(reader.take(labels_nbytes(negative, blocks_neg), "SLICER labels-"))
+    labels_pos = _expand_labels(reader, positive, blocks_pos, "SLICER labels+")
+    labels_neg = _expand_labels(reader, negative, blocks_neg, "SLICER labels-")
     blocks = _expand_table(reader, blocks_pos + blocks_neg, True, narrow, "SLICER block table")
-    return [slicer.META.pack(kept, negative), mask, signs, labels_pos, labels_neg, blocks, bytes(reader.rest())]
+    bits, _ = _block_bits(blocks, kept, negative, cfg)
+    values = b"".join(_split_bits(reader.rest(), bits, "SLICER values"))
+    return [slicer.META.pack(kept, negative), mask, signs, labels_pos, labels_neg, blocks, values]
 
 
 def _tabq_compact(sections, header, narrow):
