@@ -169,15 +169,18 @@ def _check_calibration(section, spec: LlamaSpec) -> None:
     for cut, rows in handover.items():
         _check_rows(cut, rows, spec, ("token_agreement", "perplexity", "kv_bits_per_token"))
     for cut, rows in section["cuts"].items():
-        _check_rows(cut, rows, spec, ("token_agreement", "perplexity", "bits_per_token"))
+        _check_rows(cut, rows, spec, ("token_agreement", "perplexity", "bits_per_token"),
+                    optional=("frame_bits_per_token",))  # absent from artifacts calibrated before the stream form
 
 
-def _check_rows(cut, rows, spec: LlamaSpec, fields: tuple[str, ...]) -> None:
-    """One cut's rows: setting -> {agreement in [0, 1], perplexity and bits: bounded numbers}."""
+def _check_rows(cut, rows, spec: LlamaSpec, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """One cut's rows: setting -> {agreement in [0, 1], perplexity and bits: bounded numbers}
+    (``optional`` fields: bounded numbers where present)."""
     if not (isinstance(cut, str) and cut.isdigit() and 1 <= int(cut) <= spec.num_layers) or not isinstance(rows, dict):
         raise ArtifactError(f"calibration: cut {cut!r} is not a layer boundary inside the model")
     for name, row in rows.items():
         values = [row.get(k) if isinstance(row, dict) else None for k in fields]
+        values += [row[k] for k in optional if isinstance(row, dict) and k in row]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= _MAX_FIELD
                    for v in values) or values[0] > 1:
             raise ArtifactError(f"calibration: cut {cut}, {name!r}: {', '.join(fields)} must be numbers "

@@ -24,6 +24,7 @@ from slicer_compile.codec import (
     decode,
     encode,
 )
+from slicer_compile.codec.stream import StreamDecoder, StreamEncoder
 from slicer_compile.errors import ConfigError
 from slicer_compile.llm.llama import LlamaSpec
 from slicer_compile.llm.stack import split_stacks
@@ -71,31 +72,40 @@ def windows_of(ids: np.ndarray, positions: int) -> list[np.ndarray]:
     return out
 
 
-def _per_token(hidden: np.ndarray, cfg) -> tuple[np.ndarray, int]:
+def _per_token(hidden: np.ndarray, cfg) -> tuple[np.ndarray, int, int]:
+    """Each token's hidden state through the codec as the stream transport sends it:
+    frames of the stream form (codec.stream), whose float16 quantiser ranges are within
+    a hair of a version-1 payload's (``bench wire``); (decoded, the bytes of the
+    version-1 payload each frame stands for — the KServe path's —, frame bytes)."""
     if cfg is None:
-        return hidden, hidden[0].nbytes
-    rows, sent = [], 0
+        return hidden, hidden[0].nbytes, hidden[0].nbytes
+    encoder = StreamEncoder(cfg, (1, 1, hidden.shape[2]))
+    decoder = StreamDecoder(encoder.header)
+    rows, payload_bytes, frame_bytes = [], 0, 0
     for t in range(hidden.shape[1]):
-        payload = encode(np.ascontiguousarray(hidden[:, t:t + 1]), cfg)
-        sent += len(payload)
-        rows.append(decode(payload))
-    return np.concatenate(rows, axis=1), sent
+        frame = encoder.frame(np.ascontiguousarray(hidden[:, t:t + 1]))
+        payload_bytes += len(decoder.payload(frame))
+        frame_bytes += len(frame)
+        rows.append(decoder.decode(frame))
+    return np.concatenate(rows, axis=1), payload_bytes, frame_bytes
 
 
-def score(edge, server, windows: Sequence[np.ndarray], cfg=None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(greedy next token, log-probability of the true next token, bytes sent), per position."""
-    argmax, logprob, sent = [], [], 0
+def score(edge, server, windows: Sequence[np.ndarray], cfg=None) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(greedy next token, log-probability of the true next token, payload bytes sent,
+    frame bytes sent), per position."""
+    argmax, logprob, sent, framed = [], [], 0, 0
     for window in windows:
         edge.reset()
         server.reset()
-        hidden, nbytes = _per_token(edge.forward(edge.embed(window[:-1])), cfg)
+        hidden, nbytes, frame_bytes = _per_token(edge.forward(edge.embed(window[:-1])), cfg)
         sent += nbytes
+        framed += frame_bytes
         logits = server.logits(server.forward(hidden))[0].astype(np.float64)
         logits -= logits.max(-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         argmax.append(logp.argmax(-1))
         logprob.append(logp[np.arange(len(window) - 1), window[1:]])
-    return np.concatenate(argmax), np.concatenate(logprob), sent
+    return np.concatenate(argmax), np.concatenate(logprob), sent, framed
 
 
 def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000, edge_parts=None,
@@ -106,7 +116,7 @@ def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000
     the unsplit model, the perplexity and the bits per token (with ``edge_parts``, the
     edge's quantised layers run the edge side)."""
     windows = windows_of(ids, positions)
-    exact, exact_logprob, _ = score(*split_stacks(spec, parts, spec.num_layers), windows)
+    exact, exact_logprob, _, _ = score(*split_stacks(spec, parts, spec.num_layers), windows)
     cuts = {}
     measured = list(cuts_measured) if cuts_measured is not None else list(range(1, spec.num_layers))
     total = len(measured) * len(settings)
@@ -114,10 +124,11 @@ def calibrate_llm(spec: LlamaSpec, parts, ids: np.ndarray, positions: int = 1000
         edge, server = split_stacks(spec, parts, cut, edge_parts=edge_parts)
         rows = {}
         for name, cfg in settings.items():
-            argmax, logprob, sent = score(edge, server, windows, cfg)
+            argmax, logprob, sent, framed = score(edge, server, windows, cfg)
             rows[name] = {"token_agreement": round(float((argmax == exact).mean()), 6),
                           "perplexity": round(math.exp(-float(logprob.mean())), 6),
-                          "bits_per_token": round(8 * sent / len(exact), 3)}
+                          "bits_per_token": round(8 * sent / len(exact), 3),
+                          "frame_bits_per_token": round(8 * framed / len(exact), 3)}
             if progress:
                 progress(len(cuts) * len(settings) + len(rows), total)
         cuts[str(cut)] = rows
@@ -197,7 +208,9 @@ def cheapest_within(calibration: dict, cut: int, accuracy_budget: float, table: 
     rows = (calibration or {}).get(table, {}).get(str(cut))
     if not rows:
         return None
-    within = [(r[bits], name) for name, r in rows.items() if r["token_agreement"] >= 1 - accuracy_budget - 1e-12]
+    # An artifact calibrated before the stream form has no frame bits: its payload bits.
+    within = [(r.get(bits, r.get("bits_per_token")), name) for name, r in rows.items()
+              if r["token_agreement"] >= 1 - accuracy_budget - 1e-12]
     if not within:
         return None
     bits, name = min(within)

@@ -72,10 +72,13 @@ def _calibration_lines(artifact: LlmArtifact) -> list[str]:
     lines = [f"Fidelity on {calibration['positions']} positions of the calibration text (unsplit perplexity "
              f"{calibration['perplexity']:.3f}); each token's hidden state coded alone"
              + (f"; the edge's layers at {artifact.edge_weights}" if artifact.edge_weights != "fp32" else "") + ":",
-             "", "| cut | codec | bits/token | token agreement | perplexity |", "|---:|---|---:|---:|---:|"]
+             "", "| cut | codec | bits/token (payload) | bits/token (stream frame) | token agreement | perplexity |",
+             "|---:|---|---:|---:|---:|---:|"]
     for cut, rows in calibration["cuts"].items():
         for name, row in rows.items():
-            lines.append(f"| {cut} | {name} | {row['bits_per_token']:.0f} | {row['token_agreement']:.4f} | "
+            frame = row.get("frame_bits_per_token")
+            lines.append(f"| {cut} | {name} | {row['bits_per_token']:.0f} | "
+                         f"{'' if frame is None else f'{frame:.0f}'} | {row['token_agreement']:.4f} | "
                          f"{row['perplexity']:.3f} |")
     handover = calibration.get("handover") or {}
     if handover:

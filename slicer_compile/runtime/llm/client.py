@@ -130,7 +130,9 @@ class EdgeLLM:
             reason = f"per-token split at layer {cut}" + (" (cloud only)" if cut == 0 else "")
         if not 0 <= cut <= spec.num_layers:
             raise ConfigError(f"cut must be a layer boundary 0..{spec.num_layers}, got {cut}")
-        chosen = cheapest_within(calibration, cut, budget)
+        # The stream transport sends frames: the cheapest setting is the one with the fewest frame bits.
+        chosen = cheapest_within(calibration, cut, budget,
+                                 bits="frame_bits_per_token" if self.transport == "stream" else "bits_per_token")
         codec = codec or (chosen[0] if chosen else DEFAULT_CODEC)
         kv_chosen = cheapest_within(calibration, cut, budget, "handover", "kv_bits_per_token")
         for name, table in ((codec, SETTINGS), ((kv_chosen or ("float32",))[0], KV_SETTINGS)):
