@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace slicer
 {
@@ -54,6 +55,33 @@ private:
     size_t mCapacity;
     uint64_t mBits{0};
 };
+
+//! The 64 bits of ``buf`` from bit ``pos`` on, MSB first (bits past ``len`` bytes read
+//! as zero): one load where a byte-at-a-time reader would loop.
+inline uint64_t window64(uint8_t const* buf, size_t len, uint64_t pos)
+{
+    size_t const byte = static_cast<size_t>(pos >> 3);
+    int const shift = static_cast<int>(pos & 7);
+    uint64_t word;
+    uint8_t next;
+    if (byte + 9 <= len) // the common case: two plain loads
+    {
+        std::memcpy(&word, buf + byte, 8);
+        next = buf[byte + 8];
+    }
+    else // the stream's last bytes: what lies past them reads as zero
+    {
+        uint8_t bytes[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+        if (byte < len)
+        {
+            std::memcpy(bytes, buf + byte, len - byte);
+        }
+        std::memcpy(&word, bytes, 8);
+        next = bytes[8];
+    }
+    word = __builtin_bswap64(word); // the wire is MSB first: the first byte is the top
+    return shift ? (word << shift) | (static_cast<uint64_t>(next) >> (8 - shift)) : word;
+}
 
 //! Reads fields back; every read is bounds-checked by the caller's length.
 class BitReader

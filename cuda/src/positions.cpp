@@ -364,10 +364,15 @@ extern "C" slicer_status slicer_decode_subset(
             return SLICER_ERR_PAYLOAD;
         }
         uint64_t found = 0;
-        for (uint64_t pos = 0; pos < 8 * bodyLen; ++pos)
+        for (size_t byte = 0; byte < bodyLen; ++byte)
         {
-            if ((body[pos >> 3] >> (7 - (pos & 7))) & 1U)
+            // Set bits only, the highest (the earliest position) first: a sparse bitmap is
+            // mostly zero bytes.
+            for (unsigned bits = body[byte]; bits != 0;)
             {
+                int const high = 31 - __builtin_clz(bits);
+                bits ^= 1U << high;
+                uint64_t const pos = 8 * byte + 7 - static_cast<uint64_t>(high);
                 if (pos >= space || found == count)
                 {
                     return SLICER_ERR_PAYLOAD; // padding bit set, or more positions than announced
@@ -421,32 +426,54 @@ extern "C" slicer_status slicer_decode_subset(
         return SLICER_ERR_PAYLOAD;
     }
     uint8_t const* unary = body + slicer::kGOLOMB_HEADER_BYTES;
-    slicer::BitReader fields(unary + unaryBytes, fieldBytes);
+    uint8_t const* fields = unary + unaryBytes;
     uint8_t const* extra = unary + unaryBytes + fieldBytes;
     size_t const extraLen = bodyLen - slicer::kGOLOMB_HEADER_BYTES - unaryBytes - fieldBytes;
-    std::vector<int64_t> positions;
-    positions.reserve(coded);
+    // Written straight to ``out``; a complement's positions (the absent ones) go to a
+    // buffer first.
+    std::vector<int64_t> absent;
+    if (complement)
+    {
+        absent.resize(coded);
+    }
+    int64_t* const positions = complement ? absent.data() : out;
     uint64_t bit = 0;
+    uint64_t fieldBit = 0;
     uint64_t extraUsed = 0;
     int64_t previous = -1;
     for (uint64_t i = 0; i < coded; ++i)
     {
+        // The quotient: the zeros before the next one, counted 64 bits at a time.
         uint64_t quotient = 0;
-        while (bit < unaryBits && !((unary[bit >> 3] >> (7 - (bit & 7))) & 1U))
+        for (;;)
         {
-            ++quotient;
-            ++bit;
+            if (bit >= unaryBits)
+            {
+                return SLICER_ERR_PAYLOAD;
+            }
+            uint64_t const window = slicer::window64(unary, unaryBytes, bit);
+            if (window == 0)
+            {
+                quotient += 64;
+                bit += 64;
+                continue;
+            }
+            uint64_t const zeros = static_cast<uint64_t>(__builtin_clzll(window));
+            if (bit + zeros >= unaryBits)
+            {
+                return SLICER_ERR_PAYLOAD; // the one is in the padding
+            }
+            quotient += zeros;
+            bit += zeros + 1;
+            break;
         }
-        if (bit >= unaryBits)
-        {
-            return SLICER_ERR_PAYLOAD;
-        }
-        ++bit;
         uint64_t remainder = 0;
         if (m > 1)
         {
-            uint64_t field = 0;
-            fields.get(shape.width, &field);
+            // Fields are under 32 bits and the stream's length was checked for all of them.
+            uint64_t const field
+                = shape.width ? slicer::window64(fields, fieldBytes, fieldBit) >> (64 - shape.width) : 0;
+            fieldBit += static_cast<uint64_t>(shape.width);
             remainder = field;
             if (field >= shape.u)
             {
@@ -468,7 +495,7 @@ extern "C" slicer_status slicer_decode_subset(
         {
             return SLICER_ERR_PAYLOAD;
         }
-        positions.push_back(position);
+        positions[i] = position;
         previous = position;
     }
     if (bit != unaryBits || packedNbytes(extraUsed, 1) != extraLen || !slicer::zeroPadding(unary, unaryBits)
@@ -478,14 +505,13 @@ extern "C" slicer_status slicer_decode_subset(
     }
     if (!complement)
     {
-        std::copy(positions.begin(), positions.end(), out);
         return SLICER_OK;
     }
     uint64_t next = 0;
     uint64_t written = 0;
     for (uint64_t pos = 0; pos < space; ++pos)
     {
-        if (next < positions.size() && static_cast<uint64_t>(positions[next]) == pos)
+        if (next < absent.size() && static_cast<uint64_t>(absent[next]) == pos)
         {
             ++next;
         }
