@@ -78,13 +78,16 @@ def load_npy(path: Path) -> np.ndarray:
               help="LLM artifacts: a sequence with no step for this long is evicted (its client is told why).")
 @click.option("--max-kv-memory", default="1GiB", show_default=True, type=Quantity("bytes", minimum=1, maximum=2**44),
               help="LLM artifacts: KV-cache bytes across sequences; beyond, the least recently used are evicted.")
+@click.option("--engine", type=click.Choice(["embedded", "triton"]), default="embedded", show_default=True,
+              help="triton: a real Triton Inference Server on the generated repository (its HTTP and gRPC "
+                   "endpoints, dynamic batching, metrics); set it up once with tools/setup_triton.py.")
 @backend_option("tensorrt: each split's server.plan, decoder inside (one request at a time).")
 @verbosity_options
 def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
                   max_queue_delay: float, max_request_bytes: float, max_connections: int, request_timeout: float,
                   idle_timeout: float, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None,
                   log_level: str, decoder: str, max_sessions: int, session_timeout: float, max_kv_memory: float,
-                  backend: str) -> None:
+                  engine: str, backend: str) -> None:
     """Serve an artifact's split server parts (KServe v2 / Triton HTTP protocol); for an
     LLM artifact, its server-side layers for many sequences at once, token by token.
 
@@ -101,6 +104,15 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
     logging.getLogger("slicer_compile.access").setLevel(level)
     require_backend(backend)
     access = Access(tls_cert, tls_key, read_token(token_file))
+    if engine == "triton":
+        if is_llm_artifact_dir(artifact_dir):
+            raise SlicerCompileError("an LLM artifact is served by the embedded engine (its sessions and KV caches "
+                                     "are not in Triton yet)")
+        if access.tls or access.token:
+            raise SlicerCompileError("--engine triton serves plain HTTP/gRPC here: put TLS and tokens in front of "
+                                     "it, or use the embedded engine")
+        _serve_with_triton(artifact_dir, host, port, grpc_port, max_batch, max_queue_delay)
+        return
     if is_llm_artifact_dir(artifact_dir):
         from slicer_compile.runtime.llm.host import LlmServerConfig
         from slicer_compile.runtime.llm.server import LlmServer
@@ -307,21 +319,57 @@ def run_command(artifact_dir: Path, server_url: str, token_file: Path | None, tl
     return EXIT_OK
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_with_triton(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
+                       max_queue_delay: float) -> None:
+    import signal
+    import tempfile
+
+    from slicer_compile.runtime.triton import write_repository
+    from slicer_compile.runtime.triton_server import TritonServer, TritonUnavailable, has_backend
+
+    # The wheel's Triton has no onnxruntime backend: ONNX Runtime in its Python backend then.
+    server_backend = "onnxruntime" if has_backend("onnxruntime") else "python"
+    with tempfile.TemporaryDirectory(prefix="slicer-triton-") as tmp:
+        write_repository(artifact_dir, Path(tmp) / "repo", max_batch=max_batch,
+                         max_queue_delay_us=int(max_queue_delay * 1e6), server_backend=server_backend)
+        try:
+            triton = TritonServer(Path(tmp) / "repo", http_port=port, grpc_port=grpc_port or 0, host=host)
+        except TritonUnavailable as exc:
+            raise SlicerCompileError(f"cannot start Triton: {exc}") from None
+        signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: out of the wait, then the stop below
+        click.echo(f"Triton serving artifact {artifact_dir} on http://{triton.http_url} and gRPC {triton.grpc_url} "
+                   f"(server parts: {server_backend} backend; log {triton.log_path}); Ctrl-C stops", err=True)
+        try:
+            triton.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            triton.stop()
+
+
 @click.command("triton")
 @artifact_argument
 @click.option("-o", "--output", "repo_dir", required=True, type=click.Path(path_type=Path), help="Model repository.")
 @click.option("--max-batch", default=16, show_default=True, type=POSITIVE)
+@click.option("--server-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+              show_default=True, help="The server parts' backend: Triton's onnxruntime, or ONNX Runtime inside "
+                                      "the Python backend (a Triton without the onnxruntime one).")
 @click.option("--force", is_flag=True,
               help="Replace the repository if slicer-compile wrote it (never anything else).")
 @verbosity_options
-def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, force: bool) -> None:
+def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, server_backend: str, force: bool) -> None:
     """Write a Triton model repository (decoder + server part ensembles).
 
     Needs the triton extra (pip install '.[triton]' in the source tree): its configs
     are validated against Triton's ModelConfig schema from tritonclient."""
     from slicer_compile.runtime.triton import write_repository
 
-    written = write_repository(artifact_dir, repo_dir, max_batch=max_batch, overwrite=force)
+    written = write_repository(artifact_dir, repo_dir, max_batch=max_batch, overwrite=force,
+                               server_backend=server_backend)
     click.echo(f"wrote {len(written)} models to {repo_dir}/ (configs validated against Triton's ModelConfig); "
                f"see {repo_dir}/README.md to start Triton")
 

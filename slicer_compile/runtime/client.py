@@ -195,8 +195,9 @@ class EdgeClient:
         params = reply.parameters
         timings = {"edge_s": edge_s, "encode_s": encode_s, "bytes_sent": bytes_sent,
                    "payload_bytes": sum(v.nbytes for k, v in tensors.items() if k.endswith(".payload")),
-                   "server_s": params.get("server_total_us", 0) * 1e-6,
-                   "server_compute_s": params.get("server_compute_us", 0) * 1e-6,
+                   # what the embedded server reports (a Triton reports none: None)
+                   "server_s": _seconds(params.get("server_total_us")),
+                   "server_compute_s": _seconds(params.get("server_compute_us")),
                    "batch_size": params.get("batch_size"), "round_trip_s": round_trip}
         return EdgeResult(reply.tensors, split, config, timings, decision)
 
@@ -226,3 +227,7 @@ class EdgeClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _seconds(microseconds) -> float | None:
+    return None if microseconds is None else microseconds * 1e-6

@@ -80,10 +80,16 @@ def drive(artifact_dir, server_url: str, split_id: str, clients: int, requests: 
     info = artifact.split(split_id)
     row = LoadRow(split_id, info.edge_share, clients, clients * requests, len(replies), len(replies) / wall,
                   float(np.percentile(rt, 50)), float(np.percentile(rt, 99)),
-                  float(np.mean([t["server_compute_s"] for t in timings]) * 1e6),
-                  float(np.mean([t["server_s"] for t in timings]) * 1e6),
-                  float(np.mean([t["batch_size"] for t in timings])), float(np.mean([t["bytes_sent"] for t in timings])))
+                  _mean(timings, "server_compute_s") * 1e6, _mean(timings, "server_s") * 1e6,
+                  _mean(timings, "batch_size"), _mean(timings, "bytes_sent"))
     return row, replies
+
+
+def _mean(timings: list[dict], key: str) -> float:
+    """The mean of what the server reported (nan where it reports none: Triton does not
+    say its batch sizes or compute per request in a reply)."""
+    values = [t[key] for t in timings if t.get(key) is not None]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def run_load(artifact_dir, clients: list[int], requests: int, splits: list[str] | None = None,

@@ -407,3 +407,8 @@ def test_compile_takes_the_codec_knobs(workdir):
     bad = run("model.onnx", "--device", "jetson", "-o", "out2", "--sparsity", "1.5", cwd=workdir)
     one_line_error(bad, "sparsity must be in [0, 1)")
     assert not (workdir / "out2").exists()
+
+
+def test_serve_with_triton_not_set_up_says_how(artifact, tmp_path):
+    env = {**os.environ, "SLICER_TRITON_HOME": str(tmp_path / "nowhere")}
+    one_line_error(run("serve", str(artifact.path), "--engine", "triton", env=env), "tools/setup_triton.py", 1)

@@ -11,7 +11,7 @@ import pytest
 
 from slicer_compile.codec.ops import DOMAIN
 from slicer_compile.compiler import compile_model
-from slicer_compile.runtime.triton import validate_config, write_repository
+from slicer_compile.runtime.triton import MODELS_DIR, validate_config, write_repository
 from tests.models import EXAMPLES
 
 
@@ -45,9 +45,29 @@ def test_every_config_is_a_valid_model_config(repository):
         names = {i.name for i in ensemble.input}
         expected = {f"{t.name}.payload" if t.kind == "activation" else t.name for t in split.crossing}
         assert names == expected
-    for model_py in repo.glob("*_decode_*/1/model.py"):
+    decoders = list(repo.glob("*_decode_*/1/model.py"))
+    assert decoders
+    for model_py in decoders:  # the static module, configured by its config's parameters
+        assert model_py.read_text() == (MODELS_DIR / "decoder.py").read_text()
         ast.parse(model_py.read_text())
-        assert artifact.id in model_py.read_text()
+        parameters = configs[model_py.parent.parent.name].parameters
+        assert parameters["artifact_id"].string_value == artifact.id
+        assert parameters["input"].string_value.endswith(".payload")
+
+
+def test_a_repository_for_a_triton_without_the_onnxruntime_backend(repository, tmp_path):
+    artifact, _ = repository
+    write_repository(artifact.path, tmp_path / "repo", server_backend="python", server_threads=2)
+    for split in (s for s in artifact.splits if s.files):
+        folder = tmp_path / "repo" / f"{split.id}_server"
+        config = validate_config((folder / "config.pbtxt").read_text(), split.id)
+        assert config.backend == "python" and config.parameters["threads"].string_value == "2"
+        assert (folder / "1" / "model.py").read_text() == (MODELS_DIR / "onnx_server.py").read_text()
+        assert (folder / "1" / "model.onnx").is_file()
+    from slicer_compile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server backend must be one of"):
+        write_repository(artifact.path, tmp_path / "other", server_backend="tensorflow")
 
 
 def test_invalid_config_is_caught():
@@ -80,7 +100,11 @@ class _PythonBackendStub:
             self.output_tensors, self.error = list(output_tensors), error
 
     class TritonError(Exception):
-        pass
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            super().__init__(message)
+            self.code = code
 
     @staticmethod
     def get_input_tensor_by_name(request, name):
@@ -112,7 +136,8 @@ def test_the_generated_decoder_restores_a_centred_tensor(tmp_path, monkeypatch):
     (tensor,) = split.activations
     assert tensor.centre is not None
     write_repository(artifact.path, tmp_path / "repo")
-    source = (tmp_path / "repo" / f"{split.id}_decode_0" / "1" / "model.py").read_text()
+    model_dir = tmp_path / "repo" / f"{split.id}_decode_0"
+    source = (model_dir / "1" / "model.py").read_text()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils",
                         types.SimpleNamespace(**{k: getattr(_PythonBackendStub, k) for k in (
                             "Tensor", "InferenceResponse", "TritonError", "get_input_tensor_by_name")}))
@@ -120,7 +145,14 @@ def test_the_generated_decoder_restores_a_centred_tensor(tmp_path, monkeypatch):
     exec(compile(source, "model.py", "exec"), namespace)
     value = rng.standard_normal(tensor.shape).astype(np.float32) + tensor.centre.offset.reshape(1, -1, 1, 1)
     payload = np.frombuffer(encode(centred(value, tensor.centre), SlicerConfig(sparsity=0.5)), np.uint8)
-    (response,) = namespace["TritonPythonModel"]().execute([_Request(**{"affine.payload": payload})])
+    from google.protobuf import json_format
+
+    # What Triton hands initialize(): the model's config as JSON.
+    config = json_format.MessageToJson(validate_config((model_dir / "config.pbtxt").read_text(), "decoder"),
+                                       preserving_proto_field_name=True)
+    model = namespace["TritonPythonModel"]()
+    model.initialize({"model_config": config})
+    (response,) = model.execute([_Request(**{"affine.payload": payload})])
     assert response.error is None
     decoded = response.output_tensors[0].value
     # Half the residual kept: the dropped half is restored to its channel offset, not to 0.
