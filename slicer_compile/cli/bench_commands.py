@@ -151,18 +151,22 @@ def bench_rd(models: tuple[Path, ...], calibs: tuple[Path, ...], samples: int, t
               help="Client counts.")
 @click.option("--requests", default=50, show_default=True, type=POSITIVE, help="Requests per client.")
 @click.option("--splits", help="Split ids (default: every materialised split).")
+@click.option("--servers", default=1, show_default=True, type=POSITIVE,
+              help="Servers on loopback ports, the clients spread across them.")
+@click.option("--engine", type=click.Choice(["embedded", "triton"]), default="embedded", show_default=True,
+              help="triton: real Triton servers on the generated repository (tools/setup_triton.py).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG (default: OUT_DIR/plots/serve_scaling.png).")
 @json_option("the rows")
 @verbosity_options
-def bench_serve(artifact_dir: Path, clients: list[int], requests: int, splits: str | None, plot_path: Path | None,
-                as_json: bool) -> None:
+def bench_serve(artifact_dir: Path, clients: list[int], requests: int, splits: str | None, servers: int, engine: str,
+                plot_path: Path | None, as_json: bool) -> None:
     """Concurrent edge clients on loopback: throughput, latency and server time per split."""
     from slicer_compile.runtime.loadtest import plot_load, rows_as_dicts, run_load
 
-    with stderr_console().status("load") as status:
+    with stderr_console().status("load") as status:  # Triton missing: TritonUnavailable, one line
         rows = run_load(artifact_dir, clients, requests, splits.split(",") if splits else None,
-                        progress=lambda what: status.update(f"load: {what}"))
+                        progress=lambda what: status.update(f"load: {what}"), servers=servers, engine=engine)
     plot = plot_load(rows, plot_path or Path(artifact_dir) / "plots" / "serve_scaling.png")
     click.echo(f"wrote {plot}", err=True)
     if as_json:
@@ -171,7 +175,7 @@ def bench_serve(artifact_dir: Path, clients: list[int], requests: int, splits: s
     columns = [Column("split", 100, "left"), Column("edge FLOPs", 40), Column("clients", 99),
                Column("answered", 95), Column("req/s", 90), Column("p50 ms", 85), Column("p99 ms", 80),
                Column("server compute µs/req", 70), Column("mean batch", 50), Column("bytes/req", 60)]
-    print_table(f"bench serve: {requests} requests per client", columns, [[
+    print_table(f"bench serve: {requests} requests per client, {servers} {engine} server(s)", columns, [[
         r.split_id, f"{100 * r.edge_flops_share:.1f}%", str(r.clients), f"{r.answered}/{r.requests}",
         f"{r.throughput_rps:.0f}", f"{r.round_trip_p50_ms:.2f}", f"{r.round_trip_p99_ms:.2f}",
         f"{r.server_compute_us:.1f}", f"{r.mean_batch:.1f}", f"{r.bytes_sent:.0f}"] for r in rows])

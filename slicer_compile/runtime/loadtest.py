@@ -39,17 +39,20 @@ class LoadRow:
     bytes_sent: float
 
 
-def drive(artifact_dir, server_url: str, split_id: str, clients: int, requests: int,
+def drive(artifact_dir, server_url: str | list[str], split_id: str, clients: int, requests: int,
           inputs: dict[str, np.ndarray], config: SlicerConfig | None = None) -> tuple[LoadRow, list[dict]]:
-    """``clients`` threads, each sending ``requests`` requests; returns the row and every reply."""
+    """``clients`` threads, each sending ``requests`` requests; returns the row and every
+    reply. Several servers (a list): client i talks to server i mod N, as a load balancer
+    that spreads connections would."""
     artifact = load_artifact(artifact_dir)
+    urls = [server_url] if isinstance(server_url, str) else list(server_url)
     results: list[list] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(clients + 1)
 
     def client(i: int) -> None:
         try:
-            with EdgeClient(artifact, server_url) as c:
+            with EdgeClient(artifact, urls[i % len(urls)]) as c:
                 c.infer(inputs, split=split_id, config=config)  # warm: session, connection
                 barrier.wait()
                 for _ in range(requests):
@@ -93,18 +96,35 @@ def _mean(timings: list[dict], key: str) -> float:
 
 
 def run_load(artifact_dir, clients: list[int], requests: int, splits: list[str] | None = None,
-             config: ServerConfig | None = None, progress=None) -> list[LoadRow]:
-    """The scaling experiment over splits × client counts, one embedded server."""
+             config: ServerConfig | None = None, progress=None, servers: int = 1, engine: str = "embedded"
+             ) -> list[LoadRow]:
+    """The scaling experiment over splits × client counts, on ``servers`` servers on
+    loopback ports (``engine``: "embedded", or "triton": a real Triton on the generated
+    repository, runtime.triton_server), the clients spread across them."""
+    import contextlib
+    import tempfile
+
     artifact = load_artifact(artifact_dir)
     chosen = splits or [s.id for s in sorted((s for s in artifact.splits if s.files), key=lambda s: s.position)]
     inputs = artifact.example_inputs()
     rows = []
-    with SplitServer(artifact_dir, port=0, config=config, splits=chosen) as server:
+    with contextlib.ExitStack() as stack:
+        if engine == "triton":
+            from slicer_compile.runtime.triton import write_repository
+            from slicer_compile.runtime.triton_server import TritonServer, has_backend
+
+            repository = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slicer-triton-"))) / "repo"
+            write_repository(artifact_dir, repository, server_backend="onnxruntime" if has_backend("onnxruntime")
+                             else "python")
+            urls = [stack.enter_context(TritonServer(repository)).http_url for _ in range(servers)]
+        else:
+            urls = [stack.enter_context(SplitServer(artifact_dir, port=0, config=config, splits=chosen)).url
+                    for _ in range(servers)]
         for split_id in chosen:
             for n in clients:
                 if progress:
-                    progress(f"{split_id}, {n} clients")
-                rows.append(drive(artifact_dir, server.url, split_id, n, requests, inputs)[0])
+                    progress(f"{split_id}, {n} clients, {servers} {engine} server(s)")
+                rows.append(drive(artifact_dir, urls, split_id, n, requests, inputs)[0])
     return rows
 
 
