@@ -37,3 +37,11 @@ def open_runner(model, backend: str = DEFAULT_BACKEND, name: str | None = None,
                 settings: RunSettings = RunSettings()) -> Runner:
     """A runner for ``model`` on the named backend (see :meth:`Backend.open`)."""
     return get_backend(backend).open(model, name or backend, settings)
+
+
+def onnxruntime_session_options(optimize: bool = True, threads: int = 0):
+    """The onnxrt backend's ONNX Runtime session options (its one place that sets them:
+    threads, no spinning), for code that holds an ``InferenceSession`` of its own (the
+    Triton Python-backend model, runtime/triton_models/onnx_server.py)."""
+    # By name, as the backends themselves are loaded: the registry imports no backend.
+    return importlib.import_module("slicer_compile.backends.onnxrt.runner").session_options(optimize, threads)

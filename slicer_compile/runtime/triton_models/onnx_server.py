@@ -18,15 +18,14 @@ class TritonPythonModel:
         import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
-        from slicer_compile.backends.onnxrt.runner import session_options
+        from slicer_compile.backends.registry import onnxruntime_session_options
 
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.inputs, self.outputs = json.loads(parameters["inputs"]), json.loads(parameters["outputs"])
         model = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(str(model), session_options(optimize=True,
-                                                                        threads=int(parameters["threads"])),
-                                            providers=["CPUExecutionProvider"])
+        options = onnxruntime_session_options(optimize=True, threads=int(parameters["threads"]))
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
         feeds = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
