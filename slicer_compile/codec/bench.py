@@ -178,6 +178,9 @@ class WireBenchRow:
     narrow_tables: float  # the fraction of frames whose quantiser tables went narrow
     relative_mse_v1: float
     relative_mse_stream: float
+    #: the same over the values version 1 kept (its decode non-zero): for SLICER the
+    #: quantisation error alone, which the dropped values' error would hide
+    kept_mse_change: float
 
     @property
     def mse_change(self) -> float:
@@ -208,16 +211,22 @@ def run_wire_benchmark(elements: int = 4096, sparsities: Iterable[float] = (0.95
         encoder = StreamEncoder(cfg, shape)
         decoder = StreamDecoder(encoder.header)
         payload_bytes = frame_bytes = narrow = 0
-        err_v1 = err_stream = 0.0
+        err_v1 = err_stream = kept_v1 = kept_stream = 0.0
         for x in tensors:
             payload, frame = encode(x, cfg), encoder.frame(x)
             payload_bytes += len(payload)
             frame_bytes += len(frame)
             narrow += frame[0] >> 7  # the tag's narrow-tables bit
-            err_v1 += float(((decode(payload).astype(np.float64) - x) ** 2).sum())
-            err_stream += float(((decoder.decode(frame).astype(np.float64) - x) ** 2).sum())
+            v1, stream = decode(payload).astype(np.float64), decoder.decode(frame).astype(np.float64)
+            kept = v1 != 0
+            err_v1 += float(((v1 - x) ** 2).sum())
+            err_stream += float(((stream - x) ** 2).sum())
+            kept_v1 += float(((v1 - x)[kept] ** 2).sum())
+            kept_stream += float(((stream - x)[kept] ** 2).sum())
         n = len(tensors)
-        rows.append(WireBenchRow(int(np.prod(shape)), cfg.name, getattr(cfg, "sparsity", None), n,
+        name = f"{cfg.name}-{cfg.bits}" if isinstance(cfg, DenseConfig) else cfg.name
+        rows.append(WireBenchRow(int(np.prod(shape)), name, getattr(cfg, "sparsity", None), n,
                                  payload_bytes / n, frame_bytes / n, FRAME_OVERHEAD_NBYTES, len(encoder.header),
-                                 narrow / n, err_v1 / energy if energy else 0.0, err_stream / energy if energy else 0.0))
+                                 narrow / n, err_v1 / energy if energy else 0.0, err_stream / energy if energy else 0.0,
+                                 kept_stream / kept_v1 - 1 if kept_v1 else 0.0))
     return rows

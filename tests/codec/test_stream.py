@@ -174,3 +174,17 @@ def test_the_encoder_takes_only_its_own_tensors():
 def test_fuzzed_frames_decode_or_raise_payload_error():
     outcomes = fuzz_frames(3000, seed=7)
     assert outcomes["rejected"] > 1000 and outcomes["decoded"] > 0
+
+
+def test_the_wire_benchmark_measures_both_forms():
+    from slicer_compile.codec.bench import run_wire_benchmark
+
+    rows = run_wire_benchmark(elements=1024, sparsities=(0.9,), tokens=4)
+    assert {r.codec for r in rows} >= {"slicer", "tabq", "dense-6", "dense-4", "float16", "int8", "zstd"}
+    for row in rows:
+        # a frame is what a payload holds less its header, lengths and CRC, plus its 5 bytes
+        assert row.frame_bytes < row.payload_bytes - 20 and row.frame_overhead_bytes == FRAME_OVERHEAD_NBYTES
+        assert abs(row.mse_change) < 0.005  # (bench wire: within 0.1% at 4096 values)
+        # SLICER's kept values: a few blocks of 8-bit codes, their error moved by float16 ends either way
+        assert abs(row.kept_mse_change) < (0.5 if row.codec == "slicer" else 0.01)
+        assert row.narrow_tables == (1.0 if row.codec.split("-")[0] in WITH_TABLES else 0.0)
