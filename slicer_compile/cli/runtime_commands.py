@@ -105,13 +105,12 @@ def serve_command(artifact_dir: Path, host: str, port: int, grpc_port: int | Non
     require_backend(backend)
     access = Access(tls_cert, tls_key, read_token(token_file))
     if engine == "triton":
-        if is_llm_artifact_dir(artifact_dir):
-            raise SlicerCompileError("an LLM artifact is served by the embedded engine (its sessions and KV caches "
-                                     "are not in Triton yet)")
         if access.tls or access.token:
             raise SlicerCompileError("--engine triton serves plain HTTP/gRPC here: put TLS and tokens in front of "
                                      "it, or use the embedded engine")
-        _serve_with_triton(artifact_dir, host, port, grpc_port, max_batch, max_queue_delay)
+        _serve_with_triton(artifact_dir, host, port, grpc_port, max_batch, max_queue_delay,
+                           dict(max_sessions=max_sessions, idle_timeout_s=session_timeout,
+                                max_kv_bytes=int(max_kv_memory)))
         return
     if is_llm_artifact_dir(artifact_dir):
         from slicer_compile.runtime.llm.host import LlmServerConfig
@@ -324,18 +323,23 @@ def _interrupt(*_) -> None:
 
 
 def _serve_with_triton(artifact_dir: Path, host: str, port: int, grpc_port: int | None, max_batch: int,
-                       max_queue_delay: float) -> None:
+                       max_queue_delay: float, llm_options: dict) -> None:
     import signal
     import tempfile
 
-    from slicer_compile.runtime.triton import write_repository
+    from slicer_compile.llm.artifact import is_llm_artifact_dir
+    from slicer_compile.runtime.triton import write_llm_repository, write_repository
     from slicer_compile.runtime.triton_server import TritonServer, TritonUnavailable, has_backend
 
     # The wheel's Triton has no onnxruntime backend: ONNX Runtime in its Python backend then.
     server_backend = "onnxruntime" if has_backend("onnxruntime") else "python"
     with tempfile.TemporaryDirectory(prefix="slicer-triton-") as tmp:
-        write_repository(artifact_dir, Path(tmp) / "repo", max_batch=max_batch,
-                         max_queue_delay_us=int(max_queue_delay * 1e6), server_backend=server_backend)
+        if is_llm_artifact_dir(artifact_dir):  # its sessions under Triton's sequence batcher
+            server_backend = "python"
+            write_llm_repository(artifact_dir, Path(tmp) / "repo", max_batch=max_batch, **llm_options)
+        else:
+            write_repository(artifact_dir, Path(tmp) / "repo", max_batch=max_batch,
+                             max_queue_delay_us=int(max_queue_delay * 1e6), server_backend=server_backend)
         try:
             triton = TritonServer(Path(tmp) / "repo", http_port=port, grpc_port=grpc_port or 0, host=host)
         except TritonUnavailable as exc:
@@ -366,8 +370,14 @@ def triton_command(artifact_dir: Path, repo_dir: Path, max_batch: int, server_ba
 
     Needs the triton extra (pip install '.[triton]' in the source tree): its configs
     are validated against Triton's ModelConfig schema from tritonclient."""
-    from slicer_compile.runtime.triton import write_repository
+    from slicer_compile.llm.artifact import is_llm_artifact_dir
+    from slicer_compile.runtime.triton import write_llm_repository, write_repository
 
+    if is_llm_artifact_dir(artifact_dir):
+        config = write_llm_repository(artifact_dir, repo_dir, overwrite=force)
+        click.echo(f"wrote {config.parent.name}, the LLM's server side under Triton's sequence batcher, to "
+                   f"{repo_dir}/ (config validated against Triton's ModelConfig)")
+        return
     written = write_repository(artifact_dir, repo_dir, max_batch=max_batch, overwrite=force,
                                server_backend=server_backend)
     click.echo(f"wrote {len(written)} models to {repo_dir}/ (configs validated against Triton's ModelConfig); "

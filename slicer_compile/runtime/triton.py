@@ -190,3 +190,44 @@ into the container and install it from there.
 
 then `slicer-compile run <artifact> --server 127.0.0.1:8000 --input x.npy`.
 """
+
+
+def write_llm_repository(artifact_dir: str | Path, out_dir: str | Path, max_sessions: int = 256,
+                         idle_timeout_s: float = 300.0, max_kv_bytes: int = 1 << 30, max_batch: int = 64,
+                         overwrite: bool = False) -> Path:
+    """A repository of one model named by the LLM artifact's id: its server side in
+    Triton's Python backend (triton_models/llm_server.py) under the sequence batcher, the
+    artifact copied beside it. Returns the config written."""
+    from slicer_compile.llm.artifact import load_llm_artifact
+
+    artifact = load_llm_artifact(artifact_dir)
+    hidden = artifact.spec.hidden_size
+    name = artifact.id
+    with StagedDirectory(out_dir, overwrite=overwrite, owned=is_repository_dir, what="Triton repository",
+                         inputs=[artifact.path]) as staging:
+        (staging / REPOSITORY_MARKER).write_text(json.dumps({"tool_version": __version__, "artifact_id": name}))
+        version = staging / name / "1"
+        shutil.copytree(artifact.path, version / "artifact")
+        shutil.copy(MODELS_DIR / "llm_server.py", version / "model.py")
+        optional = lambda kind, tensor, dtype, dims: (  # noqa: E731
+            f'{kind} [ {{ name: "{tensor}" data_type: {_TYPE[dtype]} dims: {_dims(dims)} optional: true }} ]')
+        text = "\n".join([
+            f'name: "{name}"', 'backend: "python"', "max_batch_size: 0",
+            optional("input", "hidden", "float32", [1, -1, hidden]),
+            optional("input", "hidden_payloads", "uint8", [-1]),
+            optional("input", "payload_lengths", "int64", [-1]),
+            optional("input", "input_ids", "int64", [1, -1]),
+            optional("input", "kv", "float32", [-1, 2, 1, artifact.spec.num_kv_heads, -1, artifact.spec.head_dim]),
+            optional("input", "kv_payloads", "uint8", [-1]),
+            optional("input", "kv_lengths", "int64", [-1]),
+            _tensor("output", "tokens", "int64", [-1]),
+            # Triton keeps a sequence's slot this long between its steps (its default is 1 s).
+            f"sequence_batching {{ max_sequence_idle_microseconds: {int(idle_timeout_s * 1e6)} control_input [ "
+            '{ name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }, '
+            '{ name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] } ] }',
+            'instance_group [ { count: 1 kind: KIND_CPU } ]',
+            _parameters({"max_sessions": str(max_sessions), "idle_timeout_s": str(idle_timeout_s),
+                         "max_kv_bytes": str(max_kv_bytes), "max_batch": str(max_batch)}), ""])
+        validate_config(text, name)
+        (staging / name / "config.pbtxt").write_text(text)
+    return Path(out_dir) / name / "config.pbtxt"

@@ -36,7 +36,7 @@ WHEEL = "nvidia-pytriton==0.7.0"
 TRITON_VERSION = "2.51"
 _READY = "ready.json"
 #: The backend environment's packages: what the models import (numpy < 2: the stub's ABI).
-ENV_REQUIREMENTS = ("numpy<2", "onnxruntime", "zstandard")
+ENV_REQUIREMENTS = ("numpy<2", "onnx", "onnxruntime", "onnxruntime-extensions", "zstandard")
 
 
 class TritonUnavailable(SlicerCompileError):
@@ -77,11 +77,15 @@ def setup(home: Path | None = None, wheel: Path | None = None, project: Path | N
     project = (project or Path(__file__).resolve().parents[2]).resolve()
     if unavailable_reason(home) is None:
         ready = json.loads((home / _READY).read_text())
+        pip = [str(home / "env" / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        if ready.get("requirements") != list(ENV_REQUIREMENTS):  # set up by an older version of this file
+            progress("the backend environment's packages")
+            _run(pip + list(ENV_REQUIREMENTS), "installing the backend environment's packages")
         if ready.get("project") != str(project):  # another checkout: its package in the environment
             progress(f"slicer-compile from {project} into the backend environment")
-            _run([str(home / "env" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e",
-                  str(project)], "installing slicer-compile into the backend environment")
-            ready["project"] = str(project)
+            _run(pip + ["--no-deps", "-e", str(project)], "installing slicer-compile into the backend environment")
+        if (ready.get("project"), ready.get("requirements")) != (str(project), list(ENV_REQUIREMENTS)):
+            ready.update(project=str(project), requirements=list(ENV_REQUIREMENTS))
             tmp = home / f".{_READY}.tmp"
             tmp.write_text(json.dumps(ready))
             tmp.replace(home / _READY)
@@ -117,7 +121,8 @@ def setup(home: Path | None = None, wheel: Path | None = None, project: Path | N
         _run(pip + list(ENV_REQUIREMENTS), "installing the backend environment's packages")
         _run(pip + ["--no-deps", "-e", str(project)], "installing slicer-compile into the backend environment")
         shutil.rmtree(staging / "wheel", ignore_errors=True)
-        (staging / _READY).write_text(json.dumps({"wheel": WHEEL, "python": version, "project": str(project)}))
+        (staging / _READY).write_text(json.dumps({"wheel": WHEEL, "python": version, "project": str(project),
+                                                  "requirements": list(ENV_REQUIREMENTS)}))
         if home.exists():
             shutil.rmtree(home)  # an unfinished set-up of ours (no ready.json)
         staging.rename(home)

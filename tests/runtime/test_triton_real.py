@@ -139,3 +139,43 @@ def test_serve_engine_triton_starts_and_stops_a_real_triton(artifact):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_an_llm_runs_with_its_sessions_in_triton(tmp_path):
+    """The LLM's server side under Triton's sequence batcher (correlation id, START/END):
+    EdgeLLM generates the unsplit model's tokens through it, at every cut, by hand-over,
+    and for several sequences at once."""
+    pytest.importorskip("torch", reason="building the test LLM needs torch (pip install -e .[torch])")
+    pytest.importorskip("transformers", reason="building the test LLM needs transformers (the torch extra)")
+    import threading
+
+    from slicer_compile.llm.artifact import load_llm_artifact
+    from slicer_compile.llm.compile import compile_llm
+    from slicer_compile.runtime.llm.client import EdgeLLM, Plan
+    from slicer_compile.runtime.triton import write_llm_repository
+    from tests.llm.test_llama_parts import tiny_llama
+    from tests.runtime.llm.test_serving import reference
+
+    compile_llm(tiny_llama().config, device="jetson", out_dir=tmp_path / "lm", max_tokens=128)
+    loaded = load_llm_artifact(tmp_path / "lm")
+    model = (loaded.spec, loaded.parts())
+    prompts = [[5, 17, 3, 42, 8], [9, 2, 33], [1, 60, 7, 7]]
+    expected = [reference(model, p, 16) for p in prompts]
+    write_llm_repository(tmp_path / "lm", tmp_path / "repo")
+    with TritonServer(tmp_path / "repo") as server, EdgeLLM(tmp_path / "lm", server.http_url) as llm:
+        for cut in range(loaded.spec.num_layers + 1):
+            assert [s.token for s in llm.generate(prompts[0], 16, cut=cut, codec="float32")] == expected[0], cut
+        handover = Plan(4, 2, True, "float32", "float32", "test")
+        assert [s.token for s in llm.generate(prompts[0], 16, plan=handover)] == expected[0]
+        got = [None] * len(prompts)
+
+        def client(i):
+            with EdgeLLM(tmp_path / "lm", server.http_url) as own:
+                got[i] = [s.token for s in own.generate(prompts[i], 16, cut=1 + i, codec="float32")]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == expected

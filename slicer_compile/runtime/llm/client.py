@@ -18,8 +18,7 @@ what crossed the link for it (request bodies, and the codec payloads inside them
 from __future__ import annotations
 
 import base64
-import itertools
-import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,6 @@ class Plan:
     reason: str
 
 
-_SEQUENCES = itertools.count()
 
 
 class EdgeLLM:
@@ -152,7 +150,9 @@ class EdgeLLM:
             raise ConfigError(f"{len(ids)} prompt tokens + {max_tokens} new ones exceed the artifact's "
                               f"W̄ = {self.artifact.manifest['max_tokens']}")
         plan = plan or self.plan(max_tokens, conditions, cut, codec)
-        sequence_id = f"{os.getpid()}-{id(self):x}-{next(_SEQUENCES)}"
+        # An integer (Triton's sequence batcher takes uint64 correlation ids, not 0), random
+        # so that clients that know nothing of each other do not collide on a server.
+        sequence_id = secrets.randbits(62) + 1
         if plan.edge_tokens == 0 and self.transport == "stream":
             yield from self._split_stream(ids, max_tokens, plan, sequence_id)
         elif plan.edge_tokens == 0:

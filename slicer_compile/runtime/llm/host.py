@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from slicer_compile.codec import DecodeLimits, PayloadError
+from slicer_compile.codec import DecodeLimits, PayloadError, decode
 from slicer_compile.codec.native import RuntimeCoder
 from slicer_compile.codec.wire import read_header
 from slicer_compile.llm.artifact import load_llm_artifact
@@ -346,6 +346,25 @@ class LlmHost:
         if not rows:
             raise HostError(400, "bad_payload", "no token payloads")
         return np.concatenate(rows, axis=1)
+
+    def decode_kv_payloads(self, payloads: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A hand-over's KV-cache payloads, a key then a value per layer -> [(key, value)]."""
+        spec = self.spec
+        if len(payloads) % 2:
+            raise HostError(400, "bad_payload", "kv_lengths must list a key and a value payload per layer")
+        limits = DecodeLimits(max_elements=spec.num_kv_heads * spec.head_dim * self.max_tokens)
+        try:
+            tensors = [decode(p, limits).astype(np.float32, copy=False) for p in payloads]
+        except PayloadError as exc:
+            raise HostError(400, "bad_payload", f"KV-cache payload: {exc}") from None
+        return list(zip(tensors[::2], tensors[1::2]))
+
+    @staticmethod
+    def raw_kv(raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A hand-over's raw KV cache, FP32 [layers, 2, 1, heads, tokens, head_dim] -> [(key, value)]."""
+        if raw.ndim != 6 or raw.shape[1] != 2 or raw.dtype != np.float32:
+            raise HostError(400, "bad_kv", "kv must be FP32 [layers, 2, 1, heads, tokens, head_dim]")
+        return [(raw[i, 0], raw[i, 1]) for i in range(raw.shape[0])]
 
     # --- the batcher ----------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from slicer_compile.codec import DecodeLimits, PayloadError, decode
 from slicer_compile.errors import SlicerCompileError
 from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError
@@ -257,27 +256,13 @@ class LlmServer:
             hidden = self.host.decode_token_payloads(_split(t, "hidden_payloads", "payload_lengths"))
         kv = None
         if "kv" in t:
-            raw = t["kv"]
-            if raw.ndim != 6 or raw.shape[1] != 2 or raw.dtype != np.float32:
-                raise ProtocolError("kv must be FP32 [layers, 2, 1, heads, tokens, head_dim]")
-            kv = [(raw[i, 0], raw[i, 1]) for i in range(raw.shape[0])]
+            kv = self.host.raw_kv(t["kv"])
         elif "kv_payloads" in t:
-            kv = self._decode_kv(_split(t, "kv_payloads", "kv_lengths"))
+            kv = self.host.decode_kv_payloads(_split(t, "kv_payloads", "kv_lengths"))
         step = Step(str(sequence_id), start=flags["sequence_start"], end=flags["sequence_end"], cut=cut,
                     hidden=hidden, token_ids=t.get("input_ids"), handover=mode == "handover", kv=kv,
                     max_new_tokens=new_tokens, index=index)
         return step, message.binary_outputs
-
-    def _decode_kv(self, payloads: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
-        spec = self.host.spec
-        if len(payloads) % 2:
-            raise ProtocolError("kv_lengths must list a key and a value payload per layer")
-        limits = DecodeLimits(max_elements=spec.num_kv_heads * spec.head_dim * self.host.max_tokens)
-        try:
-            tensors = [decode(p, limits).astype(np.float32, copy=False) for p in payloads]
-        except PayloadError as exc:
-            raise HostError(400, "bad_payload", f"KV-cache payload: {exc}") from None
-        return list(zip(tensors[::2], tensors[1::2]))
 
 
 def _split(tensors: dict, data: str, lengths: str) -> list[bytes]:
