@@ -24,7 +24,7 @@ import struct
 import numpy as np
 
 from slicer_compile.codec.bits import pack_uint, packed_nbytes, unpack_uint
-from slicer_compile.codec.config import MAX_BLOCKS, MAX_Q_BITS, SlicerConfig
+from slicer_compile.codec.config import SlicerConfig
 from slicer_compile.codec.quant import (
     GROUP_DTYPE,
     block_step,

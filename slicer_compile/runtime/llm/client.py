@@ -253,7 +253,7 @@ class EdgeLLM:
                           else hidden[0, t].astype("<f4").tobytes() for t in range(hidden.shape[1])]
             sent += frames
 
-            def send(stream, i=i, frames=frames):
+            def send(stream, i=i, frames=frames, sent=sent):
                 if stream.sequence_id != sequence_id:  # its first step here: the prompt, or all so far
                     stream.start(self.artifact.id, {"sequence_id": sequence_id, "cut": plan.cut, "header": header,
                                                     "prefill": len(sent), "step_index": i, "max_steps": max_tokens})
