@@ -177,3 +177,15 @@ def encode_json_response(message: InferMessage) -> bytes:
     if message.parameters:
         header["parameters"] = message.parameters
     return json.dumps(header).encode()
+
+
+def cut_payloads(blob: np.ndarray, sizes: np.ndarray, data: str, lengths: str) -> list[bytes]:
+    """Payloads sent concatenated (``data``, UINT8 [N]) cut by their lengths (``lengths``,
+    INT64 [count]), the lengths checked against the bytes first."""
+    if (sizes < 0).any() or int(sizes.sum()) != blob.size:
+        raise ProtocolError(f"{lengths} do not add up to the {blob.size} bytes of {data}")
+    raw, out, at = blob.tobytes(), [], 0
+    for size in sizes.tolist():
+        out.append(raw[at: at + size])
+        at += size
+    return out

@@ -45,7 +45,14 @@ from slicer_compile.runtime.access import Access
 from slicer_compile.runtime.host import HostError
 from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
 from slicer_compile.runtime.llm.stream import SequenceStream, tokens_message
-from slicer_compile.runtime.protocol import HEADER_LENGTH, InferMessage, ProtocolError, decode_message, encode_message
+from slicer_compile.runtime.protocol import (
+    HEADER_LENGTH,
+    InferMessage,
+    ProtocolError,
+    cut_payloads,
+    decode_message,
+    encode_message,
+)
 from slicer_compile.runtime.server import within_seconds
 
 #: The model name every LLM artifact also answers to.
@@ -270,10 +277,4 @@ def _split(tensors: dict, data: str, lengths: str) -> list[bytes]:
     blob, sizes = tensors[data], tensors.get(lengths)
     if blob.dtype != np.uint8 or blob.ndim != 1 or sizes is None or sizes.ndim != 1 or sizes.dtype != np.int64:
         raise ProtocolError(f"{data} must be UINT8 [N] with {lengths} INT64 [count]")
-    if (sizes < 0).any() or int(sizes.sum()) != blob.size:
-        raise ProtocolError(f"{lengths} do not add up to the {blob.size} bytes of {data}")
-    raw, out, at = blob.tobytes(), [], 0
-    for size in sizes.tolist():
-        out.append(raw[at: at + size])
-        at += size
-    return out
+    return cut_payloads(blob, sizes, data, lengths)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 class TritonPythonModel:
     def initialize(self, args):
-        global np, pb_utils, HostError, ProtocolError, Step
+        global np, pb_utils, HostError, ProtocolError, Step, cut_payloads
         import numpy as np
         import triton_python_backend_utils as pb_utils
 
         from slicer_compile.runtime.host import HostError
         from slicer_compile.runtime.llm.host import LlmHost, LlmServerConfig, Step
-        from slicer_compile.runtime.protocol import ProtocolError
+        from slicer_compile.runtime.protocol import ProtocolError, cut_payloads
 
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config["parameters"].items()}
@@ -41,13 +41,9 @@ class TritonPythonModel:
         blob, sizes = self._tensor(request, data), self._tensor(request, lengths)
         if blob is None:
             return None
-        if sizes is None or (sizes < 0).any() or int(sizes.sum()) != blob.size:
-            raise ProtocolError(f"{lengths} do not add up to the {blob.size} bytes of {data}")
-        raw, parts, at = blob.tobytes(), [], 0
-        for size in sizes.tolist():
-            parts.append(raw[at: at + size])
-            at += size
-        return parts
+        if sizes is None:
+            raise ProtocolError(f"{data} needs {lengths}")
+        return cut_payloads(blob, sizes, data, lengths)
 
     def _step(self, request):
         parameters = json.loads(request.parameters() or "{}")
