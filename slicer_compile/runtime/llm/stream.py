@@ -192,14 +192,17 @@ class StreamTransport:
         self._ws = None
 
     def _run(self, coroutine):
+        import aiohttp
+
         try:
             return self._loop.run_until_complete(asyncio.wait_for(coroutine, self.timeout_s))
         except asyncio.TimeoutError:
             self._drop()
             raise ServerError(f"the server at {self.host}:{self.port} did not answer within {self.timeout_s:g} s")
-        except ServerError:
-            raise
-        except Exception as exc:  # aiohttp's connection errors, a closed socket
+        except aiohttp.WSServerHandshakeError as exc:  # refused before the stream opened (401, 404): its status
+            self._drop()
+            raise ServerError(f"server answered {exc.status}: {exc.message}", exc.status) from None
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:  # unreachable, or the socket closed
             self._drop()
             raise ServerError(f"stream to {self.host}:{self.port} lost: {exc or type(exc).__name__}") from None
 

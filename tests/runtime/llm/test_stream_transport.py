@@ -136,3 +136,17 @@ def test_a_refused_step_is_one_clear_error(artifact):
         with pytest.raises(ServerError, match="400: cut must be a layer boundary"):
             list(llm.generate(PROMPT, 4, plan=Plan(0, 99, False, "float32", "float32", "test")))
         assert llm.failovers == 0  # a refusal is not a lost server
+
+
+def test_a_stream_to_a_model_the_server_does_not_have_is_refused(artifact):
+    from slicer_compile.runtime.llm.stream import StreamTransport
+
+    with LlmServer(artifact, port=0) as server:
+        host, port = server.url.rsplit(":", 1)
+        stream = StreamTransport(host, int(port), timeout_s=10)
+        try:
+            with pytest.raises(ServerError) as refused:
+                stream.start("no-such-model", {"sequence_id": 1, "cut": 2})
+            assert refused.value.status == 404 and not refused.value.server_failed
+        finally:
+            stream.close()
